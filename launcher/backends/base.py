@@ -1,0 +1,90 @@
+"""The contract every backend keeps, and the registry that maps names to backends.
+
+A backend turns a *prepared run* (already written to storage under ``ROOT/runs/RUN/`` by the
+generic code: run.json, code.tar.gz, experiments/EXP/params.json) into nodes that run
+``launcher.agent`` until no experiment is left. Everything else (claims, heartbeats, logs,
+artifacts, status) goes through storage, so the generic code never asks which backend it talks to;
+it asks what the backend can do (:class:`Capabilities`).
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from launcher.errors import SpecError
+
+if TYPE_CHECKING:
+    from launcher.spec import JobSpec
+    from launcher.storage import Storage
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend supports; generic code checks these instead of the backend's type."""
+
+    spot: bool = False
+    multi_node: bool = True
+    stop: bool = True
+    gpus: bool = True
+    cost: bool = False  # reports instance-hours cost
+
+
+@dataclass
+class NodeInfo:
+    """One node (process, instance) a backend started for a run."""
+
+    node_id: str
+    state: str  # pending | running | stopped | terminated | dead
+    instance_type: str = ""
+    zone: str = ""
+    spot: bool = False
+    started_at: float | None = None
+    ended_at: float | None = None
+    extra: dict = field(default_factory=dict)
+
+
+class Backend(ABC):
+    """Submit, inspect and stop the nodes of runs. One instance per CLI invocation."""
+
+    name: str = ""
+    capabilities: Capabilities = Capabilities()
+
+    @abstractmethod
+    def storage(self) -> Storage:
+        """The storage root this backend's runs live under (file:// or s3://)."""
+
+    @abstractmethod
+    def submit(self, run: str, spec: JobSpec) -> list[NodeInfo]:
+        """Start up to ``spec.max_nodes`` nodes for a run already written to storage."""
+
+    @abstractmethod
+    def nodes(self, run: str) -> list[NodeInfo]:
+        """The nodes started for a run, with their live state (reconciled, never cached)."""
+
+    @abstractmethod
+    def stop(self, run: str) -> list[NodeInfo]:
+        """Stop (terminate) every node of a run; returns the nodes it stopped."""
+
+    def delete(self, run: str) -> None:  # noqa: B027 - optional hook
+        """Release anything besides storage a run still holds (called after stop)."""
+
+
+BACKENDS: dict[str, str] = {
+    "local": "launcher.backends.local:LocalBackend",
+    "aws": "launcher.backends.aws:AwsBackend",
+}
+
+
+def get_backend(name: str, **options) -> Backend:
+    """Instantiate a backend by name; an unknown name lists the valid ones."""
+    try:
+        target = BACKENDS[name]
+    except KeyError:
+        raise SpecError(
+            f"unknown backend {name!r}; choose one of: {', '.join(sorted(BACKENDS))}"
+        ) from None
+    module_name, cls_name = target.split(":")
+    return getattr(importlib.import_module(module_name), cls_name)(**options)
