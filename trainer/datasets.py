@@ -1,0 +1,323 @@
+"""Where videos come from (:class:`VideoSource`) and the clip datasets built on them.
+
+Clip geometry follows :class:`~trainer.video_input.VideoInput`: a clip spans
+``clip_duration`` seconds of the video whatever its own frame rate, and ``num_frames`` frames
+are taken uniformly over that span (``sampling_rate`` apart when the video runs at ``vi.fps``).
+
+Short videos: a video shorter than one clip is not dropped; the clip is sampled uniformly over
+the whole video instead (frames repeat when it has fewer than ``num_frames``), which is what
+PyTorchVideo's clip samplers do. Only videos that cannot be decoded at all are skipped.
+
+Decode failures at load time (a file that probed fine but is truncated further on) never stop
+an epoch: a training item is replaced by a random other video, an evaluation item is dropped
+from its batch, and either way the failure is appended to a log the DataModule reports.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset, default_collate
+
+from trainer.video_input import VideoInput
+from trainer.video_io import VideoError, VideoMeta, read_frames
+
+
+class DataError(ValueError):
+    """The data cannot be used as given (message: one line naming what and what is allowed)."""
+
+
+class DataNotFoundError(DataError, FileNotFoundError):
+    """A data folder, CSV or video that was named explicitly does not exist."""
+
+
+class DataWarning(UserWarning):
+    """Something in the data was skipped (bad files, empty class folders, missing clips)."""
+
+
+@dataclass
+class VideoSource:
+    """A list of ``(video path, label or None)`` and where it came from.
+
+    ``name`` is how messages refer to it (a folder or CSV path); ``classes`` the class list the
+    source declares on its own (Kinetics annotations do; folders and CSVs leave it ``None`` and
+    the classes are the labels of the usable videos); ``skipped`` what was already found
+    unusable before any probing (missing clips, files outside class folders).
+    """
+
+    name: str
+    root: Path
+    items: list[tuple[Path, str | None]]
+    classes: tuple[str, ...] | None = None
+    skipped: dict[str, str] = field(default_factory=dict)
+    empty_message: str = ""
+
+    @classmethod
+    def from_folder(cls, folder: str | Path) -> VideoSource:
+        """Class-per-folder layout ``FOLDER/<label>/<video>`` (videos may sit in subfolders of
+        a class folder). Hidden files are ignored; files not inside a class folder are skipped.
+        An empty class folder is a warning: it only counts as a class if another split has it.
+        """
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise DataNotFoundError(
+                f"data folder {folder} does not exist (expected "
+                f"class-per-folder layout: {folder}/<label>/<video>.mp4)"
+            )
+        items: list[tuple[Path, str | None]] = []
+        skipped: dict[str, str] = {}
+        empty = []
+        for entry in sorted(folder.iterdir()):
+            if entry.name.startswith("."):
+                continue
+            if entry.is_file():
+                skipped[str(entry)] = "not inside a class folder"
+                continue
+            files = _list_files(entry)
+            if not files:
+                empty.append(entry.name)
+            items.extend((p, entry.name) for p in files)
+        if empty:
+            warnings.warn(
+                f"{folder}: empty class folder(s) {', '.join(empty)}", DataWarning, stacklevel=2
+            )
+        return cls(
+            str(folder),
+            folder,
+            items,
+            skipped=skipped,
+            empty_message=(
+                f"no videos in {folder} (expected class-per-folder layout: "
+                f"{folder}/<label>/<video>.mp4)"
+            ),
+        )
+
+    @classmethod
+    def from_csv(cls, csv_path: str | Path, root: str | Path | None = None) -> VideoSource:
+        """A CSV of ``path,label`` rows (an optional ``path,label`` header), paths relative to
+        ``root`` or, by default, to the CSV's folder."""
+        csv_path = Path(csv_path)
+        if not csv_path.is_file():
+            raise DataNotFoundError(f"CSV file {csv_path} does not exist")
+        base = Path(root) if root is not None else csv_path.parent
+        items: list[tuple[Path, str | None]] = []
+        with open(csv_path, newline="") as f:
+            for n, row in enumerate(csv.reader(f), start=1):
+                if not row or row[0].startswith("#"):
+                    continue
+                if n == 1 and [c.strip().lower() for c in row[:2]] == ["path", "label"]:
+                    continue
+                if len(row) != 2 or not row[0].strip() or not row[1].strip():
+                    raise DataError(f"{csv_path}:{n}: expected 'path,label', got {row!r}")
+                items.append((base / row[0].strip(), row[1].strip()))
+        return cls(
+            str(csv_path),
+            base,
+            items,
+            empty_message=f"no videos listed in {csv_path} (expected rows 'path,label')",
+        )
+
+    @classmethod
+    def from_paths(cls, paths: str | Path | Sequence[str | Path]) -> VideoSource:
+        """Unlabelled videos to predict: a folder (searched recursively) or a list of files."""
+        if isinstance(paths, str | Path) and Path(paths).is_dir():
+            folder = Path(paths)
+            return cls(
+                str(folder),
+                folder,
+                [(p, None) for p in _list_files(folder)],
+                empty_message=f"no videos in {folder}",
+            )
+        if isinstance(paths, str | Path):
+            paths = [paths]
+        files = [Path(p) for p in paths]
+        if not files:
+            raise DataError("no videos given to predict")
+        parents = [str(p.resolve().parent) for p in files]
+        root = Path(os.path.commonpath(parents))
+        return cls(
+            f"{len(files)} given path(s)",
+            root,
+            [(p, None) for p in files],
+            empty_message="none of the given paths is a readable video",
+        )
+
+
+def _list_files(folder: Path) -> list[Path]:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        out.extend(Path(dirpath) / f for f in sorted(filenames) if not f.startswith("."))
+    return out
+
+
+# -- clip sampling -----------------------------------------------------------------------------
+
+
+def clip_span(meta: VideoMeta, vi: VideoInput) -> int:
+    """How many of this video's frames one clip covers."""
+    return max(1, int(round(vi.clip_duration * meta.fps)))
+
+
+def clip_indices(meta: VideoMeta, vi: VideoInput, start: int) -> list[int]:
+    """The ``vi.num_frames`` frame indices of the clip starting at frame ``start``; a video
+    shorter than the clip is sampled uniformly over its whole length instead."""
+    span = clip_span(meta, vi)
+    n = meta.num_frames
+    if span > n:
+        start, span = 0, n
+    return [min(start + (k * span) // vi.num_frames, n - 1) for k in range(vi.num_frames)]
+
+
+def random_clip_start(meta: VideoMeta, vi: VideoInput) -> int:
+    free = meta.num_frames - clip_span(meta, vi)
+    return int(torch.randint(0, free + 1, ()).item()) if free > 0 else 0
+
+
+def uniform_clip_starts(meta: VideoMeta, vi: VideoInput, clips: int) -> list[int]:
+    """``clips`` starts spread evenly from the first to the last possible one (one clip: the
+    centre), as in PyTorchVideo's constant-clips-per-video evaluation."""
+    free = max(meta.num_frames - clip_span(meta, vi), 0)
+    if clips == 1:
+        return [free // 2]
+    return [int(round(i * free / (clips - 1))) for i in range(clips)]
+
+
+# -- datasets ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VideoItem:
+    path: Path
+    label: int  # -1 when unlabelled
+    meta: VideoMeta
+
+
+class FailureLog:
+    """Append-only ``path<TAB>reason`` lines, shared by loader worker processes through the
+    file system (an O_APPEND write of one short line is atomic)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def record(self, path: Path | str, reason: str) -> None:
+        line = f"{path}\t{' '.join(reason.split())}\n".encode()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+
+    def read(self) -> dict[str, str]:
+        try:
+            text = self.path.read_text()
+        except OSError:
+            return {}
+        return dict(line.split("\t", 1) for line in text.splitlines() if "\t" in line)
+
+
+class ClipDataset(Dataset):
+    """Training: one random clip (random start = temporal jitter) per video per epoch."""
+
+    def __init__(
+        self,
+        items: list[VideoItem],
+        vi: VideoInput,
+        transform: Callable,
+        failures: FailureLog,
+        retries: int = 10,
+    ):
+        self.items, self.vi, self.transform = items, vi, transform
+        self.failures, self.retries = failures, retries
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        for _ in range(self.retries + 1):
+            item = self.items[i]
+            try:
+                idx = clip_indices(item.meta, self.vi, random_clip_start(item.meta, self.vi))
+                frames = torch.from_numpy(read_frames(item.path, idx, item.meta))
+                return {"video": self.transform(frames), "label": item.label}
+            except (VideoError, RuntimeError, OSError) as e:
+                self.failures.record(item.path, getattr(e, "reason", None) or str(e))
+                i = int(torch.randint(0, len(self.items), ()).item())
+        raise DataError(
+            f"{self.retries + 1} videos in a row failed to decode; see the "
+            f"failure log {self.failures.path}"
+        )
+
+
+class MultiClipDataset(Dataset):
+    """Evaluation/prediction: one item per video, ``clips`` uniformly spaced clips stacked
+    (``N x C x T x H x W``, or ``[slow, fast]`` of such), to average the clip logits."""
+
+    def __init__(
+        self,
+        items: list[VideoItem],
+        vi: VideoInput,
+        transform: Callable,
+        failures: FailureLog,
+        clips: int = 4,
+        with_label: bool = True,
+        with_path: bool = False,
+    ):
+        self.items, self.vi, self.transform, self.failures = items, vi, transform, failures
+        self.clips, self.with_label, self.with_path = clips, with_label, with_path
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict | None:
+        item = self.items[i]
+        starts = uniform_clip_starts(item.meta, self.vi, self.clips)
+        per_clip = [clip_indices(item.meta, self.vi, s) for s in starts]
+        try:
+            frames = read_frames(item.path, [j for idx in per_clip for j in idx], item.meta)
+        except (VideoError, RuntimeError, OSError) as e:
+            self.failures.record(item.path, getattr(e, "reason", None) or str(e))
+            return None  # dropped by the collate
+        frames = torch.from_numpy(frames).view(self.clips, self.vi.num_frames, *frames.shape[1:])
+        clips = [self.transform(c) for c in frames]
+        if isinstance(clips[0], list):
+            video = [torch.stack([c[p] for c in clips]) for p in range(len(clips[0]))]
+        else:
+            video = torch.stack(clips)
+        out = {"video": video, "index": i}
+        if self.with_label:
+            out["label"] = item.label
+        if self.with_path:
+            out["path"] = str(item.path)
+        return out
+
+
+class DropFailedCollate:
+    """``default_collate`` minus the items that failed to decode (``None``). A batch where
+    every item failed comes out with batch size 0 and the right shapes."""
+
+    def __init__(self, vi: VideoInput, clips: int | None, keys: Sequence[str]):
+        self.vi, self.clips, self.keys = vi, clips, keys
+
+    def __call__(self, batch: list) -> dict:
+        batch = [b for b in batch if b is not None]
+        if batch:
+            return default_collate(batch)
+        vi = self.vi
+        lead = (0, self.clips) if self.clips else (0,)
+        shape = (3, vi.num_frames, vi.crop_size, vi.crop_size)
+        if vi.slowfast_alpha:
+            slow = (3, len(range(0, vi.num_frames, vi.slowfast_alpha)), *shape[2:])
+            video = [torch.empty(*lead, *slow), torch.empty(*lead, *shape)]
+        else:
+            video = torch.empty(*lead, *shape)
+        out: dict = {"video": video}
+        for k in self.keys:
+            out[k] = [] if k == "path" else torch.empty(0, dtype=torch.long)
+        return out
