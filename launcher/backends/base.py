@@ -30,6 +30,9 @@ class Capabilities:
     stop: bool = True
     gpus: bool = True
     cost: bool = False  # reports instance-hours cost
+    # `launch status`/`--wait` may start replacement nodes for an unfinished run with no live node
+    # (cheap and safe locally; a cloud backend relies on its own recovery instead)
+    reconcile: bool = False
 
 
 @dataclass

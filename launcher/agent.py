@@ -1,0 +1,418 @@
+"""What runs on a node: take experiments of one run and run them until none is left.
+
+    python -m launcher.agent --root URL --run RUN --node NODE [--gpus 0,1] [--work-dir DIR]
+                             [--interruption imds|file:PATH] [--max-runtime S]
+
+The lifecycle of one experiment, each step a method below:
+
+    claim    take the next free experiment (an atomic claims/NNNNNN; see claims.py)
+    unpack   the run's code snapshot, once per node
+    mount    the run's datastore, once per node
+    restore  a previous attempt's artifacts, so the script resumes from its last checkpoint
+    run      ``python SCRIPT ARGS`` (never a shell) in the unpacked code, in this process group,
+             killed by the kernel if this agent dies (PR_SET_PDEATHSIG)
+    heartbeat  while it runs: heartbeat, ship logs and artifacts, watch stop/interruption/fencing
+    ship     the last logs and artifacts
+    finish   status.json: succeeded, failed (or queued again while retries remain), stopped
+
+The agent exits when nothing is left to claim, when the run is stopped, or when its node is
+being interrupted (spot reclaim): then the running experiment is shipped and queued again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from launcher import claims as cl
+from launcher.config import env_float
+from launcher.storage import Storage
+
+
+class FileInterruption:
+    """Interruption notice as a file's existence (tests; any scheduler that can touch a file)."""
+
+    def __init__(self, path: str):
+        self.path = Path(path)
+
+    def pending(self) -> bool:
+        return self.path.exists()
+
+
+class NoInterruption:
+    def pending(self) -> bool:
+        return False
+
+
+def interruption_source(spec: str | None):
+    """``imds`` (EC2 spot notice), ``file:PATH``, or nothing."""
+    if not spec:
+        return NoInterruption()
+    if spec == "imds":
+        from launcher.backends.aws.interruption import ImdsInterruption
+
+        return ImdsInterruption()
+    if spec.startswith("file:"):
+        return FileInterruption(spec[5:])
+    raise SystemExit(f"--interruption must be 'imds' or 'file:PATH', not {spec!r}")
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Ask the kernel to SIGKILL the script when the agent dies, however it dies."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+
+
+def latest_metrics(csv_path: Path) -> dict[str, float]:
+    """The last logged value of each column of a Lightning CSVLogger file (rows have blanks)."""
+    latest: dict[str, float] = {}
+    try:
+        with open(csv_path, newline="") as f:
+            for row in csv.DictReader(f):
+                for k, v in row.items():
+                    if k and v not in (None, ""):
+                        try:
+                            latest[k] = float(v)
+                        except ValueError:
+                            continue
+    except (OSError, csv.Error):
+        return {}
+    return latest
+
+
+@dataclass
+class Outcome:
+    """How an attempt ended, as the supervision loop saw it."""
+
+    state: str  # succeeded | failed | stopped | interrupted | lost
+    exit_code: int | None
+    message: str = ""
+
+
+class Agent:
+    """One node's worker for one run."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        run: str,
+        node: str,
+        *,
+        gpus: str | None = None,
+        work_dir: str | Path | None = None,
+        interruption=None,
+        max_runtime: float | None = None,
+    ):
+        self.storage = storage
+        self.run = run
+        self.node = node
+        self.gpus = gpus
+        self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix=f"launch-{run}-{node}-"))
+        self.interruption = interruption or NoInterruption()
+        self.heartbeat_s = cl.heartbeat_interval()
+        self.stale_s = cl.stale_timeout()
+        self.sync_s = env_float("LAUNCH_ARTIFACT_SYNC_S", 30.0)
+        self.grace_s = env_float("LAUNCH_STOP_GRACE_S", 10.0)
+        self.record = storage.read_json(f"runs/{run}/run.json")
+        self.spec = self.record["spec"]
+        self.max_runtime = max_runtime or self.spec.get("max_runtime")
+        self.experiments = {e["id"]: e for e in self.record["experiments"]}
+        self._code_dir: Path | None = None
+        self._data_dir: Path | None = None
+        self._terminating = False  # SIGTERM to the agent: hand the experiment back, then exit
+
+    # -- the loop ---------------------------------------------------------------------------
+    def serve(self) -> int:
+        """Run experiments until none is left; returns the process exit code."""
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+        self._report_node(state="running", started=time.time())
+        try:
+            while not self._should_exit():
+                claim = self.claim()
+                if claim is None:
+                    break
+                outcome = self.run_experiment(claim)
+                if outcome.state == "interrupted":
+                    break
+        finally:
+            self._report_node(state="exited", ended=time.time())
+        return 0
+
+    def run_experiment(self, claim: cl.Claim) -> Outcome:
+        """One attempt, start to finish."""
+        try:
+            code = self.unpack()
+            data = self.mount()
+            artifacts = self.restore(claim)
+            proc, log_path = self.start(claim, code, data, artifacts)
+        except Exception as e:  # setup failed: the attempt fails like a crashed script
+            outcome = Outcome("failed", None, f"setup failed: {type(e).__name__}: {e}")
+            self._log_line(claim, f"[launch] {outcome.message}")
+            self.finish(claim, outcome)
+            return outcome
+        outcome = self.supervise(claim, proc, log_path, artifacts)
+        if outcome.state != "lost":
+            self.ship(claim, log_path, artifacts)
+        self.finish(claim, outcome)
+        return outcome
+
+    # -- the steps --------------------------------------------------------------------------
+    def claim(self) -> cl.Claim | None:
+        for exp in self.experiments:
+            if self._should_exit():
+                return None
+            claim = cl.try_claim(self.storage, self.run, exp, self.node, stale_s=self.stale_s)
+            if claim is not None:
+                return claim
+        return None
+
+    def unpack(self) -> Path:
+        if self._code_dir is None:
+            from launcher.snapshot import unpack_snapshot
+
+            archive = self.work_dir / "code.tar.gz"
+            self.storage.download(f"runs/{self.run}/code.tar.gz", str(archive))
+            self._code_dir = unpack_snapshot(archive, self.work_dir / "code")
+        return self._code_dir
+
+    def mount(self) -> Path | None:
+        name = self.spec.get("datastore")
+        if not name:
+            return None
+        if self._data_dir is None:
+            from launcher.datastore import mount_datastore
+
+            mount_dir = self.spec.get("datastore_mount_dir") or str(
+                self.work_dir / "datastores" / name
+            )
+            self._data_dir = Path(
+                mount_datastore(self.storage, name, self.spec.get("datastore_version"), mount_dir)
+            )
+        return self._data_dir
+
+    def restore(self, claim: cl.Claim) -> Path:
+        artifacts = self.work_dir / "artifacts" / claim.exp
+        artifacts.mkdir(parents=True, exist_ok=True)
+        if claim.resumed:
+            from launcher.artifacts import restore_artifacts
+
+            restore_artifacts(self.storage, self.run, claim.exp, artifacts)
+        return artifacts
+
+    def start(
+        self, claim: cl.Claim, code: Path, data: Path | None, artifacts: Path
+    ) -> tuple[subprocess.Popen, Path]:
+        exp = self.experiments[claim.exp]
+        script = self.spec["script"]
+        if not (code / script).is_file():
+            raise FileNotFoundError(f"{script} is not in the code snapshot")
+        env = dict(os.environ)
+        env.update({str(k): str(v) for k, v in (self.spec.get("env") or {}).items()})
+        env.update(
+            LAUNCH_RUN=self.run,
+            LAUNCH_EXPERIMENT=claim.exp,
+            LAUNCH_ATTEMPT=str(claim.attempt),
+            LAUNCH_ARTIFACTS_DIR=str(artifacts),
+            LAUNCH_DATASTORE_DIR=str(data or ""),
+            PYTHONUNBUFFERED="1",
+            # the snapshot's packages win over any installed copy: launched code is frozen
+            PYTHONPATH=os.pathsep.join(p for p in (str(code), env.get("PYTHONPATH")) if p),
+        )
+        if self.gpus is not None:
+            env["CUDA_VISIBLE_DEVICES"] = self.gpus
+        log_path = self.work_dir / "logs" / f"{claim.exp}-{claim.attempt:06d}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        resumed = " (resuming from the previous attempt's artifacts)" if claim.resumed else ""
+        with open(log_path, "wb") as log:
+            log.write(
+                f"[launch] {claim.exp} attempt {claim.attempt} on {self.node}{resumed}\n".encode()
+            )
+            log.flush()
+            proc = subprocess.Popen(
+                [sys.executable, script, *exp["args"]],
+                cwd=code,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent,
+            )
+        now = time.time()
+        cl.beat(self.storage, claim)
+        cl.write_status(
+            self.storage, self.run, claim.exp,
+            state="running", attempt=claim.attempt, node=self.node, started=now, ended=None,
+            exit_code=None, message="",
+        )  # fmt: skip
+        self._log_offset = 0
+        self._log_seq = self._next_log_seq(claim.exp)
+        return proc, log_path
+
+    def supervise(
+        self, claim: cl.Claim, proc: subprocess.Popen, log_path: Path, artifacts: Path
+    ) -> Outcome:
+        """Heartbeat, ship, and watch for stop, interruption, fencing and the time limit."""
+        started = time.monotonic()
+        next_beat = next_sync = 0.0
+        metrics: dict = {}
+        while True:
+            code = proc.poll()
+            if code is not None:
+                if code == 0:
+                    return Outcome("succeeded", 0)
+                return Outcome("failed", code, f"the script exited with code {code}")
+            now = time.monotonic()
+            if now >= next_beat:
+                next_beat = now + self.heartbeat_s
+                if cl.claim_lost(self.storage, claim):
+                    self._kill(proc, grace=0)
+                    return Outcome("lost", None)
+                cl.beat(self.storage, claim)
+                self._ship_log(claim, log_path)
+                new_metrics = latest_metrics(artifacts / "metrics.csv")
+                if new_metrics != metrics:
+                    metrics = new_metrics
+                    cl.write_status(self.storage, self.run, claim.exp, metrics=metrics)
+                if self._stop_requested(claim.exp):
+                    code = self._kill(proc, self.grace_s)
+                    return Outcome("stopped", code, "stopped by the user")
+                if self._terminating or self.interruption.pending():
+                    code = self._kill(proc, self.grace_s)
+                    return Outcome("interrupted", code, "node interrupted; queued again")
+                if self.max_runtime and now - started > float(self.max_runtime):
+                    code = self._kill(proc, self.grace_s)
+                    return Outcome("failed", code, f"exceeded max_runtime={self.max_runtime}s")
+            if now >= next_sync:
+                next_sync = now + self.sync_s
+                self._ship_artifacts(claim, artifacts)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=min(0.2, self.heartbeat_s))
+
+    def ship(self, claim: cl.Claim, log_path: Path, artifacts: Path) -> None:
+        self._ship_log(claim, log_path)
+        self._ship_artifacts(claim, artifacts)
+
+    def finish(self, claim: cl.Claim, outcome: Outcome) -> None:
+        if outcome.state == "lost" or cl.claim_lost(self.storage, claim):
+            return  # a later attempt owns the status now
+        state, message = outcome.state, outcome.message
+        retries = int(self.spec.get("retries") or 0)
+        if state == "failed" and claim.attempt <= retries:
+            state, message = (
+                "queued",
+                f"{message}; retrying ({claim.attempt}/{retries} retries used)",
+            )
+        elif state == "interrupted":
+            state = "queued"
+        metrics = latest_metrics(self.work_dir / "artifacts" / claim.exp / "metrics.csv")
+        fields = dict(state=state, exit_code=outcome.exit_code, attempt=claim.attempt,
+                      node=self.node, ended=time.time(), message=message)  # fmt: skip
+        if metrics:
+            fields["metrics"] = metrics
+        cl.write_status(self.storage, self.run, claim.exp, **fields)
+
+    # -- helpers ----------------------------------------------------------------------------
+    def _should_exit(self) -> bool:
+        return self._terminating or self.interruption.pending() or self._stop_requested(None)
+
+    def _stop_requested(self, exp: str | None) -> bool:
+        if self.storage.exists(f"runs/{self.run}/stop"):
+            return True
+        return exp is not None and self.storage.exists(cl.exp_key(self.run, exp, "stop"))
+
+    def _on_sigterm(self, signum, frame) -> None:
+        self._terminating = True
+
+    def _kill(self, proc: subprocess.Popen, grace: float) -> int | None:
+        """SIGTERM, then SIGKILL after the grace period; the script's exit code."""
+        if proc.poll() is None and grace > 0:
+            proc.terminate()
+            try:
+                return proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                pass
+        if proc.poll() is None:
+            proc.kill()
+        return proc.wait()
+
+    def _next_log_seq(self, exp: str) -> int:
+        pieces = [int(n[:-4]) for n in self.storage.list(cl.exp_key(self.run, exp, "logs"))
+                  if n.endswith(".log") and n[:-4].isdigit()]  # fmt: skip
+        return max(pieces, default=-1) + 1
+
+    def _ship_log(self, claim: cl.Claim, log_path: Path) -> None:
+        """Upload what the script printed since the last piece, as the next numbered piece."""
+        try:
+            with open(log_path, "rb") as f:
+                f.seek(self._log_offset)
+                data = f.read()
+        except OSError:
+            return
+        if not data:
+            return
+        key = cl.exp_key(self.run, claim.exp, "logs", f"{self._log_seq:06d}.log")
+        self.storage.write_bytes(key, data)
+        self._log_offset += len(data)
+        self._log_seq += 1
+
+    def _log_line(self, claim: cl.Claim, line: str) -> None:
+        seq = self._next_log_seq(claim.exp)
+        key = cl.exp_key(self.run, claim.exp, "logs", f"{seq:06d}.log")
+        self.storage.write_bytes(key, (line + "\n").encode())
+
+    def _ship_artifacts(self, claim: cl.Claim, artifacts: Path) -> None:
+        if not any(artifacts.iterdir()):
+            return
+        from launcher.artifacts import ship_artifacts
+
+        ship_artifacts(self.storage, self.run, claim.exp, artifacts)
+
+    def _report_node(self, **fields) -> None:
+        key = f"runs/{self.run}/nodes/{self.node}.json"
+        record = self.storage.read_json(key, default=None) or {}
+        record.update(fields, node=self.node, host=socket.gethostname(), pid=os.getpid())
+        if self.gpus is not None:
+            record["gpus"] = self.gpus
+        self.storage.write_json(key, record)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m launcher.agent", description=__doc__.split("\n")[0])
+    p.add_argument("--root", required=True, help="storage root URL (file:///... or s3://...)")
+    p.add_argument("--run", required=True)
+    p.add_argument("--node", required=True)
+    p.add_argument("--gpus", default=None, help="CUDA_VISIBLE_DEVICES for the scripts")
+    p.add_argument("--work-dir", default=None)
+    p.add_argument("--interruption", default=None, help="imds or file:PATH")
+    p.add_argument("--max-runtime", type=float, default=None, help="seconds per attempt")
+    args = p.parse_args(argv)
+    agent = Agent(
+        Storage(args.root),
+        args.run,
+        args.node,
+        gpus=args.gpus,
+        work_dir=args.work_dir,
+        interruption=interruption_source(args.interruption),
+        max_runtime=args.max_runtime,
+    )
+    print(json.dumps({"agent": args.node, "run": args.run, "work_dir": str(agent.work_dir)}))
+    sys.stdout.flush()
+    return agent.serve()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""The embedded default backend: agents as processes on this machine, storage under LAUNCH_HOME.
+
+Nothing else needs to be installed or running. Each agent is started detached from the CLI (its
+own session, output to a node log), so closing the terminal changes nothing; each is pinned to its
+share of the GPUs with CUDA_VISIBLE_DEVICES. Node records (pid, log) live in
+``$LAUNCH_HOME/nodes/RUN/NODE.json``; whether a node lives is asked of the OS every time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from launcher.backends.base import Backend, Capabilities, NodeInfo
+from launcher.claims import AGENT_MARKER, process_alive
+from launcher.config import env_float, launch_home
+from launcher.storage import Storage
+
+if TYPE_CHECKING:
+    from launcher.spec import JobSpec
+
+log = logging.getLogger("launcher")
+
+
+def detect_gpus() -> int:
+    """NVIDIA GPUs on this machine, asked of the driver (never of torch, which is slow to load)."""
+    proc_dir = Path("/proc/driver/nvidia/gpus")
+    if proc_dir.is_dir():
+        return len(list(proc_dir.iterdir()))
+    smi = shutil.which("nvidia-smi")
+    if smi:
+        try:
+            out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return 0
+        return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
+    return 0
+
+
+def assign_gpus(node_index: int, gpus: int, available: int) -> str:
+    """CUDA_VISIBLE_DEVICES for one node: its own slice when there are enough, else a share of
+    what there is (wrapping), else none (CPU)."""
+    if gpus <= 0 or available <= 0:
+        return ""
+    take = min(gpus, available)
+    return ",".join(str((node_index * gpus + j) % available) for j in range(take))
+
+
+class LocalBackend(Backend):
+    """Agents as detached local processes."""
+
+    name = "local"
+    capabilities = Capabilities(spot=False, multi_node=True, stop=True, gpus=True, cost=False,
+                                reconcile=True)  # fmt: skip
+
+    def __init__(self, home: Path | str | None = None):
+        self.home = Path(home) if home else launch_home()
+
+    def storage(self) -> Storage:
+        return Storage(f"file://{self.home / 'store'}")
+
+    # -- node records -----------------------------------------------------------------------
+    def _nodes_dir(self, run: str) -> Path:
+        return self.home / "nodes" / run
+
+    def _records(self, run: str) -> list[dict]:
+        out = []
+        d = self._nodes_dir(run)
+        if not d.is_dir():
+            return out
+        for p in sorted(d.glob("*.json")):
+            try:
+                out.append(json.loads(p.read_text()))
+            except (OSError, ValueError):
+                continue  # half-written by a concurrent launch: seen next time
+        return out
+
+    def submit(self, run: str, spec: JobSpec) -> list[NodeInfo]:
+        """Start agents for a run: up to max_nodes live ones in all (counting those alive).
+
+        Also how a run with no live agent gets replacements; a lock file makes concurrent
+        callers (two `launch status`) start them once.
+        """
+        import fcntl
+
+        n_exp = len(self.storage().list(f"runs/{run}/experiments")) or 1
+        wanted = min(int(spec.max_nodes), n_exp)
+        d = self._nodes_dir(run)
+        d.mkdir(parents=True, exist_ok=True)
+        with open(d / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            records = self._records(run)
+            alive = [r for r in records if process_alive(int(r["pid"]), AGENT_MARKER)]
+            if len(alive) >= wanted:
+                return []
+            available = detect_gpus()
+            total_gpus = int(spec.gpus or 0) * wanted
+            if spec.gpus and available < total_gpus:
+                cpu = " (CPU only)" if not available else ""
+                log.warning(
+                    "this machine has %d GPU(s), %d requested (%d per node x %d nodes); "
+                    "running on what is there%s",
+                    available, total_gpus, spec.gpus, wanted, cpu,
+                )  # fmt: skip
+            started = []
+            index = len(records)
+            for _ in range(wanted - len(alive)):
+                while (d / f"node-{index}.json").exists():
+                    index += 1
+                gpus = assign_gpus(index, int(spec.gpus or 0), available)
+                started.append(self._spawn(run, f"node-{index}", gpus, spec))
+                index += 1
+        return started
+
+    def _spawn(self, run: str, node: str, gpus: str, spec: JobSpec) -> NodeInfo:
+        d = self._nodes_dir(run)
+        log_path = d / f"{node}.log"
+        work_dir = self.home / "work" / run / node
+        cmd = [sys.executable, "-m", "launcher.agent", "--root", self.storage().root_url,
+               "--run", run, "--node", node, "--gpus", gpus,
+               "--work-dir", str(work_dir)]  # fmt: skip
+        if spec.max_runtime:
+            cmd += ["--max-runtime", str(spec.max_runtime)]
+        env = dict(os.environ, LAUNCH_HOME=str(self.home))
+        with open(log_path, "ab") as out:
+            proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # survives the terminal closing; killable as a group
+                close_fds=True,
+                env=env,
+                cwd=str(self.home),
+            )
+        now = time.time()
+        record = {"node": node, "pid": proc.pid, "pgid": proc.pid, "gpus": gpus,
+                  "log": str(log_path), "started": now}  # fmt: skip
+        tmp = d / f".{node}.json.tmp"
+        tmp.write_text(json.dumps(record))
+        os.replace(tmp, d / f"{node}.json")
+        return NodeInfo(node_id=node, state="running", instance_type="local", started_at=now,
+                        extra={"pid": proc.pid, "gpus": gpus, "log": str(log_path)})  # fmt: skip
+
+    def nodes(self, run: str) -> list[NodeInfo]:
+        out = []
+        for r in self._records(run):
+            alive = process_alive(int(r["pid"]), AGENT_MARKER)
+            out.append(NodeInfo(node_id=r["node"], state="running" if alive else "terminated",
+                                instance_type="local", started_at=r.get("started"),
+                                extra={"pid": r["pid"], "gpus": r.get("gpus", ""),
+                                       "log": r.get("log", "")}))  # fmt: skip
+        return out
+
+    def stop(self, run: str) -> list[NodeInfo]:
+        """SIGTERM each live agent's process group (scripts included), SIGKILL after a grace."""
+        grace = env_float("LAUNCH_STOP_GRACE_S", 10.0)
+        live = [n for n in self.nodes(run) if n.state == "running"]
+        for n in live:
+            _signal_group(int(n.extra["pid"]), signal.SIGTERM)
+        deadline = time.time() + grace + 2
+        while time.time() < deadline and any(
+            process_alive(int(n.extra["pid"]), AGENT_MARKER) for n in live
+        ):
+            time.sleep(0.1)
+        for n in live:
+            if process_alive(int(n.extra["pid"]), AGENT_MARKER):
+                _signal_group(int(n.extra["pid"]), signal.SIGKILL)
+            n.state = "terminated"
+        return live
+
+    def delete(self, run: str) -> None:
+        shutil.rmtree(self._nodes_dir(run), ignore_errors=True)
+        shutil.rmtree(self.home / "work" / run, ignore_errors=True)
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)

@@ -1,0 +1,156 @@
+"""Experiment state in storage: status, claims, heartbeats, and who may take an experiment.
+
+An experiment is taken by creating ``claims/NNNNNN`` (attempt N) with
+:meth:`Storage.create_exclusive`, atomic on a file system and on S3, so two agents can never
+run the same attempt. The attempt to claim is always one past the highest claim there, and that
+claim is only attempted when the experiment is queued, or when the attempt holding it is dead:
+its heartbeat (or its claim, before the first heartbeat) is older than the stale timeout, or its
+node is a process on this machine that no longer exists. A slow agent that lost its experiment
+notices ``claims/N+1`` at its next heartbeat and stops writing (fencing).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass
+
+from launcher.config import env_float
+from launcher.storage import Storage
+
+AGENT_MARKER = b"launcher.agent"
+TERMINAL = ("succeeded", "failed", "stopped")
+STATES = ("queued", "running", *TERMINAL)
+
+
+def heartbeat_interval() -> float:
+    """Seconds between heartbeats (``LAUNCH_HEARTBEAT_S``, default 10)."""
+    return env_float("LAUNCH_HEARTBEAT_S", 10.0)
+
+
+def stale_timeout() -> float:
+    """Seconds without a heartbeat after which an attempt is dead (``LAUNCH_STALE_S``, 120)."""
+    return env_float("LAUNCH_STALE_S", 120.0)
+
+
+def exp_key(run: str, exp: str, *parts: str) -> str:
+    return "/".join(("runs", run, "experiments", exp, *parts))
+
+
+def read_status(storage: Storage, run: str, exp: str) -> dict:
+    """status.json, or a queued status when the experiment has never been written."""
+    status = storage.read_json(exp_key(run, exp, "status.json"), default=None)
+    return status or {"state": "queued", "attempt": 0, "exit_code": None, "metrics": {}}
+
+
+def write_status(storage: Storage, run: str, exp: str, **fields) -> dict:
+    """Merge fields into status.json and write it whole (atomic on both file systems and S3)."""
+    status = read_status(storage, run, exp)
+    status.update(fields)
+    storage.write_json(exp_key(run, exp, "status.json"), status)
+    return status
+
+
+def claims(storage: Storage, run: str, exp: str) -> list[int]:
+    """Attempt numbers claimed so far, ascending."""
+    return sorted(int(n) for n in storage.list(exp_key(run, exp, "claims")) if n.isdigit())
+
+
+def claim_key(run: str, exp: str, attempt: int) -> str:
+    return exp_key(run, exp, "claims", f"{attempt:06d}")
+
+
+def process_alive(pid: int, marker: bytes | None = None) -> bool:
+    """Whether a process exists on this machine and is not a zombie awaiting its parent; with a
+    marker, also that its command line holds it (a reused pid is someone else)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            # the state letter follows the parenthesised command name
+            if f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                return False
+        if marker is not None:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                return marker in f.read()
+    except (OSError, IndexError):
+        pass  # no procfs (macOS): kill(0) said it exists
+    return True
+
+
+def node_is_dead(storage: Storage, run: str, node: str) -> bool:
+    """True only when the node is known dead: it ran on this machine and its process is gone.
+    A node elsewhere is never judged here; its heartbeat going stale says it instead."""
+    record = storage.read_json(f"runs/{run}/nodes/{node}.json", default=None)
+    if not record or record.get("host") != socket.gethostname() or not record.get("pid"):
+        return False
+    return not process_alive(int(record["pid"]), AGENT_MARKER)
+
+
+@dataclass
+class Claim:
+    """An attempt this agent holds."""
+
+    run: str
+    exp: str
+    attempt: int
+    node: str
+    resumed: bool  # a previous attempt ran: its artifacts are restored first
+
+
+def _attempt_is_dead(storage: Storage, run: str, exp: str, attempt: int, stale_s: float) -> bool:
+    now = time.time()
+    hb = storage.read_json(exp_key(run, exp, "heartbeat"), default=None)
+    claim = storage.read_json(claim_key(run, exp, attempt), default=None) or {}
+    seen = float(claim.get("time") or 0.0)
+    node = claim.get("node")
+    if hb and hb.get("attempt") == attempt:
+        seen = max(seen, float(hb.get("time") or 0.0))
+        node = hb.get("node") or node
+    if now - seen > stale_s:
+        return True
+    return bool(node) and node_is_dead(storage, run, node)
+
+
+def try_claim(
+    storage: Storage, run: str, exp: str, node: str, *, stale_s: float | None = None
+) -> Claim | None:
+    """Take an experiment if it is free (queued, or its attempt is dead); None otherwise."""
+    stale_s = stale_timeout() if stale_s is None else stale_s
+    # claims first, then status: a status read after the listing is never older than it
+    taken = claims(storage, run, exp)
+    status = read_status(storage, run, exp)
+    if status["state"] in TERMINAL:
+        return None
+    highest = taken[-1] if taken else 0
+    current = int(status.get("attempt") or 0)
+    free = status["state"] == "queued" and highest <= current
+    if not free and not _attempt_is_dead(storage, run, exp, highest, stale_s):
+        return None
+    attempt = highest + 1
+    body = {"node": node, "attempt": attempt, "time": time.time(), "host": socket.gethostname()}
+    import json
+
+    if not storage.create_exclusive(claim_key(run, exp, attempt), json.dumps(body).encode()):
+        return None  # another agent won this attempt
+    # the experiment may have finished between our reads and the claim: then leave it alone
+    if read_status(storage, run, exp)["state"] in TERMINAL:
+        return None
+    return Claim(run=run, exp=exp, attempt=attempt, node=node, resumed=highest > 0)
+
+
+def claim_lost(storage: Storage, claim: Claim) -> bool:
+    """Whether another agent has taken a later attempt (this one was judged dead)."""
+    return storage.exists(claim_key(claim.run, claim.exp, claim.attempt + 1))
+
+
+def beat(storage: Storage, claim: Claim) -> None:
+    storage.write_json(
+        exp_key(claim.run, claim.exp, "heartbeat"),
+        {"node": claim.node, "attempt": claim.attempt, "time": time.time()},
+    )

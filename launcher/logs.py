@@ -1,0 +1,52 @@
+"""Reading an experiment's log: numbered pieces in storage, concatenated in order; following
+them while the experiment runs."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+from launcher.claims import TERMINAL, exp_key, read_status
+from launcher.storage import Storage
+
+
+def log_pieces(storage: Storage, run: str, exp: str) -> list[str]:
+    """Piece names (``000000.log``, ...) in order."""
+    names = storage.list(exp_key(run, exp, "logs"))
+    return sorted(n for n in names if n.endswith(".log") and n[:-4].isdigit())
+
+
+def read_log(storage: Storage, run: str, exp: str) -> str:
+    """Everything an experiment printed so far (all attempts)."""
+    return "".join(
+        storage.read_bytes(exp_key(run, exp, "logs", n)).decode(errors="replace")
+        for n in log_pieces(storage, run, exp)
+    )
+
+
+def follow_logs(
+    storage: Storage,
+    run: str,
+    exps: list[str],
+    *,
+    poll: float = 1.0,
+    tick: Callable[[], None] | None = None,
+) -> Iterator[tuple[str, str]]:
+    """Yield ``(exp, text)`` as pieces land, until every experiment is finished and drained.
+
+    ``tick`` runs once per poll (the CLI uses it to reconcile dead agents while following).
+    """
+    seen: dict[str, int] = {e: 0 for e in exps}
+    while True:
+        # status before pieces: a finished status means its last piece is already there
+        done = {e: read_status(storage, run, e)["state"] in TERMINAL for e in exps}
+        for e in exps:
+            pieces = log_pieces(storage, run, e)
+            for name in pieces[seen[e] :]:
+                yield e, storage.read_bytes(exp_key(run, e, "logs", name)).decode(errors="replace")
+            seen[e] = len(pieces)
+        if all(done.values()):
+            return
+        if tick is not None:
+            tick()
+        time.sleep(poll)

@@ -1,0 +1,389 @@
+"""Runs: prepare one from a spec, read its state, reconcile, stop, delete, wait.
+
+A run lives in storage (``runs/RUN/...``, the source of truth) and has a summary row in the local
+SQLite index (:mod:`launcher.store`). The summary of a finished run never changes, so listing many
+runs reads only the index plus the storage of the unfinished ones.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from launcher import claims as cl
+from launcher.errors import LaunchError, NotFoundError, SpecError
+from launcher.store import FINISHED, RunIndex, RunRow
+
+if TYPE_CHECKING:
+    from launcher.backends.base import Backend
+    from launcher.spec import JobSpec
+    from launcher.storage import Storage
+
+RUN_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+def validate_run_name(name: str) -> str:
+    if not RUN_NAME.match(name or ""):
+        raise SpecError(
+            f"invalid run name {name!r}: use 1-63 characters, lower-case letters, digits and '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def new_run_name(script: str) -> str:
+    """``train-1122-2004-3f9a``: the script's stem, the time, a random suffix."""
+    stem = re.sub(r"[^a-z0-9-]+", "-", Path(script).stem.lower()).strip("-")[:30] or "run"
+    return f"{stem}-{time.strftime('%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
+@dataclass
+class ExperimentView:
+    """One experiment as ``launch status RUN`` shows it."""
+
+    id: str
+    args: list[str]
+    params: dict[str, Any]
+    state: str = "queued"
+    exit_code: int | None = None
+    attempt: int = 0
+    node: str | None = None
+    started: float | None = None
+    ended: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    message: str = ""
+
+
+@dataclass
+class Plan:
+    """What ``launch run --dry-run`` shows: nothing is written."""
+
+    spec: JobSpec
+    experiments: list
+    cost: dict
+    files: int
+    size: int
+
+
+# -- launching ------------------------------------------------------------------------------
+def _check_script(spec: JobSpec, workdir: Path) -> None:
+    script = Path(spec.script)
+    if script.is_absolute() or ".." in script.parts:
+        raise SpecError(f"script {spec.script!r} must be a path inside the working directory")
+    if not (workdir / script).is_file():
+        raise NotFoundError(f"script {spec.script!r} not found in {workdir}")
+
+
+def plan_run(spec: JobSpec, workdir: Path | str = ".") -> Plan:
+    """Everything a run would be, without writing anything (``--dry-run``)."""
+    from launcher.catalog import estimate_cost
+    from launcher.snapshot import collect_files
+
+    workdir = Path(workdir).resolve()
+    _check_script(spec, workdir)
+    files = collect_files(workdir)
+    size = sum((workdir / f).stat().st_size for f in files)
+    return Plan(spec, spec.experiments(), estimate_cost(spec), len(files), size)
+
+
+def prepare_run(
+    spec: JobSpec,
+    backend: Backend,
+    *,
+    workdir: Path | str = ".",
+    index: RunIndex | None = None,
+) -> str:
+    """Snapshot the code, write the run to storage, index it, start its nodes; its name."""
+    from launcher.snapshot import make_snapshot
+
+    workdir = Path(workdir).resolve()
+    _check_script(spec, workdir)
+    experiments = spec.experiments()
+    name = validate_run_name(spec.name or new_run_name(spec.script))
+    storage = backend.storage()
+    if storage.exists(f"runs/{name}/run.json"):
+        raise SpecError(f"a run named {name!r} already exists; pick another --name")
+    spec = _pin_datastore(spec, storage)
+    snapshot = make_snapshot(workdir)
+    if spec.script not in snapshot.files:
+        raise SpecError(
+            f"script {spec.script!r} is excluded from the code snapshot by .gitignore or "
+            ".launchignore"
+        )
+    storage.write_bytes(f"runs/{name}/code.tar.gz", snapshot.data)
+    for e in experiments:
+        storage.write_json(cl.exp_key(name, e.id, "params.json"), e.to_dict())
+        storage.write_json(
+            cl.exp_key(name, e.id, "status.json"),
+            {"state": "queued", "attempt": 0, "exit_code": None, "metrics": {}, "message": ""},
+        )
+    created = time.time()
+    # run.json last: a run without it is incomplete and never claimed
+    storage.write_json(
+        f"runs/{name}/run.json",
+        {"name": name, "created": created, "spec": spec.to_dict(),
+         "experiments": [e.to_dict() for e in experiments]},
+    )  # fmt: skip
+    index = index or RunIndex()
+    index.upsert(
+        _row(name, backend, storage, spec.to_dict(), created, "queued", 0, len(experiments))
+    )
+    backend.submit(name, spec)
+    return name
+
+
+def _pin_datastore(spec: JobSpec, storage: Storage) -> JobSpec:
+    """Resolve ``--datastore NAME`` to its latest version now, so retries see the same data."""
+    if not spec.datastore:
+        return spec
+    from launcher.datastore import resolve_datastore
+    from launcher.spec import JobSpec
+
+    ref = spec.datastore
+    if spec.datastore_version is not None:
+        ref = f"{ref}:{spec.datastore_version}"
+    name, version = resolve_datastore(storage, ref)
+    return JobSpec.from_dict(dict(spec.to_dict(), datastore=name, datastore_version=version))
+
+
+def _row(name, backend, storage, spec: dict, created, status, done, total) -> RunRow:
+    return RunRow(
+        name=name, backend=backend.name, root=storage.root_url, created=created,
+        instance_type=spec.get("instance_type") or "", gpus=int(spec.get("gpus") or 0),
+        max_nodes=int(spec.get("max_nodes") or 1), spot=bool(spec.get("spot")),
+        status=status, done=done, total=total,
+    )  # fmt: skip
+
+
+# -- reading state --------------------------------------------------------------------------
+def load_record(storage: Storage, run: str) -> dict:
+    record = storage.read_json(f"runs/{run}/run.json", default=None)
+    if record is None:
+        raise NotFoundError(f"run {run!r} not found under {storage.root_url}")
+    return record
+
+
+def experiment_views(storage: Storage, run: str, record: dict) -> list[ExperimentView]:
+    out = []
+    for e in record["experiments"]:
+        st = cl.read_status(storage, run, e["id"])
+        out.append(ExperimentView(
+            id=e["id"], args=e["args"], params=e.get("params") or {},
+            state=st.get("state", "queued"), exit_code=st.get("exit_code"),
+            attempt=int(st.get("attempt") or 0), node=st.get("node"), started=st.get("started"),
+            ended=st.get("ended"), metrics=st.get("metrics") or {}, message=st.get("message", ""),
+        ))  # fmt: skip
+    return out
+
+
+def summarize(views: list[ExperimentView], stop_requested: bool = False) -> tuple[str, int]:
+    """The run's status and how many experiments are finished."""
+    states = [v.state for v in views]
+    done = sum(s in cl.TERMINAL for s in states)
+    if views and done == len(views):
+        if all(s == "succeeded" for s in states):
+            return "succeeded", done
+        return ("failed" if "failed" in states else "stopped"), done
+    if stop_requested:
+        return "stopping", done
+    return ("running" if "running" in states else "queued"), done
+
+
+class RunContext:
+    """A run's index row, backend and storage, opened by name."""
+
+    def __init__(self, name: str, index: RunIndex | None = None):
+        from launcher.backends.base import get_backend
+
+        self.index = index or RunIndex()
+        run, _, exp = name.partition("/")
+        self.name, self.exp = run, exp or None
+        self.row = self.index.get(run)
+        if self.row is None:
+            self._adopt()
+        self.backend = get_backend(self.row.backend)
+        self.storage = self.backend.storage()
+
+    def _adopt(self) -> None:
+        """A run in local storage but not in the index (index deleted): index it again."""
+        from launcher.backends.local import LocalBackend
+
+        backend = LocalBackend()
+        storage = backend.storage()
+        record = storage.read_json(f"runs/{self.name}/run.json", default=None)
+        if record is None:
+            known = self.index.names()[:5]
+            hint = f"; recent runs: {', '.join(known)}" if known else "; no runs yet"
+            raise NotFoundError(f"run {self.name!r} not found{hint} (see `launch status`)")
+        self.row = _row(self.name, backend, storage, record["spec"], record["created"],
+                        "queued", 0, len(record["experiments"]))  # fmt: skip
+        self.index.upsert(self.row)
+
+    def record(self) -> dict:
+        return load_record(self.storage, self.name)
+
+    def experiment_ids(self) -> list[str]:
+        ids = [e["id"] for e in self.record()["experiments"]]
+        if self.exp is None:
+            return ids
+        if self.exp not in ids:
+            raise NotFoundError(
+                f"experiment {self.exp!r} not in run {self.name!r}; it has {', '.join(ids)}"
+            )
+        return [self.exp]
+
+    def refresh(self, *, reconcile: bool = True) -> tuple[RunRow, list[ExperimentView]]:
+        """Read the run's state from storage, reconcile dead agents, update the index."""
+        record = self.record()
+        views = experiment_views(self.storage, self.name, record)
+        stop = self.storage.exists(f"runs/{self.name}/stop")
+        status, done = summarize(views, stop)
+        message = ""
+        if status not in FINISHED and reconcile and self.backend.capabilities.reconcile:
+            message = self._reconcile(record, views, stop)
+            if message.startswith("stopped"):
+                views = experiment_views(self.storage, self.name, record)
+                status, done = summarize(views, stop)
+        row = self.row
+        row.status, row.done, row.total, row.message = status, done, len(views), message
+        if status in FINISHED:
+            row.ended = max((v.ended or 0 for v in views), default=None) or time.time()
+        row.cost = self._cost()
+        self.index.upsert(row)
+        return row, views
+
+    def _reconcile(self, record: dict, views: list[ExperimentView], stop: bool) -> str:
+        """An unfinished run with no live agent gets a replacement (or, stopped, is closed)."""
+        if any(n.state == "running" for n in self.backend.nodes(self.name)):
+            return ""
+        if stop:
+            for v in views:
+                if v.state not in cl.TERMINAL:
+                    cl.write_status(self.storage, self.name, v.id, state="stopped",
+                                    ended=time.time(),
+                                    message="stopped (no agent left)")  # fmt: skip
+            return "stopped: no agent was left to stop it"
+        from launcher.spec import JobSpec
+
+        started = self.backend.submit(self.name, JobSpec.from_dict(record["spec"]))
+        return f"restarted {len(started)} agent(s)" if started else ""
+
+    def _cost(self) -> float | None:
+        if not self.backend.capabilities.cost or not self.row.instance_type:
+            return None
+        from launcher.catalog import get_instance
+
+        it = get_instance(self.row.instance_type)
+        price = it.spot_price_hour if self.row.spot else it.price_hour
+        now = time.time()
+        hours = sum(
+            ((n.ended_at or now) - n.started_at) / 3600
+            for n in self.backend.nodes(self.name)
+            if n.started_at
+        )
+        return round(hours * price, 4)
+
+
+def list_runs(index: RunIndex | None = None, *, reconcile: bool = True) -> list[RunRow]:
+    """Every indexed run, newest first; unfinished ones refreshed from storage first."""
+    index = index or RunIndex()
+    for row in index.list(unfinished_only=True):
+        try:
+            RunContext(row.name, index).refresh(reconcile=reconcile)
+        except NotFoundError:
+            row.status, row.message = "missing", "run.json is gone from storage"
+            index.upsert(row)
+        except LaunchError as e:  # one unreachable backend must not hide the others
+            row.message = str(e)
+            index.upsert(row)
+    return index.list()
+
+
+def run_detail(name: str, index: RunIndex | None = None) -> tuple[RunRow, list[ExperimentView]]:
+    return RunContext(name, index).refresh()
+
+
+# -- changing state -------------------------------------------------------------------------
+def stop_run(name: str, *, index: RunIndex | None = None, wait: float | None = None) -> RunRow:
+    """Ask agents to stop a run (``RUN``) or one experiment (``RUN/EXP``), wait for them, then
+    stop what did not answer. Queued experiments become ``stopped`` at once."""
+    ctx = RunContext(name, index)
+    ids = ctx.experiment_ids()
+    if ctx.exp:
+        ctx.storage.write_text(cl.exp_key(ctx.name, ctx.exp, "stop"), "")
+    else:
+        ctx.storage.write_text(f"runs/{ctx.name}/stop", "")
+    now = time.time()
+    for e in ids:
+        if cl.read_status(ctx.storage, ctx.name, e)["state"] == "queued":
+            cl.write_status(ctx.storage, ctx.name, e, state="stopped", ended=now,
+                            message="stopped before it started")  # fmt: skip
+    if wait is None:
+        from launcher.config import env_float
+
+        wait = cl.heartbeat_interval() + env_float("LAUNCH_STOP_GRACE_S", 10.0) + 5
+    deadline = time.time() + wait
+    while time.time() < deadline:
+        if all(cl.read_status(ctx.storage, ctx.name, e)["state"] in cl.TERMINAL for e in ids):
+            break
+        time.sleep(0.2)
+    if not ctx.exp:
+        ctx.backend.stop(ctx.name)
+        for e in ids:
+            if cl.read_status(ctx.storage, ctx.name, e)["state"] not in cl.TERMINAL:
+                cl.write_status(ctx.storage, ctx.name, e, state="stopped", ended=time.time(),
+                                message="its agent did not answer; stopped")  # fmt: skip
+    return ctx.refresh(reconcile=False)[0]
+
+
+def delete_run(name: str, *, index: RunIndex | None = None) -> None:
+    """Stop a run if it is still going, then remove it from storage, the backend and the index."""
+    ctx = RunContext(name, index)
+    if ctx.exp:
+        raise SpecError(f"delete takes a run, not an experiment: {name!r}")
+    row, _ = ctx.refresh(reconcile=False)
+    if row.status not in FINISHED and row.status != "missing":
+        stop_run(ctx.name, index=ctx.index)
+    ctx.backend.stop(ctx.name)
+    ctx.backend.delete(ctx.name)
+    ctx.storage.delete(f"runs/{ctx.name}", recursive=True)
+    ctx.index.delete(ctx.name)
+
+
+def wait_run(
+    name: str,
+    *,
+    index: RunIndex | None = None,
+    poll: float = 1.0,
+    on_log=None,
+    timeout: float | None = None,
+) -> tuple[RunRow, list[ExperimentView]]:
+    """Block until a run finishes, reconciling dead agents; ``on_log(exp, text)`` streams logs."""
+    ctx = RunContext(name, index)
+    deadline = None if timeout is None else time.time() + timeout
+    if on_log is not None:
+        from launcher.logs import follow_logs
+
+        last = [0.0]
+
+        def tick() -> None:
+            if time.time() - last[0] > 5 * poll:  # reconcile now and then, not every poll
+                last[0] = time.time()
+                ctx.refresh()
+            if deadline and time.time() > deadline:
+                raise LaunchError(f"run {ctx.name!r} did not finish within {timeout:g}s")
+
+        for exp, text in follow_logs(ctx.storage, ctx.name, ctx.experiment_ids(), poll=poll,
+                                     tick=tick):  # fmt: skip
+            on_log(exp, text)
+    while True:
+        row, views = ctx.refresh()
+        if row.status in FINISHED:
+            return row, views
+        if deadline and time.time() > deadline:
+            raise LaunchError(f"run {ctx.name!r} did not finish within {timeout:g}s")
+        time.sleep(poll)
