@@ -1,0 +1,370 @@
+"""JobSpec: a YAML file and/or flag values -> one validated job (strict: unknown keys are errors).
+
+The YAML format mirrors the ``launch run`` flags, one key per flag (examples in ``job_specs/``)::
+
+    script: trainer/train.py
+    script_args: ["--max_epochs", "5", "--lr", "[0.01, 0.001]"]   # or one shell-like string
+    instance_type: g4dn.xlarge
+    gpus: 1
+    datastore: kinetics:2
+
+Grid's spellings are accepted as aliases (``instance``, ``use_spot``, ``datastore_name``, and
+dashes for underscores). Defaults: backend ``local``, instance ``g4dn.xlarge``, ``gpus`` = every
+GPU of the instance type (so ``--instance_type g4dn.12xlarge`` alone gives 4; pass ``--gpus 0``
+for a CPU run), ``disk_size`` 100 GiB, ``max_nodes`` 1, ``strategy`` grid_search, ``seed`` 0
+(sweeps are reproducible by default), no retries, no runtime limit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from launcher import catalog, sweep
+from launcher.errors import SpecError
+from launcher.sweep import Experiment
+
+if TYPE_CHECKING:
+    from launcher.backends.base import Capabilities
+
+__all__ = ["JobSpec", "Experiment", "ALIASES", "field_help"]
+
+BACKENDS = ("local", "aws")
+MIN_DISK_GIB = 20
+MAX_DISK_GIB = 16384
+MAX_NODES = 100
+MAX_RETRIES = 100
+RUN_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+DATASTORE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Set by the agent for every experiment; a spec must not shadow them.
+RESERVED_ENV = ("CUDA_VISIBLE_DEVICES",)
+RESERVED_ENV_PREFIX = "LAUNCH_"
+
+#: Other spellings accepted in YAML and overrides (Grid's names), mapped to the field name.
+ALIASES = {
+    "instance": "instance_type",
+    "use_spot": "spot",
+    "datastore_name": "datastore",
+    "args": "script_args",
+}
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+@dataclass
+class JobSpec:
+    """Everything ``launch run`` needs; every field has a flag of the same name."""
+
+    script: str = _f(None, "Script to run with python, relative to the working directory.")
+    script_args: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Arguments for the script; flag values may be sweeps."},
+    )
+    name: str | None = _f(None, "Run name ([a-z0-9][a-z0-9-]{0,62}); generated when omitted.")
+    backend: str = _f("local", "Where to run: local (processes on this machine) or aws (EC2).")
+    instance_type: str = _f("g4dn.xlarge", "Instance type per node; `launch instances` lists them.")
+    gpus: int | None = _f(None, "GPUs per experiment; default: all the instance type has.")
+    disk_size: int = _f(100, f"Disk per node in GiB ({MIN_DISK_GIB} to {MAX_DISK_GIB}).")
+    datastore: str | None = _f(None, "Datastore to mount, NAME or NAME:VERSION.")
+    datastore_version: int | None = _f(None, "Datastore version; default: the latest.")
+    datastore_mount_dir: str | None = _f(
+        None, "Absolute path the datastore appears at on a node; default: in the agent's work dir."
+    )
+    strategy: str = _f("grid_search", "How sweeps combine: grid_search or random_search.")
+    trials: int | None = _f(None, "Experiments to draw with random_search (required there).")
+    max_nodes: int = _f(1, f"Nodes running experiments at once (1 to {MAX_NODES}).")
+    spot: bool = _f(False, "Use spot instances (cheaper, can be interrupted; resumed on retry).")
+    env: dict[str, str] = field(
+        default_factory=dict, metadata={"help": "Extra environment variables for the script."}
+    )
+    retries: int = _f(0, "Times a failed experiment is run again (from its last checkpoint).")
+    seed: int = _f(0, "Seed for random_search and distribution sweeps.")
+    max_runtime: int | None = _f(
+        None, "Seconds an experiment may run before it is stopped (accepts 90m, 2h, 1d)."
+    )
+
+    # -- construction ---------------------------------------------------------------------------
+    @classmethod
+    def load(
+        cls, path: str | Path | None = None, *, workdir: str | Path | None = None, **overrides: Any
+    ) -> JobSpec:
+        """A validated spec from a YAML file and/or flag values (flags win).
+
+        Overrides that are None are "not given" (click passes None for unset options); an empty
+        ``script_args`` is "not given" unless ``script`` is given too. The script must exist under
+        ``workdir`` (default: the current directory).
+        """
+        data: dict[str, Any] = _read_yaml(path) if path is not None else {}
+        data = _canonical_keys(data, source=str(path) if path else "spec")
+        given = {k: v for k, v in overrides.items() if v is not None}
+        if "script_args" in given and not given["script_args"] and "script" not in given:
+            del given["script_args"]
+        data.update(_canonical_keys(given, source="flags"))
+        spec = cls.from_dict(data)
+        spec.validate(workdir=Path.cwd() if workdir is None else workdir)
+        return spec
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobSpec:
+        """A spec from a mapping (run.json, YAML), type-checked; no file system access."""
+        if not isinstance(data, dict):
+            raise SpecError(f"a job spec must be a mapping of field: value, not {_tname(data)}")
+        data = _canonical_keys(data, source="spec")
+        values = {name: _CHECKS[name](name, value) for name, value in data.items()}
+        spec = cls(**values)
+        if spec.script is None:
+            raise SpecError("script is required: the python file to run, e.g. trainer/train.py")
+        if spec.datastore and ":" in spec.datastore:
+            name, _, version = spec.datastore.partition(":")
+            if not version.isdigit() or int(version) < 1:
+                raise SpecError(
+                    f"datastore {spec.datastore!r}: the version after ':' must be an integer >= 1"
+                )
+            v = int(version)
+            if spec.datastore_version not in (None, v):
+                raise SpecError(
+                    f"datastore {spec.datastore!r} and datastore_version {spec.datastore_version} "
+                    "disagree; give the version once"
+                )
+            spec.datastore, spec.datastore_version = name, v
+        if spec.datastore is not None and not DATASTORE_NAME_RE.match(spec.datastore):
+            raise SpecError(
+                f"invalid datastore name {spec.datastore!r}: use [a-z0-9][a-z0-9._-]{{0,62}}"
+            )
+        if spec.datastore_version is not None and spec.datastore is None:
+            raise SpecError("datastore_version is set but datastore is not")
+        return spec
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict of every field (the run.json form); from_dict reads it back."""
+        return dataclasses.asdict(self)
+
+    # -- validation ----------------------------------------------------------------------------
+    def validate(self, workdir: str | Path | None = None) -> JobSpec:
+        """Check combinations against the catalog (and the script under ``workdir`` when given).
+
+        Resolves ``gpus`` (None -> the instance's GPU count) and normalizes ``script`` to a
+        path relative to ``workdir``. Returns self, so ``JobSpec.from_dict(d).validate()``.
+        """
+        inst = catalog.get_instance(self.instance_type)
+        if self.gpus is None:
+            self.gpus = inst.gpus
+        if self.gpus > inst.gpus:
+            options = catalog.instances_with_gpus(self.gpus, family=inst.name.split(".")[0])
+            need = f"needs one of: {', '.join(options[:8])}" if options else "no type has that many"
+            plural = "GPU" if inst.gpus == 1 else "GPUs"
+            raise SpecError(f"{inst.name} has {inst.gpus} {plural}; --gpus {self.gpus} {need}")
+        if self.strategy == "grid_search" and self.trials is not None:
+            raise SpecError("trials only applies to strategy random_search, not grid_search")
+        if self.strategy == "random_search" and self.trials is None:
+            raise SpecError("strategy random_search needs trials (the number of experiments)")
+        if workdir is not None:
+            self.script = _check_script(self.script, Path(workdir))
+        self.experiments()  # surfaces malformed sweeps now, before anything is launched
+        return self
+
+    def check_capabilities(self, caps: Capabilities, backend: str | None = None) -> None:
+        """SpecError if the spec asks for something the backend cannot do (spot, nodes, GPUs)."""
+        who = f"backend {backend or self.backend!r}"
+        if self.spot and not caps.spot:
+            raise SpecError(f"{who} cannot run spot instances; drop --spot or use --backend aws")
+        if self.max_nodes > 1 and not caps.multi_node:
+            raise SpecError(f"{who} runs one node only; --max_nodes {self.max_nodes} needs 1")
+        if self.gpus and not caps.gpus:
+            raise SpecError(f"{who} has no GPUs; use --gpus 0")
+
+    def experiments(self) -> list[Experiment]:
+        """One experiment per point of the sweep in ``script_args`` (one if nothing sweeps)."""
+        return sweep.expand(self.script_args, self.strategy, self.trials, self.seed)
+
+
+def field_help() -> dict[str, str]:
+    """Field name -> one-line description (for CLI help and docs)."""
+    return {f.name: f.metadata["help"] for f in dataclasses.fields(JobSpec)}
+
+
+# -- reading -----------------------------------------------------------------------------------
+def _read_yaml(path: str | Path) -> dict[str, Any]:
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise SpecError(f"spec file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise SpecError(f"{p}{where}: invalid YAML: {problem}") from None
+    except UnicodeDecodeError:
+        raise SpecError(f"{p}: not a UTF-8 text file") from None
+    if data is None:
+        raise SpecError(f"{p} is empty; it needs at least `script: PATH`")
+    if not isinstance(data, dict):
+        raise SpecError(f"{p} must be a mapping of field: value, not {_tname(data)}")
+    return data
+
+
+def _canonical_keys(data: dict[str, Any], source: str) -> dict[str, Any]:
+    names = [f.name for f in dataclasses.fields(JobSpec)]
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if not isinstance(key, str):
+            raise SpecError(f"{source}: keys must be strings, not {key!r}")
+        canon = key.replace("-", "_")
+        canon = ALIASES.get(canon, canon)
+        if canon not in names:
+            close = difflib.get_close_matches(canon, names + list(ALIASES), n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise SpecError(f"{source}: unknown field {key!r}; {hint}fields: {', '.join(names)}")
+        if canon in out:
+            raise SpecError(f"{source}: field {canon!r} is given twice (as {key!r} too)")
+        out[canon] = value
+    return out
+
+
+# -- per-field checks: (field name, raw value) -> value, or SpecError naming the field --------
+def _tname(v: Any) -> str:
+    return type(v).__name__
+
+
+def _check_str(name: str, v: Any) -> str:
+    if not isinstance(v, str) or not v:
+        raise SpecError(f"{name} must be a non-empty string, not {v!r}")
+    return v
+
+
+def _optional(check):
+    return lambda name, v: None if v is None else check(name, v)
+
+
+def _check_int(name: str, v: Any, low: int = 0, high: int | None = None) -> int:
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise SpecError(f"{name} must be an integer, not {v!r}")
+    if v < low or (high is not None and v > high):
+        allowed = f"{low} to {high}" if high is not None else f">= {low}"
+        raise SpecError(f"{name} must be {allowed}, got {v}")
+    return v
+
+
+def _check_positive_int(name: str, v: Any) -> int:
+    return _check_int(name, v, low=1)
+
+
+def _check_bool(name: str, v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise SpecError(f"{name} must be true or false, not {v!r}")
+    return v
+
+
+def _check_choice(choices: tuple[str, ...]):
+    def check(name: str, v: Any) -> str:
+        if v not in choices:
+            raise SpecError(f"{name} must be one of: {', '.join(choices)}; got {v!r}")
+        return v
+
+    return check
+
+
+def _check_args(name: str, v: Any) -> list[str]:
+    if isinstance(v, str):
+        try:
+            return shlex.split(v)  # split like a shell would, but never run one
+        except ValueError as e:
+            raise SpecError(f"{name}: cannot split {v!r}: {e}") from None
+    if not isinstance(v, list | tuple):
+        raise SpecError(f"{name} must be a list of strings or one string, not {_tname(v)}")
+    for i, a in enumerate(v):
+        if not isinstance(a, str):
+            raise SpecError(
+                f"{name}[{i}] must be a string, not {_tname(a)} {a!r}; quote it in YAML: '{a}'"
+            )
+    return list(v)
+
+
+def _check_name(name: str, v: Any) -> str:
+    if not isinstance(v, str) or not RUN_NAME_RE.match(v):
+        raise SpecError(f"invalid {name} {v!r}: use [a-z0-9][a-z0-9-]{{0,62}}")
+    return v
+
+
+def _check_datastore(name: str, v: Any) -> str:
+    if not isinstance(v, str) or not v:
+        raise SpecError(f"{name} must be NAME or NAME:VERSION, not {v!r}")
+    return v
+
+
+def _check_mount_dir(name: str, v: Any) -> str:
+    if not isinstance(v, str) or not v.startswith("/") or "\x00" in v or ".." in v.split("/"):
+        raise SpecError(f"{name} must be an absolute path without '..', not {v!r}")
+    return v
+
+
+def _check_env(name: str, v: Any) -> dict[str, str]:
+    if not isinstance(v, dict):
+        raise SpecError(f"{name} must be a mapping of NAME: value, not {_tname(v)}")
+    out = {}
+    for k, val in v.items():
+        if not isinstance(k, str) or not ENV_NAME_RE.match(k):
+            raise SpecError(f"{name}: invalid variable name {k!r}: use [A-Za-z_][A-Za-z0-9_]*")
+        if k in RESERVED_ENV or k.startswith(RESERVED_ENV_PREFIX):
+            raise SpecError(f"{name}: {k} is set by the launcher; it cannot be overridden")
+        if isinstance(val, bool) or not isinstance(val, str | int | float):
+            raise SpecError(f"{name}.{k} must be a string or number, not {val!r}")
+        out[k] = str(val)
+    return out
+
+
+def _check_duration(name: str, v: Any) -> int:
+    if isinstance(v, str):
+        m = _DURATION_RE.match(v)
+        if not m:
+            raise SpecError(f"{name} must be seconds or a duration like 90m, 2h, 1d; got {v!r}")
+        v = round(float(m.group(1)) * _UNITS[m.group(2)])
+    elif isinstance(v, float) and not isinstance(v, bool) and v.is_integer():
+        v = int(v)
+    return _check_int(name, v, low=1)
+
+
+def _check_script(script: str, workdir: Path) -> str:
+    root = workdir.resolve()
+    target = (root / script).resolve()
+    if not target.is_relative_to(root):
+        raise SpecError(f"script {script!r} is outside the working directory {root}")
+    if not target.is_file():
+        raise SpecError(f"script not found: {script} (relative to {root})")
+    return target.relative_to(root).as_posix()
+
+
+_CHECKS = {
+    "script": _check_str,
+    "script_args": _check_args,
+    "name": _optional(_check_name),
+    "backend": _check_choice(BACKENDS),
+    "instance_type": _check_str,
+    "gpus": _optional(lambda n, v: _check_int(n, v, low=0)),
+    "disk_size": lambda n, v: _check_int(n, v, low=MIN_DISK_GIB, high=MAX_DISK_GIB),
+    "datastore": _optional(_check_datastore),
+    "datastore_version": _optional(_check_positive_int),
+    "datastore_mount_dir": _optional(_check_mount_dir),
+    "strategy": _check_choice(sweep.STRATEGIES),
+    "trials": _optional(lambda n, v: _check_int(n, v, low=1, high=sweep.MAX_EXPERIMENTS)),
+    "max_nodes": lambda n, v: _check_int(n, v, low=1, high=MAX_NODES),
+    "spot": _check_bool,
+    "env": _check_env,
+    "retries": lambda n, v: _check_int(n, v, low=0, high=MAX_RETRIES),
+    "seed": lambda n, v: _check_int(n, v, low=0),
+    "max_runtime": _optional(_check_duration),
+}
