@@ -122,6 +122,7 @@ class Agent:
         self.node = node
         self.gpus = gpus
         self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix=f"launch-{run}-{node}-"))
+        self.work_dir.mkdir(parents=True, exist_ok=True)
         self.interruption = interruption or NoInterruption()
         self.heartbeat_s = cl.heartbeat_interval()
         self.stale_s = cl.stale_timeout()

@@ -1,0 +1,264 @@
+"""``launch`` commands around runs: datastores, artifacts, metrics, predict, instances, config."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+
+from launcher.errors import LaunchError, NotFoundError
+
+
+def _storage(backend: str | None):
+    """The storage root of a backend (default: config defaults.backend, else local)."""
+    from launcher.backends.base import get_backend
+    from launcher.config import get_setting
+
+    return get_backend(backend or get_setting("defaults.backend", "local")).storage()
+
+
+_backend_option = click.option(
+    "--backend", type=click.Choice(["local", "aws"]), help="Whose storage (default: local)."
+)
+
+
+# -- datastore -------------------------------------------------------------------------------
+@click.group()
+def datastore() -> None:
+    """Versioned, immutable data sets that runs mount."""
+
+
+@datastore.command("create")
+@click.option("--name", required=True, help="Datastore name ([a-z0-9][a-z0-9._-]*).")
+@click.option("--source", required=True, type=click.Path(exists=True), help="File or folder.")
+@_backend_option
+def datastore_create(name: str, source: str, backend: str | None) -> None:
+    """Upload SOURCE as the next version of datastore NAME (resumable)."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+
+    from launcher.datastore import create_datastore
+
+    storage = _storage(backend)
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TimeRemainingColumn(),
+        transient=True,
+    ) as bar:
+        task = bar.add_task(f"uploading {name}", total=None)
+
+        def progress(done: int, total: int, *_: object) -> None:
+            bar.update(task, completed=done, total=total)
+
+        version = create_datastore(storage, name, source, progress=progress)
+    click.echo(f"{name}:{version}")
+
+
+@datastore.command("list")
+@_backend_option
+def datastore_list(backend: str | None) -> None:
+    """Datastores and their versions."""
+    from launcher.cli import table
+    from launcher.datastore import list_datastores
+
+    rows = []
+    for d in list_datastores(_storage(backend)):
+        d = d if isinstance(d, dict) else vars(d)
+        size = d.get("size")
+        rows.append([str(d.get("name")), str(d.get("version")), str(d.get("files", "-")),
+                     "-" if size is None else f"{size / 1e6:.1f} MB",
+                     str(d.get("created", "-"))])  # fmt: skip
+
+    table(["name", "version", "files", "size", "created"], rows)
+
+
+@datastore.command("delete")
+@click.argument("ref", metavar="NAME[:VERSION]")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@_backend_option
+def datastore_delete(ref: str, yes: bool, backend: str | None) -> None:
+    """Delete a datastore version (or all its versions)."""
+    from launcher.datastore import delete_datastore
+
+    name, _, version = ref.partition(":")
+    if version and not version.isdigit():
+        raise click.BadParameter(f"{ref!r}: VERSION must be a number", param_hint="NAME[:VERSION]")
+    if not yes:
+        click.confirm(f"delete datastore {ref}?", abort=True)
+    delete_datastore(_storage(backend), name, int(version) if version else None)
+    click.echo(f"deleted {ref}")
+
+
+# -- artifacts -------------------------------------------------------------------------------
+@click.group()
+def artifacts() -> None:
+    """What experiments wrote to LAUNCH_ARTIFACTS_DIR: checkpoints, metrics, labels."""
+
+
+@artifacts.command("list")
+@click.argument("target", metavar="RUN[/EXP]")
+def artifacts_list(target: str) -> None:
+    """Artifacts of a run's experiments, with sizes."""
+    from launcher.artifacts import list_artifacts
+    from launcher.cli import table
+    from launcher.runs import RunContext
+
+    ctx = RunContext(target)
+    ctx.experiment_ids()  # NotFoundError for an unknown experiment
+    listing = list_artifacts(ctx.storage, ctx.name, ctx.exp)
+    rows = []
+    for item in _flatten_listing(listing, ctx.exp):
+        rows.append([item[0], item[1], f"{item[2] / 1e6:.2f} MB"])
+    table(["experiment", "path", "size"], rows)
+
+
+def _flatten_listing(listing, exp: str | None):
+    """(exp, relpath, size) rows from list_artifacts' answer ({exp: {path: info}} or per exp)."""
+    if isinstance(listing, dict) and exp is not None and exp not in listing:
+        listing = {exp: listing}
+    for e, files in sorted((listing or {}).items()):
+        for path, info in sorted((files or {}).items()):
+            size = info.get("size", 0) if isinstance(info, dict) else int(info)
+            yield e, path, size
+
+
+@artifacts.command("pull")
+@click.argument("run")
+@click.option("--experiment", "-e", help="Only this experiment (default: all).")
+@click.option("--dest", default="launch_artifacts", show_default=True, help="Local folder.")
+def artifacts_pull(run: str, experiment: str | None, dest: str) -> None:
+    """Download artifacts (sha256-verified) to DEST/RUN/EXP/..."""
+    from launcher.artifacts import pull_artifacts
+    from launcher.runs import RunContext
+
+    ctx = RunContext(run if experiment is None else f"{run}/{experiment}")
+    ctx.experiment_ids()
+    paths = pull_artifacts(ctx.storage, ctx.name, experiment=experiment, dest=dest)
+    for p in paths:
+        click.echo(str(p))
+    click.secho(f"{len(paths)} file(s) under {dest}", err=True, dim=True)
+
+
+# -- metrics and predict ---------------------------------------------------------------------
+@click.command()
+@click.argument("run")
+@click.option("--metric", "-m", help="Metric to rank by (default val_acc1; *loss is minimised).")
+@click.option("--plot", type=click.Path(dir_okay=False), help="Write a PNG of the curves.")
+def metrics(run: str, metric: str | None, plot: str | None) -> None:
+    """A run's leaderboard: each experiment's best value of a metric."""
+    from launcher import metrics as m
+    from launcher.cli import table
+    from launcher.runs import RunContext
+
+    ctx = RunContext(run)
+    rows = m.leaderboard(ctx.storage, ctx.name, metric=metric)
+    out = []
+    for r in rows:
+        r = r if isinstance(r, dict) else vars(r)
+        out.append([str(r.get(k, "-")) for k in ("rank", "experiment", "metric", "best", "epoch")])
+    table(["rank", "experiment", "metric", "best", "epoch"], out)
+    if plot:
+        m.plot_metrics(ctx.storage, ctx.name, plot, metric=metric)
+        click.secho(f"plot written to {plot}", err=True, dim=True)
+
+
+@click.command()
+@click.argument("source", metavar="RUN|CHECKPOINT")
+@click.argument("videos", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--top-k", "-k", type=int, default=1, show_default=True)
+@click.option("--metric", "-m", help="Metric choosing the best experiment (default val_acc1).")
+@click.option("--dest", default="launch_artifacts", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def predict(source: str, videos, top_k: int, metric: str | None, dest: str, as_json: bool) -> None:
+    """Classify VIDEOS with a checkpoint, or with RUN's best experiment's best checkpoint."""
+    ckpt = Path(source)
+    if not ckpt.is_file():
+        ckpt = best_checkpoint(source, metric=metric, dest=dest)
+        click.secho(f"using {ckpt}", err=True, dim=True)
+    cmd = [sys.executable, "-m", "trainer.predict", str(ckpt), *videos, "--top-k", str(top_k)]
+    if as_json:
+        cmd.append("--json")
+    code = subprocess.call(cmd)  # torch loads there, never in the launcher
+    if code:
+        raise LaunchError(f"prediction failed (trainer.predict exited with {code})")
+
+
+def best_checkpoint(run: str, *, metric: str | None = None, dest: str = "launch_artifacts") -> Path:
+    """The best experiment's best.ckpt (by the run's metric), pulled to DEST if not there yet."""
+    from launcher import metrics as m
+    from launcher.artifacts import pull_artifacts
+    from launcher.runs import RunContext
+
+    ctx = RunContext(run)
+    rows = m.leaderboard(ctx.storage, ctx.name, metric=metric)
+    order = [(r if isinstance(r, dict) else vars(r)).get("experiment") for r in rows]
+    order += [e for e in ctx.experiment_ids() if e not in order]  # no metrics: any checkpoint
+    for exp in order:
+        for name in ("best.ckpt", "last.ckpt"):
+            local = Path(dest) / ctx.name / exp / "checkpoints" / name
+            if local.is_file():
+                return local
+            key = f"runs/{ctx.name}/experiments/{exp}/artifacts/checkpoints/{name}"
+            if ctx.storage.exists(key):
+                pull_artifacts(ctx.storage, ctx.name, experiment=exp, dest=dest)
+                if local.is_file():
+                    return local
+    raise NotFoundError(f"run {ctx.name!r} has no checkpoint (checkpoints/best.ckpt) yet")
+
+
+# -- instances and config --------------------------------------------------------------------
+@click.command()
+@click.option("--gpus", type=int, help="Only types with at least this many GPUs.")
+def instances(gpus: int | None) -> None:
+    """Instance types a run can ask for, with prices."""
+    from launcher.catalog import list_instances
+    from launcher.cli import table
+
+    table(
+        ["name", "gpus", "gpu", "gpu mem", "vcpus", "memory", "$/h", "spot $/h"],
+        [[i.name, str(i.gpus), i.gpu_model or "-", f"{i.gpu_memory_gib} GiB" if i.gpus else "-",
+          str(i.vcpus), f"{i.memory_gib:g} GiB", f"{i.price_hour:.3f}", f"{i.spot_price_hour:.3f}"]
+         for i in list_instances(gpus=gpus)],
+    )  # fmt: skip
+
+
+@click.group()
+def config() -> None:
+    """Settings in $LAUNCH_HOME/config.yaml (aws.bucket, aws.region, aws.prefix, ...)."""
+
+
+@config.command("set")
+@click.argument("key")
+@click.argument("value")
+def config_set(key: str, value: str) -> None:
+    from launcher.config import set_setting
+
+    set_setting(key, value)
+
+
+@config.command("get")
+@click.argument("key")
+def config_get(key: str) -> None:
+    from launcher.config import get_setting
+
+    value = get_setting(key)
+    if value is None:
+        raise NotFoundError(f"{key} is not set (see `launch config list`)")
+    click.echo(value)
+
+
+@config.command("list")
+def config_list() -> None:
+    from launcher.config import flatten, load_config
+
+    for key, value in flatten(load_config()).items():
+        click.echo(f"{key} = {json.dumps(value) if not isinstance(value, str) else value}")
+
+
+def register(cli: click.Group) -> None:
+    for command in (datastore, artifacts, metrics, predict, instances, config):
+        cli.add_command(command)
