@@ -1,0 +1,133 @@
+"""Helpers for the AWS tests: a stand-in trainer, preparing runs, playing an instance's part."""
+
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def user_data_of(instance_id: str) -> str:
+    import boto3
+
+    attr = boto3.client("ec2").describe_instance_attribute(
+        InstanceId=instance_id, Attribute="userData"
+    )
+    return base64.b64decode(attr["UserData"]["Value"]).decode()
+
+
+SHUTDOWN_SHIM = """#!/bin/bash
+# Plays the instance's power-off: shutdown behaviour is terminate, so `now` terminates it.
+echo "shutdown $*" >> "$LAUNCH_TEST_LOG"
+if [ "$2" = "now" ]; then
+    aws ec2 terminate-instances --instance-ids "$LAUNCH_TEST_INSTANCE" > /dev/null
+fi
+"""
+PYTHON3_SHIM = """#!/bin/bash
+# The instance's python3: `-m venv DIR` makes DIR/bin/python this same shim, `-m pip` is logged
+# (the package is already installed here, and there is no index), anything else runs for real.
+if [ "$1" = "-m" ] && [ "$2" = "venv" ]; then
+    dir="${@: -1}"; mkdir -p "$dir/bin"; cp "$0" "$dir/bin/python"; exit 0
+fi
+if [ "$1" = "-m" ] && [ "$2" = "pip" ]; then echo "pip $*" >> "$LAUNCH_TEST_LOG"; exit 0; fi
+exec REAL_PYTHON "$@"
+"""
+
+
+def play_instance(
+    instance_id: str, work: Path, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess:
+    """Be the instance moto will not be: run its real user-data with bash.
+
+    The one change is the work directory (``/opt/launch`` is not writable here). ``shutdown``
+    and ``python3`` are shims (logged power-off that terminates the instance; pip logged),
+    the ``aws`` CLI and the agent are the real ones, against the same moto server.
+    """
+    script = user_data_of(instance_id)
+    lines = script.splitlines()
+    assert sum(line.startswith("LAUNCH_WORK_DIR=") for line in lines) == 1
+    script = "\n".join(
+        f"LAUNCH_WORK_DIR={work}" if line.startswith("LAUNCH_WORK_DIR=") else line for line in lines
+    )
+    shims = work.parent / f"{work.name}-shims"
+    shims.mkdir(parents=True, exist_ok=True)
+    (shims / "shutdown").write_text(SHUTDOWN_SHIM)
+    (shims / "python3").write_text(PYTHON3_SHIM.replace("REAL_PYTHON", sys.executable))
+    for shim in shims.iterdir():
+        shim.chmod(0o755)
+    (work.parent / f"{work.name}-user-data.sh").write_text(script)
+    full_env = dict(os.environ)
+    full_env.update(
+        PATH=f"{shims}:{Path(sys.executable).parent}:/usr/bin:/bin",
+        LAUNCH_TEST_LOG=str(work.parent / f"{work.name}-calls.log"),
+        LAUNCH_TEST_INSTANCE=instance_id,
+        LAUNCH_HEARTBEAT_S="0.3",
+        LAUNCH_ARTIFACT_SYNC_S="0.5",
+        LAUNCH_STOP_GRACE_S="5",
+    )
+    full_env.update(env or {})
+    return subprocess.run(
+        ["bash", "-c", script], env=full_env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+TRAIN_SCRIPT = '''"""Stand-in trainer: resumable steps, checkpoint per step, Lightning-like CSV."""
+import argparse, json, os, pathlib, time
+
+p = argparse.ArgumentParser()
+p.add_argument("--steps", type=int, default=3)
+p.add_argument("--lr", type=float, default=0.1)
+p.add_argument("--sleep", type=float, default=0.0)
+a = p.parse_args()
+art = pathlib.Path(os.environ["LAUNCH_ARTIFACTS_DIR"])
+ckpts = art / "checkpoints"
+ckpts.mkdir(parents=True, exist_ok=True)
+last = ckpts / "last.ckpt"
+start = json.loads(last.read_text())["step"] if last.exists() else 0
+with open(art / "starts.txt", "a") as f:  # where each attempt began
+    f.write(f"{start}\\n")
+data = os.environ.get("LAUNCH_DATASTORE_DIR")
+files = pathlib.Path(data).rglob("*") if data else []
+seen = sorted(str(q.relative_to(data)) for q in files if q.is_file())
+metrics = art / "metrics.csv"
+if not metrics.exists():
+    metrics.write_text("epoch,step,train_loss\\n")
+for step in range(start, a.steps):
+    time.sleep(a.sleep)
+    tmp = ckpts / "last.tmp"
+    tmp.write_text(json.dumps({"step": step + 1, "lr": a.lr}))
+    tmp.replace(last)
+    with open(metrics, "a") as f:
+        f.write(f"0,{step + 1},{a.lr / (step + 1)}\\n")
+    print(f"step {step + 1}", flush=True)
+(ckpts / "best.ckpt").write_text(json.dumps({"step": a.steps, "lr": a.lr, "data": seen}))
+(art / "labels.txt").write_text("archery\\nhigh_jump\\n")
+print("done", flush=True)
+'''
+
+
+def make_project(path: Path) -> Path:
+    """A working directory holding the stand-in trainer."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "train.py").write_text(TRAIN_SCRIPT)
+    return path
+
+
+def prepare(backend, workdir: Path, name: str, args=(), **fields) -> str:
+    """Write a run to the backend's storage and submit it, as `launch run` does."""
+    from launcher.runs import prepare_run
+    from launcher.spec import JobSpec
+
+    fields.setdefault("instance_type", "g4dn.xlarge")
+    spec = JobSpec.load(
+        None,
+        workdir=workdir,
+        script="train.py",
+        script_args=list(args),
+        name=name,
+        backend="aws",
+        **fields,
+    )
+    return prepare_run(spec, backend, workdir=workdir)
