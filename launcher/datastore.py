@@ -1,0 +1,276 @@
+"""Datastores: versioned, immutable data sets under ``ROOT/datastores/NAME/VERSION/``.
+
+``create_datastore`` uploads a local folder (or one file) as the next version: files go to
+``data/`` in parallel, hashed as they stream; ``MANIFEST.json`` (paths, sizes, sha256) is written
+last, so a version without it is incomplete. While a create runs, ``UPLOADING.json`` records the
+files already stored; rerunning an interrupted create resumes that version and skips every file
+whose size and sha256 match the record. On a ``file://`` root the stored files and folders are
+made read-only, so a training script cannot modify its data; mounting there returns the data
+folder itself. On ``s3://`` a mount is a verified, parallel download.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from launcher.errors import NotFoundError, SpecError, StorageError
+from launcher.manifest import (
+    ByteCounter,
+    Progress,
+    Throttle,
+    check_manifest,
+    digest,
+    local_files,
+    parallel,
+    plan_down,
+    sync_down,
+    upload,
+    workers_for,
+)
+from launcher.storage import Storage
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+MANIFEST = "MANIFEST.json"
+UPLOADING = "UPLOADING.json"
+# How often an in-progress create records what is stored (resume granularity).
+RECORD_EVERY_S = 2.0
+
+
+@dataclass(frozen=True)
+class DatastoreVersion:
+    """One version of a datastore as listed: complete versions have files, size and created."""
+
+    name: str
+    version: int
+    complete: bool
+    files: int = 0
+    size: int = 0
+    created: str = ""
+
+
+def check_name(name: str) -> str:
+    """``name`` if valid (``[a-z0-9][a-z0-9._-]{0,62}``), else SpecError."""
+    if not isinstance(name, str) or not NAME_RE.match(name) or ".." in name:
+        raise SpecError(f"invalid datastore name {name!r}: use [a-z0-9][a-z0-9._-]{{0,62}}")
+    return name
+
+
+def _key(name: str, version: int, rest: str = "") -> str:
+    return f"datastores/{name}/{version}" + (f"/{rest}" if rest else "")
+
+
+def _versions(storage: Storage, name: str) -> list[int]:
+    return sorted(int(v) for v in storage.list(f"datastores/{name}") if v.isdigit())
+
+
+def _manifest(storage: Storage, name: str, version: int) -> dict | None:
+    data = storage.read_json(_key(name, version, MANIFEST), default=None)
+    if data is not None:
+        check_manifest(data.get("files"), storage.url(_key(name, version, MANIFEST)))
+    return data
+
+
+# -- create -------------------------------------------------------------------------------------
+def create_datastore(
+    storage: Storage,
+    name: str,
+    source: str | Path,
+    *,
+    progress: Progress | None = None,
+) -> int:
+    """Upload ``source`` (a folder, or a single file) as the next version of ``name``.
+
+    Resumes the latest version instead when an earlier create of it was interrupted. Calls
+    ``progress(done_bytes, total_bytes)`` as bytes are stored. Returns the version number.
+    """
+    check_name(name)
+    src = Path(source)
+    if not src.exists():
+        raise NotFoundError(f"datastore source not found: {src}")
+    files = {src.name: src} if src.is_file() else local_files(src)
+    if not files:
+        raise SpecError(f"datastore source {src} has no files; nothing to upload")
+    sizes = {rel: p.stat().st_size for rel, p in files.items()}
+    version = _open_version(storage, name)
+    record_key = _key(name, version, UPLOADING)
+    done: dict[str, dict] = dict(storage.read_json(record_key, default={}).get("files") or {})
+    counter = ByteCounter(sum(sizes.values()), progress)
+
+    def one(rel: str) -> tuple[str, dict]:
+        prev = done.get(rel)
+        if prev and prev["size"] == sizes[rel] and digest(files[rel]) == prev:
+            counter.add(prev["size"])  # stored by the interrupted create: skip
+            return rel, prev
+        entry = upload(storage, files[rel], _key(name, version, f"data/{rel}"), counter)
+        if storage.protocol == "file":
+            os.chmod(storage.path(_key(name, version, f"data/{rel}")), 0o444)
+        return rel, entry
+
+    throttle = Throttle(RECORD_EVERY_S)
+    stored: dict[str, dict] = {}
+    lock = threading.Lock()
+
+    def record() -> None:
+        with lock:  # one writer at a time: the record is rewritten whole
+            storage.write_json(record_key, {"files": {**done, **stored}})
+
+    def tracked(rel: str) -> None:
+        rel, entry = one(rel)
+        with lock:
+            stored[rel] = entry
+        if throttle():  # a later resume skips everything recorded here
+            record()
+
+    try:
+        parallel(tracked, sorted(files), workers_for(storage))
+    except BaseException:
+        record()
+        raise
+    _remove_strays(storage, name, version, set(files))
+    manifest = {
+        "name": name,
+        "version": version,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "files": {rel: stored[rel] for rel in sorted(stored)},
+    }
+    storage.write_json(_key(name, version, MANIFEST), manifest)
+    storage.delete(record_key)
+    if storage.protocol == "file":
+        _set_writable(Path(storage.path(_key(name, version))), False)
+    return version
+
+
+def _open_version(storage: Storage, name: str) -> int:
+    """The version a create writes: the latest if it is incomplete, else a fresh one."""
+    versions = _versions(storage, name)
+    if versions and not storage.exists(_key(name, versions[-1], MANIFEST)):
+        return versions[-1]
+    version = (versions[-1] if versions else 0) + 1
+    # create_exclusive: two creates racing for the same number get different versions
+    while not storage.create_exclusive(_key(name, version, UPLOADING), b'{"files": {}}'):
+        version += 1
+    return version
+
+
+def _remove_strays(storage: Storage, name: str, version: int, keep: set[str]) -> None:
+    """Drop files a resumed create stored from a source that has since lost them."""
+    for rel in storage.walk(_key(name, version, "data")):
+        if rel not in keep:
+            storage.delete(_key(name, version, f"data/{rel}"))
+
+
+def _set_writable(root: Path, writable: bool) -> None:
+    """chmod a tree read-only (a-w) or writable again (u+w) for its owner."""
+    paths = [root, *root.rglob("*")] if root.exists() else []
+    for p in paths:
+        mode = p.stat().st_mode
+        new = (
+            mode | stat.S_IWUSR
+            if writable
+            else mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
+        )
+        os.chmod(p, new)
+
+
+# -- list, resolve, delete ------------------------------------------------------------------------
+def list_datastores(storage: Storage, name: str | None = None) -> list[DatastoreVersion]:
+    """Every version of every datastore (or of one), by name then version."""
+    names = [check_name(name)] if name else storage.list("datastores")
+    out = []
+    for n in names:
+        for v in _versions(storage, n):
+            m = _manifest(storage, n, v)
+            if m is None:
+                out.append(DatastoreVersion(n, v, complete=False))
+            else:
+                files = m["files"]
+                size = sum(e["size"] for e in files.values())
+                out.append(DatastoreVersion(n, v, True, len(files), size, m.get("created", "")))
+    return out
+
+
+def resolve_datastore(storage: Storage, ref: str) -> tuple[str, int]:
+    """``"name"`` or ``"name:version"`` -> (name, version) of a complete version; the latest
+    complete one when no version is given. NotFoundError lists what exists."""
+    name, _, version = str(ref).partition(":")
+    check_name(name)
+    if version and (not version.isdigit() or int(version) < 1):
+        raise SpecError(f"datastore {ref!r}: the version after ':' must be an integer >= 1")
+    versions = _versions(storage, name)
+    if not versions:
+        there = storage.list("datastores")
+        listing = f"datastores here: {', '.join(there)}" if there else "no datastores yet"
+        raise NotFoundError(
+            f"datastore {name!r} not found under {storage.root_url}; {listing} "
+            "(`launch datastore create` makes one)"
+        )
+    complete = [v for v in versions if storage.exists(_key(name, v, MANIFEST))]
+    if version:
+        v = int(version)
+        if v in complete:
+            return name, v
+        if v in versions:
+            raise NotFoundError(
+                f"datastore {name}:{v} is incomplete (an interrupted create); "
+                f"rerun `launch datastore create --name {name}` to finish it"
+            )
+        there = ", ".join(map(str, complete)) or "none complete"
+        raise NotFoundError(f"datastore {name} has no version {v}; versions: {there}")
+    if not complete:
+        raise NotFoundError(f"datastore {name!r} has no complete version yet (create interrupted)")
+    return name, complete[-1]
+
+
+def delete_datastore(storage: Storage, name: str, version: int | None = None) -> list[int]:
+    """Delete one version of a datastore, or all of them; returns the versions deleted."""
+    check_name(name)
+    versions = _versions(storage, name)
+    if version is not None and version not in versions:
+        raise NotFoundError(
+            f"datastore {name} has no version {version}; versions: "
+            f"{', '.join(map(str, versions)) or 'none'}"
+        )
+    if not versions:
+        raise NotFoundError(f"datastore {name!r} not found under {storage.root_url}")
+    targets = versions if version is None else [version]
+    for v in targets:
+        if storage.protocol == "file":
+            _set_writable(Path(storage.path(_key(name, v))), True)
+        storage.delete(_key(name, v), recursive=True)
+    if version is None or targets == versions:
+        storage.delete(f"datastores/{name}", recursive=True)
+    return targets
+
+
+# -- mount ----------------------------------------------------------------------------------------
+def mount_datastore(
+    storage: Storage,
+    name: str,
+    version: int | None,
+    mount_dir: str | Path,
+    *,
+    progress: Progress | None = None,
+) -> Path:
+    """Make a datastore version readable at a local path and return that path.
+
+    On a file:// root: the version's ``data`` folder itself (read-only, nothing copied;
+    ``mount_dir`` is unused). On s3://: a verified parallel download into ``mount_dir``;
+    files already there with the right sha256 are kept, so a second mount is quick.
+    """
+    ref = name if version is None else f"{name}:{version}"
+    name, version = resolve_datastore(storage, ref)
+    files = _manifest(storage, name, version)["files"]
+    if storage.protocol == "file":
+        data = Path(storage.path(_key(name, version, "data")))
+        if not data.is_dir():
+            raise StorageError(f"datastore {name}:{version} is missing its data folder {data}")
+        return data
+    Path(mount_dir).mkdir(parents=True, exist_ok=True)
+    sync_down(storage, plan_down(_key(name, version, "data"), files, Path(mount_dir)), progress)
+    return Path(mount_dir)

@@ -1,0 +1,274 @@
+"""Manifests ({relpath: {"size", "sha256"}}) and verified, parallel transfers to and from storage.
+
+Shared by datastores and artifacts. Uploads hash the bytes as they stream, so a manifest entry
+always describes exactly what was stored, even if the local file changed meanwhile. Downloads go
+to a temp file next to the target, are checked against the manifest, then renamed: an
+interrupted or corrupt transfer never leaves a half-file under the real name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from launcher.errors import StorageError
+
+if TYPE_CHECKING:
+    from launcher.storage import Storage
+
+CHUNK = 1 << 20
+Progress = Callable[[int, int], None]
+Entry = dict[str, Any]  # {"size": int, "sha256": str}
+T = TypeVar("T")
+
+# path -> (size, mtime_ns, sha256): a file unchanged since it was last hashed is not read again.
+_digests: dict[str, tuple[int, int, str]] = {}
+_digests_lock = threading.Lock()
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file's content."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def digest(path: str | Path) -> Entry:
+    """{"size", "sha256"} of a local file, cached by (size, mtime) for this process."""
+    key = os.path.realpath(path)
+    st = os.stat(key)
+    with _digests_lock:
+        cached = _digests.get(key)
+    if cached and cached[:2] == (st.st_size, st.st_mtime_ns):
+        return {"size": st.st_size, "sha256": cached[2]}
+    sha = sha256_file(key)
+    remember(key, st, sha)
+    return {"size": st.st_size, "sha256": sha}
+
+
+def remember(path: str | Path, st: os.stat_result, sha: str) -> None:
+    """Record that ``path`` with this stat has this sha256 (after an upload or download)."""
+    with _digests_lock:
+        _digests[os.path.realpath(path)] = (st.st_size, st.st_mtime_ns, sha)
+
+
+def local_files(root: str | Path) -> dict[str, Path]:
+    """Every regular file under ``root`` (symlinked files followed): relpath -> path, sorted."""
+    root = Path(root)
+    out: dict[str, Path] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            p = Path(dirpath) / name
+            if p.is_file():
+                out[p.relative_to(root).as_posix()] = p
+    return out
+
+
+def safe_relpath(rel: str) -> str:
+    """``rel`` if it is a plain relative '/' path staying inside its folder, else StorageError."""
+    if (
+        not isinstance(rel, str)
+        or not rel
+        or rel.startswith("/")
+        or "\\" in rel
+        or "\x00" in rel
+        or (len(rel) > 1 and rel[1] == ":")
+        or any(p in ("", ".", "..") for p in rel.split("/"))
+    ):
+        raise StorageError(f"refusing manifest path {rel!r}: it is absolute or escapes its folder")
+    return rel
+
+
+def check_manifest(files: Any, where: str) -> dict[str, Entry]:
+    """A manifest's ``files`` mapping, every path safe and every entry well formed."""
+    if not isinstance(files, dict):
+        raise StorageError(f"{where}: corrupt manifest (files is not a mapping)")
+    for rel, entry in files.items():
+        safe_relpath(rel)
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("size"), int)
+            or not isinstance(entry.get("sha256"), str)
+        ):
+            raise StorageError(f"{where}: corrupt manifest entry for {rel!r}")
+    return files
+
+
+class ByteCounter:
+    """Thread-safe running total of bytes moved, reported as ``progress(done, total)``."""
+
+    def __init__(self, total: int, progress: Progress | None):
+        self.total, self.done, self.progress = total, 0, progress
+        self._lock = threading.Lock()
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self.done += n
+            if self.progress:
+                self.progress(self.done, self.total)
+
+
+def workers_for(storage: Storage) -> int:
+    """Parallel transfers: many at once on object storage (latency-bound), a few on a disk."""
+    return 4 if storage.protocol == "file" else 32
+
+
+def parallel(fn: Callable[[T], Any], items: Iterable[T], workers: int) -> list[Any]:
+    """``[fn(x) for x in items]`` on a thread pool; the first error cancels the rest and raises."""
+    items = list(items)
+    if not items:
+        return []
+    with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
+        futures = [pool.submit(fn, x) for x in items]
+        done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+        for f in pending:
+            f.cancel()
+        for f in futures:
+            if f.done() and not f.cancelled() and f.exception() is not None:
+                raise f.exception()
+        return [f.result() for f in futures]
+
+
+def upload(
+    storage: Storage, local: str | Path, key: str, counter: ByteCounter | None = None
+) -> Entry:
+    """Stream a local file to a key, hashing what is sent; returns its manifest entry.
+
+    On a file root it is written under a temp name and renamed, so a reader never sees half.
+    """
+    path = storage.path(key)
+    h = hashlib.sha256()
+    size = 0
+    st = os.stat(local)
+    tmp = None
+    try:
+        if storage.protocol == "file":
+            os.makedirs(posixpath.dirname(path), exist_ok=True)
+            tmp = f"{path}.part-{os.getpid()}-{threading.get_ident()}"
+            out = open(tmp, "wb")  # noqa: SIM115 - closed below, on both paths
+        else:
+            out = storage.fs.open(path, "wb")  # an S3 object appears only when closed
+        with open(local, "rb") as src:
+            try:
+                while chunk := src.read(CHUNK):
+                    out.write(chunk)
+                    h.update(chunk)
+                    size += len(chunk)
+                    if counter:
+                        counter.add(len(chunk))
+            except BaseException:
+                if hasattr(out, "discard"):
+                    out.discard()  # abort the multipart upload: nothing is stored
+                else:
+                    out.close()
+                raise
+        out.close()
+        if tmp is not None:
+            os.replace(tmp, path)
+            tmp = None
+    except Exception as e:  # OSError locally; botocore errors surface as others on S3
+        raise StorageError(f"upload {local} -> {storage.url(key)} failed: {e}") from e
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+    sha = h.hexdigest()
+    after = os.stat(local)
+    if (after.st_size, after.st_mtime_ns) == (st.st_size, st.st_mtime_ns) and size == st.st_size:
+        remember(local, st, sha)
+    return {"size": size, "sha256": sha}
+
+
+def download(
+    storage: Storage, key: str, target: Path, entry: Entry, counter: ByteCounter | None = None
+) -> Path:
+    """Fetch a key to ``target`` via a temp file, verified against ``entry``; skips a target
+    already there with the right size and sha256. Never leaves a half or corrupt file."""
+    if (
+        target.is_file()
+        and target.stat().st_size == entry["size"]
+        and digest(target)["sha256"] == entry["sha256"]
+    ):
+        if counter:
+            counter.add(entry["size"])
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.part-{os.getpid()}-{threading.get_ident()}")
+    h = hashlib.sha256()
+    size = 0
+    try:
+        with storage.fs.open(storage.path(key), "rb") as src, open(tmp, "wb") as out:
+            while chunk := src.read(CHUNK):
+                out.write(chunk)
+                h.update(chunk)
+                size += len(chunk)
+                if counter:
+                    counter.add(len(chunk))
+        if size != entry["size"] or h.hexdigest() != entry["sha256"]:
+            raise StorageError(
+                f"{storage.url(key)} is corrupt: got {size} bytes sha256 {h.hexdigest()[:12]}..., "
+                f"manifest says {entry['size']} bytes sha256 {entry['sha256'][:12]}..."
+            )
+        os.replace(tmp, target)
+    except StorageError:
+        raise
+    except FileNotFoundError as e:
+        raise StorageError(f"{storage.url(key)} is listed in its manifest but missing") from e
+    except Exception as e:
+        raise StorageError(f"download {storage.url(key)} -> {target} failed: {e}") from e
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    remember(target, target.stat(), entry["sha256"])
+    return target
+
+
+Job = tuple[str, Path, Entry]  # (storage key, local target, manifest entry)
+
+
+def plan_down(prefix: str, files: dict[str, Entry], dest: Path) -> list[Job]:
+    """Download jobs for a manifest under ``prefix`` into ``dest``; every target must stay
+    inside ``dest`` (absolute paths, ``..`` and symlinked folders leading out are refused)."""
+    dest = Path(dest)
+    root = dest.resolve()
+    jobs = []
+    for rel, entry in files.items():
+        target = dest / safe_relpath(rel)
+        if not (target.parent.resolve() / target.name).is_relative_to(root):
+            raise StorageError(f"refusing manifest path {rel!r}: it leads outside {dest}")
+        jobs.append((f"{prefix}/{rel}", target, entry))
+    return jobs
+
+
+def sync_down(storage: Storage, jobs: list[Job], progress: Progress | None = None) -> list[Path]:
+    """Run download jobs in parallel (verified, idempotent); returns the targets in order."""
+    counter = ByteCounter(sum(entry["size"] for _, _, entry in jobs), progress)
+
+    def one(job: Job) -> Path:
+        key, target, entry = job
+        return download(storage, key, target, entry, counter)
+
+    return parallel(one, jobs, workers_for(storage))
+
+
+class Throttle:
+    """True at most once per ``seconds`` (for checkpointing progress records)."""
+
+    def __init__(self, seconds: float):
+        self.seconds, self.last = seconds, time.monotonic()
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if now - self.last >= self.seconds:
+            self.last = now
+            return True
+        return False

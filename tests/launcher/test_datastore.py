@@ -1,0 +1,194 @@
+"""Datastores on a file:// root and (same code) on s3:// via moto."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from launcher import datastore as ds
+from launcher.errors import NotFoundError, SpecError, StorageError
+from launcher.manifest import sha256_file
+
+
+@pytest.fixture
+def source(tmp_path):
+    src = tmp_path / "src"
+    (src / "train" / "archery").mkdir(parents=True)
+    (src / "train" / "archery" / "a.mp4").write_bytes(os.urandom(3000))
+    (src / "train" / "labels.csv").write_text("a.mp4,archery\n")
+    (src / "empty.txt").write_bytes(b"")
+    return src
+
+
+def test_create_versions_and_manifest(storage, source):
+    seen = []
+    assert (
+        ds.create_datastore(storage, "kin", source, progress=lambda d, t: seen.append((d, t))) == 1
+    )
+    assert ds.create_datastore(storage, "kin", source) == 2
+    manifest = storage.read_json("datastores/kin/1/MANIFEST.json")
+    assert (manifest["name"], manifest["version"]) == ("kin", 1)
+    assert manifest["created"].endswith("Z")
+    assert manifest["files"] == {
+        rel: {"size": (source / rel).stat().st_size, "sha256": sha256_file(source / rel)}
+        for rel in ("empty.txt", "train/archery/a.mp4", "train/labels.csv")
+    }
+    assert (
+        storage.read_bytes("datastores/kin/1/data/train/archery/a.mp4")
+        == (source / "train/archery/a.mp4").read_bytes()
+    )
+    assert not storage.exists("datastores/kin/1/UPLOADING.json")
+    total = 3000 + len("a.mp4,archery\n")
+    assert seen[-1] == (total, total)
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+
+def test_single_file_source(storage, tmp_path):
+    f = tmp_path / "video.mp4"
+    f.write_bytes(b"x" * 10)
+    ds.create_datastore(storage, "one", f)
+    assert storage.read_json("datastores/one/1/MANIFEST.json")["files"]["video.mp4"]["size"] == 10
+
+
+def test_list_resolve_delete(storage, source):
+    ds.create_datastore(storage, "kin", source)
+    ds.create_datastore(storage, "kin", source)
+    ds.create_datastore(storage, "cifar", source)
+    rows = ds.list_datastores(storage)
+    assert [(r.name, r.version, r.complete, r.files) for r in rows] == [
+        ("cifar", 1, True, 3),
+        ("kin", 1, True, 3),
+        ("kin", 2, True, 3),
+    ]
+    assert rows[0].size == 3000 + 14
+    assert ds.resolve_datastore(storage, "kin") == ("kin", 2)
+    assert ds.resolve_datastore(storage, "kin:1") == ("kin", 1)
+    with pytest.raises(NotFoundError, match="datastore kin has no version 7; versions: 1, 2"):
+        ds.resolve_datastore(storage, "kin:7")
+    with pytest.raises(NotFoundError, match="'nope' not found .*datastores here: cifar, kin"):
+        ds.resolve_datastore(storage, "nope")
+    assert ds.delete_datastore(storage, "kin", 1) == [1]
+    assert ds.resolve_datastore(storage, "kin") == ("kin", 2)
+    with pytest.raises(NotFoundError, match="no version 1; versions: 2"):
+        ds.delete_datastore(storage, "kin", 1)
+    assert ds.delete_datastore(storage, "kin") == [2]
+    assert [r.name for r in ds.list_datastores(storage)] == ["cifar"]
+    with pytest.raises(NotFoundError, match="'kin' not found"):
+        ds.delete_datastore(storage, "kin")
+    assert ds.create_datastore(storage, "kin", source) == 1
+
+
+@pytest.mark.parametrize(
+    "name", ["../x", "a;b", "$(x)", "A", "", "-x", ".x", "a/b", "x" * 64, "a..b"]
+)
+def test_hostile_names_refused(storage, source, name):
+    with pytest.raises(SpecError, match="invalid datastore name"):
+        ds.create_datastore(storage, name, source)
+    with pytest.raises(SpecError, match="invalid datastore name"):
+        ds.resolve_datastore(storage, name)
+
+
+def test_bad_sources(storage, tmp_path):
+    with pytest.raises(NotFoundError, match="datastore source not found: .*missing"):
+        ds.create_datastore(storage, "d", tmp_path / "missing")
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    with pytest.raises(SpecError, match="has no files; nothing to upload"):
+        ds.create_datastore(storage, "d", tmp_path / "empty")
+    with pytest.raises(SpecError, match="version after ':' must be an integer"):
+        ds.resolve_datastore(storage, "d:x")
+
+
+def test_interrupted_create_resumes_and_skips_stored_files(storage, source, monkeypatch):
+    # an upload that dies after the first file: the version stays incomplete
+    real = ds.upload
+    calls = []
+
+    def flaky(storage_, local, key, counter=None):
+        calls.append(key)
+        if len(calls) > 1:
+            raise StorageError("network down")
+        return real(storage_, local, key, counter)
+
+    monkeypatch.setattr(ds, "upload", flaky)
+    monkeypatch.setattr(ds, "workers_for", lambda s: 1)  # deterministic order
+    with pytest.raises(StorageError, match="network down"):
+        ds.create_datastore(storage, "kin", source)
+    assert not storage.exists("datastores/kin/1/MANIFEST.json")
+    assert [(r.version, r.complete) for r in ds.list_datastores(storage)] == [(1, False)]
+    with pytest.raises(NotFoundError, match="no complete version yet"):
+        ds.resolve_datastore(storage, "kin")
+    with pytest.raises(NotFoundError, match="kin:1 is incomplete"):
+        ds.resolve_datastore(storage, "kin:1")
+
+    calls.clear()
+    monkeypatch.setattr(ds, "upload", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    assert ds.create_datastore(storage, "kin", source) == 1  # resumed, not version 2
+    assert calls == [
+        "datastores/kin/1/data/train/archery/a.mp4",
+        "datastores/kin/1/data/train/labels.csv",
+    ]
+    assert len(storage.read_json("datastores/kin/1/MANIFEST.json")["files"]) == 3
+
+
+def test_resume_reuploads_a_changed_file_and_drops_strays(storage, source, monkeypatch):
+    monkeypatch.setattr(ds, "workers_for", lambda s: 1)
+    real = ds.upload
+
+    def dies_on_labels(storage_, local, key, counter=None):
+        if key.endswith("labels.csv"):
+            raise StorageError("killed")
+        return real(storage_, local, key, counter)
+
+    monkeypatch.setattr(ds, "upload", dies_on_labels)
+    with pytest.raises(StorageError):
+        ds.create_datastore(storage, "kin", source)
+    monkeypatch.setattr(ds, "upload", real)
+    (source / "empty.txt").write_text("now different")
+    (source / "train" / "archery" / "a.mp4").unlink()
+    ds.create_datastore(storage, "kin", source)
+    files = storage.read_json("datastores/kin/1/MANIFEST.json")["files"]
+    assert sorted(files) == ["empty.txt", "train/labels.csv"]
+    assert storage.read_text("datastores/kin/1/data/empty.txt") == "now different"
+    assert sorted(storage.walk("datastores/kin/1/data")) == ["empty.txt", "train/labels.csv"]
+
+
+def test_file_root_is_read_only_and_mount_is_the_data_dir(file_storage, source, tmp_path):
+    ds.create_datastore(file_storage, "kin", source)
+    data = ds.mount_datastore(file_storage, "kin", None, tmp_path / "unused")
+    assert data == __import__("pathlib").Path(file_storage.path("datastores/kin/1/data"))
+    assert not (tmp_path / "unused").exists()  # nothing copied
+    video = data / "train" / "archery" / "a.mp4"
+    assert video.read_bytes() == (source / "train/archery/a.mp4").read_bytes()
+    assert not video.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
+    assert not data.stat().st_mode & stat.S_IWUSR
+    if os.geteuid() != 0:  # root ignores permissions
+        with pytest.raises(PermissionError):
+            video.write_bytes(b"tampered")
+        with pytest.raises(PermissionError):
+            (data / "new.txt").write_text("x")
+    ds.delete_datastore(file_storage, "kin")
+    assert not data.exists()
+
+
+def test_mount_downloads_verified_and_reuses(storage, source, tmp_path):
+    ds.create_datastore(storage, "kin", source)
+    mount = tmp_path / "mnt"
+    got = ds.mount_datastore(storage, "kin", 1, mount)
+    if storage.protocol == "file":
+        pytest.skip("file:// mounts the data dir itself (tested above)")
+    assert got == mount
+    assert (mount / "train/archery/a.mp4").read_bytes() == (
+        source / "train/archery/a.mp4"
+    ).read_bytes()
+    assert (mount / "empty.txt").read_bytes() == b""
+    before = (mount / "train/labels.csv").stat().st_mtime_ns
+    ds.mount_datastore(storage, "kin", 1, mount)  # second mount: present files are kept
+    assert (mount / "train/labels.csv").stat().st_mtime_ns == before
+    # a corrupt stored object is caught, and no half file is left behind
+    storage.write_bytes("datastores/kin/1/data/train/labels.csv", b"evil")
+    (mount / "train/labels.csv").unlink()
+    with pytest.raises(StorageError, match="is corrupt"):
+        ds.mount_datastore(storage, "kin", 1, mount)
+    assert sorted(p.name for p in (mount / "train").iterdir()) == ["archery"]
