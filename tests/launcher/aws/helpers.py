@@ -36,13 +36,13 @@ exec REAL_PYTHON "$@"
 """
 
 
-def play_instance(
-    instance_id: str, work: Path, env: dict[str, str] | None = None, timeout: float = 120
-) -> subprocess.CompletedProcess:
-    """Be the instance moto will not be: run its real user-data with bash.
+def start_instance(
+    instance_id: str, work: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen:
+    """Be the instance moto will not be: run its real user-data with bash (in the background).
 
     The one change is the work directory (``/opt/launch`` is not writable here). ``shutdown``
-    and ``python3`` are shims (logged power-off that terminates the instance; pip logged),
+    and ``python3`` are shims (a logged power-off that terminates the instance; pip logged),
     the ``aws`` CLI and the agent are the real ones, against the same moto server.
     """
     script = user_data_of(instance_id)
@@ -61,16 +61,92 @@ def play_instance(
     full_env = dict(os.environ)
     full_env.update(
         PATH=f"{shims}:{Path(sys.executable).parent}:/usr/bin:/bin",
-        LAUNCH_TEST_LOG=str(work.parent / f"{work.name}-calls.log"),
+        LAUNCH_TEST_LOG=str(calls_log(work)),
         LAUNCH_TEST_INSTANCE=instance_id,
         LAUNCH_HEARTBEAT_S="0.3",
-        LAUNCH_ARTIFACT_SYNC_S="0.5",
+        LAUNCH_ARTIFACT_SYNC_S="0.3",
         LAUNCH_STOP_GRACE_S="5",
     )
     full_env.update(env or {})
-    return subprocess.run(
-        ["bash", "-c", script], env=full_env, capture_output=True, text=True, timeout=timeout
+    return subprocess.Popen(
+        ["bash", "-c", script],
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
+
+
+def calls_log(work: Path) -> Path:
+    """What the shims saw (shutdown and pip calls) for one played instance."""
+    return work.parent / f"{work.name}-calls.log"
+
+
+def play_instance(instance_id: str, work: Path, env=None, timeout: float = 120) -> tuple[int, str]:
+    """Run an instance's user-data to the end; its exit code and output."""
+    proc = start_instance(instance_id, work, env)
+    out, _ = proc.communicate(timeout=timeout)
+    return proc.returncode, out
+
+
+class FakeImds:
+    """An IMDSv2 stand-in: PUT /latest/api/token hands out tokens; every read needs one (401
+    otherwise); the spot notice is 404 until :meth:`interrupt`."""
+
+    def __init__(self):
+        import json
+        import secrets
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        imds = self
+        self.notice: dict | None = None
+        self.tokens: set[str] = set()
+        self.reads = 0
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _send(self, code: int, body: str = "") -> None:
+                self.send_response(code)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body.encode())
+
+            def do_PUT(self):
+                if self.path != "/latest/api/token" or not self.headers.get(
+                    "X-aws-ec2-metadata-token-ttl-seconds"
+                ):
+                    return self._send(400)
+                token = secrets.token_hex(8)
+                imds.tokens.add(token)
+                self._send(200, token)
+
+            def do_GET(self):
+                if self.headers.get("X-aws-ec2-metadata-token") not in imds.tokens:
+                    return self._send(401)
+                if self.path != "/latest/meta-data/spot/instance-action":
+                    return self._send(404)
+                imds.reads += 1
+                if imds.notice is None:
+                    return self._send(404)
+                self._send(200, json.dumps(imds.notice))
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def endpoint(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def interrupt(self) -> None:
+        self.notice = {"action": "terminate", "time": "2026-01-01T00:02:00Z"}
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 TRAIN_SCRIPT = '''"""Stand-in trainer: resumable steps, checkpoint per step, Lightning-like CSV."""
