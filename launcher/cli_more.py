@@ -70,7 +70,7 @@ def datastore_list(backend: str | None) -> None:
         d = d if isinstance(d, dict) else vars(d)
         size = d.get("size")
         rows.append([str(d.get("name")), str(d.get("version")), str(d.get("files", "-")),
-                     "-" if size is None else f"{size / 1e6:.1f} MB",
+                     "-" if size is None else _size(size),
                      str(d.get("created", "-"))])  # fmt: skip
 
     table(["name", "version", "files", "size", "created"], rows)
@@ -109,21 +109,17 @@ def artifacts_list(target: str) -> None:
 
     ctx = RunContext(target)
     ctx.experiment_ids()  # NotFoundError for an unknown experiment
-    listing = list_artifacts(ctx.storage, ctx.name, ctx.exp)
-    rows = []
-    for item in _flatten_listing(listing, ctx.exp):
-        rows.append([item[0], item[1], f"{item[2] / 1e6:.2f} MB"])
+    rows = [[a.experiment, a.path, _size(a.size)]
+            for a in list_artifacts(ctx.storage, ctx.name, ctx.exp)]  # fmt: skip
     table(["experiment", "path", "size"], rows)
 
 
-def _flatten_listing(listing, exp: str | None):
-    """(exp, relpath, size) rows from list_artifacts' answer ({exp: {path: info}} or per exp)."""
-    if isinstance(listing, dict) and exp is not None and exp not in listing:
-        listing = {exp: listing}
-    for e, files in sorted((listing or {}).items()):
-        for path, info in sorted((files or {}).items()):
-            size = info.get("size", 0) if isinstance(info, dict) else int(info)
-            yield e, path, size
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
 
 
 @artifacts.command("pull")
