@@ -1,0 +1,147 @@
+"""An experiment's outputs (checkpoints, metrics.csv, labels.txt) between a node and storage.
+
+Stored under ``runs/RUN/experiments/EXP/artifacts/`` with the manifest ``artifacts.json``
+(``{relpath: {"size", "sha256"}}``) next to it. The manifest is the truth: it is written after
+the files it lists, so a reader never trusts a file that is still being written, and every
+download is checked against it. Shipping is incremental (a file unchanged since it was last
+hashed is not even read again) and mirrors the local folder: files the script deleted (old
+checkpoints) are dropped from storage after the new manifest is written.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from launcher.errors import NotFoundError, SpecError
+from launcher.manifest import (
+    Progress,
+    check_manifest,
+    digest,
+    local_files,
+    parallel,
+    plan_down,
+    sync_down,
+    upload,
+    workers_for,
+)
+from launcher.storage import Storage
+
+RUN_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+EXP_RE = re.compile(r"^exp-[0-9]{1,6}$")
+DEFAULT_DEST = "launch_artifacts"
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One stored artifact file of an experiment."""
+
+    experiment: str
+    path: str
+    size: int
+    sha256: str
+
+
+def _check(run: str, exp: str | None = None) -> None:
+    if not isinstance(run, str) or not RUN_RE.match(run):
+        raise SpecError(f"invalid run name {run!r}: use [a-z0-9][a-z0-9-]{{0,62}}")
+    if exp is not None and (not isinstance(exp, str) or not EXP_RE.match(exp)):
+        raise SpecError(f"invalid experiment id {exp!r}: use exp-N, e.g. exp-0")
+
+
+def _exp_key(run: str, exp: str, rest: str) -> str:
+    return f"runs/{run}/experiments/{exp}/{rest}"
+
+
+def read_manifest(storage: Storage, run: str, exp: str) -> dict[str, dict[str, Any]]:
+    """An experiment's artifacts.json (empty if nothing was shipped yet)."""
+    _check(run, exp)
+    key = _exp_key(run, exp, "artifacts.json")
+    return check_manifest(storage.read_json(key, default={}), storage.url(key))
+
+
+def ship_artifacts(storage: Storage, run: str, exp: str, local_dir: str | Path) -> dict[str, int]:
+    """Upload new and changed files of ``local_dir``, then artifacts.json, then drop files no
+    longer there. Returns counts: uploaded, unchanged, deleted, and bytes uploaded."""
+    _check(run, exp)
+    files = local_files(local_dir)
+    remote = read_manifest(storage, run, exp)
+
+    def one(rel: str) -> tuple[str, dict, bool]:
+        local = digest(files[rel])  # cached by size + mtime: unchanged files are not re-read
+        if remote.get(rel) == local:
+            return rel, local, False
+        return rel, upload(storage, files[rel], _exp_key(run, exp, f"artifacts/{rel}")), True
+
+    results = parallel(one, sorted(files), workers_for(storage))
+    manifest = {rel: entry for rel, entry, _ in results}
+    gone = sorted(set(remote) - set(manifest))
+    if manifest != remote:
+        storage.write_json(_exp_key(run, exp, "artifacts.json"), manifest)
+    for rel in gone:
+        storage.delete(_exp_key(run, exp, f"artifacts/{rel}"))
+    uploaded = [entry for _, entry, sent in results if sent]
+    return {
+        "uploaded": len(uploaded),
+        "unchanged": len(results) - len(uploaded),
+        "deleted": len(gone),
+        "bytes": sum(e["size"] for e in uploaded),
+    }
+
+
+def restore_artifacts(storage: Storage, run: str, exp: str, local_dir: str | Path) -> list[Path]:
+    """Download an experiment's stored artifacts into ``local_dir`` (before a retried attempt,
+    so the script resumes from its last checkpoint). Verified; files already right are kept."""
+    files = read_manifest(storage, run, exp)
+    Path(local_dir).mkdir(parents=True, exist_ok=True)
+    return sync_down(storage, plan_down(_exp_key(run, exp, "artifacts"), files, Path(local_dir)))
+
+
+def _experiments(storage: Storage, run: str, experiment: str | None) -> list[str]:
+    _check(run, experiment)
+    if not storage.exists(f"runs/{run}/run.json"):
+        raise NotFoundError(f"run {run!r} not found under {storage.root_url}")
+    exps = sorted(
+        (e for e in storage.list(f"runs/{run}/experiments") if EXP_RE.match(e)),
+        key=lambda e: int(e.split("-")[1]),
+    )
+    if experiment is None:
+        return exps
+    if experiment not in exps:
+        raise NotFoundError(
+            f"run {run} has no experiment {experiment!r}; experiments: {', '.join(exps) or 'none'}"
+        )
+    return [experiment]
+
+
+def list_artifacts(storage: Storage, run: str, exp: str | None = None) -> list[Artifact]:
+    """Every stored artifact of a run (or of one experiment), by experiment then path."""
+    return [
+        Artifact(e, rel, entry["size"], entry["sha256"])
+        for e in _experiments(storage, run, exp)
+        for rel, entry in sorted(read_manifest(storage, run, e).items())
+    ]
+
+
+def pull_artifacts(
+    storage: Storage,
+    run: str,
+    *,
+    experiment: str | None = None,
+    dest: str | Path = DEFAULT_DEST,
+    progress: Progress | None = None,
+) -> list[Path]:
+    """Download a run's artifacts to ``dest/RUN/EXP/...``; returns the local paths.
+
+    Parallel, verified by sha256, safe to rerun (files already right are skipped, an
+    interrupted pull leaves no half-file), and never writes outside ``dest``: a manifest path
+    that is absolute or climbs out with ``..`` is refused.
+    """
+    exps = _experiments(storage, run, experiment)
+    jobs = []
+    for e in exps:
+        files = read_manifest(storage, run, e)
+        jobs += plan_down(_exp_key(run, e, "artifacts"), files, Path(dest) / run / e)
+    return sync_down(storage, jobs, progress)

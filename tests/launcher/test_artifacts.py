@@ -1,0 +1,203 @@
+"""Artifacts: incremental ship, restore, list and a safe, verified pull (file and s3)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from launcher import artifacts as art
+from launcher import manifest
+from launcher.errors import NotFoundError, SpecError, StorageError
+from launcher.manifest import sha256_file
+
+RUN = "run-1"
+TOTAL = 5000 + 4000 + 29 + 18  # bytes of the files `outputs` makes
+
+
+def make_run(storage):
+    storage.write_json(f"runs/{RUN}/run.json", {"name": RUN})
+    for e in ("exp-0", "exp-1", "exp-10"):
+        storage.write_json(f"runs/{RUN}/experiments/{e}/params.json", {"id": e})
+    return storage
+
+
+@pytest.fixture
+def run(storage):
+    return make_run(storage)
+
+
+@pytest.fixture
+def file_run(file_storage):
+    """Path-safety checks happen before any transfer, so one storage kind is enough."""
+    return make_run(file_storage)
+
+
+@pytest.fixture
+def outputs(tmp_path):
+    d = tmp_path / "art"
+    (d / "checkpoints").mkdir(parents=True)
+    (d / "checkpoints" / "last.ckpt").write_bytes(os.urandom(5000))
+    (d / "checkpoints" / "best.ckpt").write_bytes(os.urandom(4000))
+    (d / "metrics.csv").write_text("epoch,step,val_acc1\n0,10,0.5\n")
+    (d / "labels.txt").write_text("archery\nhigh_jump\n")
+    return d
+
+
+def uploads(monkeypatch):
+    calls = []
+    real = art.upload
+    monkeypatch.setattr(
+        art, "upload", lambda s, local, key, *a: calls.append(key) or real(s, local, key, *a)
+    )
+    return calls
+
+
+def test_ship_is_incremental_and_mirrors(run, outputs, monkeypatch):
+    calls = uploads(monkeypatch)
+    stats = art.ship_artifacts(run, RUN, "exp-0", outputs)
+    assert stats == {"uploaded": 4, "unchanged": 0, "deleted": 0, "bytes": TOTAL}
+    m = run.read_json(f"runs/{RUN}/experiments/exp-0/artifacts.json")
+    assert m["checkpoints/last.ckpt"] == {
+        "size": 5000,
+        "sha256": sha256_file(outputs / "checkpoints/last.ckpt"),
+    }
+    assert sorted(m) == [
+        "checkpoints/best.ckpt",
+        "checkpoints/last.ckpt",
+        "labels.txt",
+        "metrics.csv",
+    ]
+
+    calls.clear()
+    assert art.ship_artifacts(run, RUN, "exp-0", outputs)["uploaded"] == 0
+    assert calls == []
+
+    with open(outputs / "metrics.csv", "a") as f:
+        f.write("1,20,0.7\n")
+    (outputs / "checkpoints" / "best.ckpt").unlink()
+    stats = art.ship_artifacts(run, RUN, "exp-0", outputs)
+    assert (stats["uploaded"], stats["unchanged"], stats["deleted"]) == (1, 2, 1)
+    assert calls == [f"runs/{RUN}/experiments/exp-0/artifacts/metrics.csv"]
+    assert not run.exists(f"runs/{RUN}/experiments/exp-0/artifacts/checkpoints/best.ckpt")
+    assert run.read_text(f"runs/{RUN}/experiments/exp-0/artifacts/metrics.csv").endswith("0.7\n")
+
+
+def test_unchanged_files_are_not_rehashed(run, outputs, monkeypatch):
+    art.ship_artifacts(run, RUN, "exp-0", outputs)
+    hashed = []
+    real = manifest.sha256_file
+    monkeypatch.setattr(manifest, "sha256_file", lambda p: hashed.append(p) or real(p))
+    art.ship_artifacts(run, RUN, "exp-0", outputs)
+    assert hashed == []  # same size and mtime: the cached digest is used
+
+
+def test_same_content_touched_is_hashed_not_uploaded(run, outputs, monkeypatch):
+    art.ship_artifacts(run, RUN, "exp-0", outputs)
+    calls = uploads(monkeypatch)
+    ckpt = outputs / "checkpoints" / "last.ckpt"
+    os.utime(ckpt, ns=(1, 1))
+    assert art.ship_artifacts(run, RUN, "exp-0", outputs)["uploaded"] == 0
+    assert calls == []
+
+
+def test_restore_then_ship_uploads_nothing(run, outputs, tmp_path, monkeypatch):
+    art.ship_artifacts(run, RUN, "exp-1", outputs)
+    fresh = tmp_path / "node2"
+    fresh.mkdir()
+    restored = art.restore_artifacts(run, RUN, "exp-1", fresh)
+    assert sorted(p.relative_to(fresh).as_posix() for p in restored) == [
+        "checkpoints/best.ckpt",
+        "checkpoints/last.ckpt",
+        "labels.txt",
+        "metrics.csv",
+    ]
+    assert (fresh / "checkpoints/last.ckpt").read_bytes() == (
+        outputs / "checkpoints/last.ckpt"
+    ).read_bytes()
+    calls = uploads(monkeypatch)
+    assert art.ship_artifacts(run, RUN, "exp-1", fresh)["uploaded"] == 0
+    assert calls == []
+    assert art.restore_artifacts(run, RUN, "exp-0", tmp_path / "none") == []
+
+
+def test_list_artifacts(run, outputs):
+    art.ship_artifacts(run, RUN, "exp-1", outputs)
+    art.ship_artifacts(run, RUN, "exp-10", outputs)
+    rows = art.list_artifacts(run, RUN)
+    assert [(r.experiment, r.path) for r in rows][:2] == [
+        ("exp-1", "checkpoints/best.ckpt"),
+        ("exp-1", "checkpoints/last.ckpt"),
+    ]
+    assert {r.experiment for r in rows} == {"exp-1", "exp-10"}
+    assert len(art.list_artifacts(run, RUN, "exp-10")) == 4
+    assert art.list_artifacts(run, RUN, "exp-0") == []
+
+
+def test_pull_layout_verify_and_rerun(run, outputs, tmp_path, monkeypatch):
+    art.ship_artifacts(run, RUN, "exp-0", outputs)
+    art.ship_artifacts(run, RUN, "exp-1", outputs)
+    monkeypatch.chdir(tmp_path)
+    seen = []
+    paths = art.pull_artifacts(run, RUN, progress=lambda d, t: seen.append((d, t)))
+    assert len(paths) == 8
+    best = tmp_path / "launch_artifacts" / RUN / "exp-0" / "checkpoints" / "best.ckpt"
+    assert best.read_bytes() == (outputs / "checkpoints/best.ckpt").read_bytes()
+    assert seen[-1][0] == seen[-1][1] == 2 * (TOTAL)
+    # a rerun downloads nothing; a locally damaged file is fetched again
+    best.write_bytes(b"damaged!")
+    again = art.pull_artifacts(run, RUN, experiment="exp-0", dest=tmp_path / "launch_artifacts")
+    assert len(again) == 4
+    assert best.read_bytes() == (outputs / "checkpoints/best.ckpt").read_bytes()
+    leftovers = [p for p in (tmp_path / "launch_artifacts").rglob("*") if ".part-" in p.name]
+    assert leftovers == []
+
+
+def test_pull_refuses_corrupt_objects_and_leaves_no_half_file(run, outputs, tmp_path):
+    art.ship_artifacts(run, RUN, "exp-0", outputs)
+    run.write_bytes(f"runs/{RUN}/experiments/exp-0/artifacts/labels.txt", b"tampered")
+    with pytest.raises(StorageError, match="labels.txt is corrupt"):
+        art.pull_artifacts(run, RUN, dest=tmp_path / "out")
+    assert not (tmp_path / "out" / RUN / "exp-0" / "labels.txt").exists()
+    assert [p.name for p in (tmp_path / "out").rglob("*") if ".part-" in p.name] == []
+
+
+@pytest.mark.parametrize(
+    "bad", ["../../evil.txt", "/etc/passwd", "a/../../x", "a\\..\\x", "", "./x", "a//b"]
+)
+def test_pull_refuses_paths_escaping_dest(file_run, tmp_path, bad):
+    run = file_run
+    run.write_json(
+        f"runs/{RUN}/experiments/exp-0/artifacts.json",
+        {bad: {"size": 1, "sha256": "0" * 64}},
+    )
+    with pytest.raises(StorageError, match="refusing manifest path"):
+        art.pull_artifacts(run, RUN, dest=tmp_path / "out")
+    assert not (tmp_path / "evil.txt").exists()
+
+
+def test_pull_refuses_a_symlinked_folder_leading_out(run, outputs, tmp_path):
+    art.ship_artifacts(run, RUN, "exp-0", outputs)
+    dest = tmp_path / "out" / RUN / "exp-0"
+    dest.mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    (dest / "checkpoints").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(StorageError, match="leads outside"):
+        art.pull_artifacts(run, RUN, dest=tmp_path / "out")
+    assert list((tmp_path / "elsewhere").iterdir()) == []
+
+
+def test_bad_names_and_missing_things(run, tmp_path):
+    with pytest.raises(NotFoundError, match="run 'nope' not found"):
+        art.pull_artifacts(run, "nope", dest=tmp_path)
+    with pytest.raises(
+        NotFoundError, match="no experiment 'exp-7'; experiments: exp-0, exp-1, exp-10"
+    ):
+        art.list_artifacts(run, RUN, "exp-7")
+    with pytest.raises(SpecError, match="invalid run name '../x'"):
+        art.pull_artifacts(run, "../x", dest=tmp_path)
+    with pytest.raises(SpecError, match="invalid experiment id '../exp-0'"):
+        art.ship_artifacts(run, RUN, "../exp-0", tmp_path)
+    run.write_json(f"runs/{RUN}/experiments/exp-0/artifacts.json", {"a": {"size": "big"}})
+    with pytest.raises(StorageError, match="corrupt manifest entry for 'a'"):
+        art.list_artifacts(run, RUN)
