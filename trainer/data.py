@@ -16,6 +16,7 @@ in parallel, and cached (:mod:`trainer.meta_cache`); unusable files are skipped 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import warnings
@@ -292,7 +293,5 @@ def predict_loader(
 
 
 def _unlink(path: str) -> None:
-    try:
+    with contextlib.suppress(OSError):
         os.unlink(path)
-    except OSError:
-        pass

@@ -162,7 +162,8 @@ def read_frames(
         stream = container.streams.video[0]
         if threads:
             stream.thread_type = "AUTO"
-        _decode_into(container, stream, meta, wanted, got)
+        # Toggling skip_frame per packet is only reliable without frame threading.
+        _decode_into(container, stream, meta, wanted, got, skip_nonref=not threads)
     except av.error.FFmpegError as e:
         if not got:
             raise VideoError(path, f"undecodable ({_reason(e)})") from e
@@ -180,10 +181,25 @@ def read_frames(
     return np.stack(out)
 
 
-def _decode_into(container, stream, meta: VideoMeta, wanted: list[int], got: dict) -> None:
+def _decoded(container, stream, meta: VideoMeta, wanted: set[int], skip_nonref: bool):
+    """The frames decoded from the current position on. With ``skip_nonref`` the decoder skips
+    the non-reference frames (most B-frames) we do not want: nothing else depends on them, so
+    every wanted frame still decodes bit-exactly, for ~10-20% less decoding."""
+    cc = stream.codec_context
+    for packet in container.demux(stream):
+        if skip_nonref:
+            wanted_packet = packet.pts is None or meta.frame_index(packet.pts) in wanted
+            cc.skip_frame = "DEFAULT" if wanted_packet else "NONREF"
+        yield from packet.decode()
+
+
+def _decode_into(
+    container, stream, meta: VideoMeta, wanted: list[int], got: dict, skip_nonref: bool = True
+) -> None:
     """Decode forward through ``wanted`` (sorted), seeking only when a keyframe lies between
     the current position and the next wanted frame (seeking is cheaper than decoding there)."""
     keyframes = meta.keyframe_pts
+    wanted_set = set(wanted)
     pos = -1  # index of the last frame decoded
     frames = None  # the live decode generator; recreated only after a seek
     k = 0
@@ -195,11 +211,9 @@ def _decode_into(container, stream, meta: VideoMeta, wanted: list[int], got: dic
         if frames is None or target <= pos or kf_index > pos + 1:
             if frames is not None or kf_index > 0:
                 container.seek(int(kf), stream=stream, backward=True, any_frame=False)
-            frames = container.decode(stream)
+            frames = _decoded(container, stream, meta, wanted_set, skip_nonref)
             pos = kf_index - 1
-        advanced = False
         for frame in frames:
-            advanced = True
             fpts = frame.pts if frame.pts is not None else frame.dts
             idx = meta.frame_index(fpts) if fpts is not None else pos + 1
             pos = idx
@@ -219,5 +233,4 @@ def _decode_into(container, stream, meta: VideoMeta, wanted: list[int], got: dic
             if meta.frame_index(nkf) > pos + 1:
                 break  # cheaper to seek to the next run's keyframe
         else:
-            if not advanced or k < len(wanted):
-                return  # end of stream: the rest is padded by the caller
+            return  # end of stream: the rest is padded by the caller
