@@ -1,0 +1,110 @@
+"""End to end with the real CLI, the real aws CLI and the real user-data, against moto.
+
+`launch datastore create` uploads to S3; `launch run --backend aws --max-nodes 2` launches two
+instances (checked with `aws ec2 describe-instances`); each instance's user-data is played by
+bash (moto runs none), which fetches the code with the aws CLI and starts the agent; the agents
+finish both experiments; `launch artifacts pull` brings them back verified; every instance ends
+terminated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.launcher.aws.helpers import calls_log, make_project, start_instance
+
+pytestmark = pytest.mark.aws  # ~15 s
+
+
+def launch(*args: str, cwd: Path) -> str:
+    proc = subprocess.run(
+        [sys.executable, "-m", "launcher", *args],
+        cwd=cwd,
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, f"launch {' '.join(args)}:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+def aws_cli(*args: str) -> dict:
+    proc = subprocess.run(
+        ["aws", *args, "--output", "json"], capture_output=True, text=True, timeout=60, check=True
+    )
+    return json.loads(proc.stdout)
+
+
+def test_sweep_on_two_instances(aws, tmp_path):
+    project = make_project(tmp_path / "project")
+    clips = tmp_path / "clips"
+    for label in ("archery", "high_jump"):
+        (clips / label).mkdir(parents=True)
+        for i in range(3):
+            (clips / label / f"{i}.mp4").write_bytes(os.urandom(2048))
+    assert launch("datastore", "create", "--name", "clips", "--source", str(clips),
+                  "--backend", "aws", cwd=project).strip() == "clips:1"  # fmt: skip
+
+    run = launch("run", "--backend", "aws", "--instance", "g4dn.xlarge", "--max-nodes", "2",
+                 "--disk-size", "80", "--datastore", "clips", "--max-runtime", "600",
+                 "--name", "e2e", "train.py", "--steps", "4", "--lr", "[0.1, 0.01]",
+                 cwd=project).strip()  # fmt: skip
+    assert run == "e2e"
+
+    desc = aws_cli("ec2", "describe-instances", "--filters", "Name=tag:launch:run,Values=e2e")
+    found = [i for r in desc["Reservations"] for i in r["Instances"]]
+    assert len(found) == 2
+    volumes = aws_cli("ec2", "describe-volumes")["Volumes"]
+    for inst in found:
+        assert inst["InstanceType"] == "g4dn.xlarge"
+        assert inst["MetadataOptions"]["HttpTokens"] == "required"
+        tags = {t["Key"]: t["Value"] for t in inst["Tags"]}
+        assert tags["launch:run"] == "e2e" and tags["launch:node"] in ("node-0", "node-1")
+        assert tags["launch:owner"] == "arn:aws:sts::123456789012:user/moto"
+        vol_id = inst["BlockDeviceMappings"][0]["Ebs"]["VolumeId"]
+        (vol,) = [v for v in volumes if v["VolumeId"] == vol_id]
+        assert (vol["Size"], vol["VolumeType"], vol["Encrypted"]) == (80, "gp3", True)
+        (group,) = aws_cli("ec2", "describe-security-groups", "--group-ids",
+                           inst["SecurityGroups"][0]["GroupId"])["SecurityGroups"]  # fmt: skip
+        assert group["IpPermissions"] == []
+
+    nodes = {
+        {t["Key"]: t["Value"] for t in i["Tags"]}["launch:node"]: i["InstanceId"] for i in found
+    }
+    procs = {n: start_instance(iid, tmp_path / n) for n, iid in sorted(nodes.items())}
+    for n, proc in procs.items():
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0, f"{n}:\n{out}"
+        calls = calls_log(tmp_path / n).read_text().splitlines()
+        # the hard limit was scheduled first, the package installed, the power-off came last
+        assert calls[0] == f"shutdown -h +{(600 * 2 + 20 * 60) // 60}"
+        assert f"pip -m pip install -q {tmp_path / n}/code[all]" in calls
+        assert calls[-1] == "shutdown -h now"
+
+    detail = json.loads(launch("status", "e2e", "--json", cwd=project))
+    text = json.dumps(detail)
+    assert text.count('"succeeded"') >= 2, text
+
+    dest = tmp_path / "pulled"
+    launch("artifacts", "pull", "e2e", "--dest", str(dest), cwd=project)
+    for exp, lr in (("exp-0", 0.1), ("exp-1", 0.01)):
+        best = json.loads((dest / "e2e" / exp / "checkpoints" / "best.ckpt").read_text())
+        assert best["step"] == 4 and best["lr"] == lr
+        # the agent mounted the datastore from S3 on the node's disk
+        assert best["data"] == sorted(f"{c}/{i}.mp4" for c in ("archery", "high_jump")
+                                      for i in range(3))  # fmt: skip
+        assert (dest / "e2e" / exp / "labels.txt").read_text().split() == ["archery", "high_jump"]
+        assert len((dest / "e2e" / exp / "metrics.csv").read_text().splitlines()) == 5
+
+    states = aws_cli("ec2", "describe-instances", "--filters", "Name=tag:launch:run,Values=e2e")
+    assert {i["State"]["Name"] for r in states["Reservations"] for i in r["Instances"]} <= {
+        "shutting-down",
+        "terminated",
+    }
