@@ -1,0 +1,502 @@
+"""Backbone registry: name -> builder, the input it was published with, and what it can take.
+
+Each entry records the clip geometry from the published model zoo tables (PyTorchVideo's
+``MODEL_ZOO.md`` and hub code, torchvision's weights ``meta``/``transforms``), the published
+parameter count with its 400-class Kinetics head, and where its pretrained weights come from.
+``resolve_input`` applies user overrides and rejects those a backbone cannot take before any
+training starts; ``build_backbone`` builds it for the data's classes and the chosen input.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from trainer.video_input import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    KINETICS_MEAN,
+    KINETICS_STD,
+    VideoInput,
+)
+
+if TYPE_CHECKING:
+    from torch import nn
+
+# torchvision's video weights were trained on 15 fps clips of consecutive frames, normalised
+# with these statistics (torchvision.models.video.R3D_18_Weights.transforms()).
+TV_KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
+TV_KINETICS_STD = (0.22803, 0.22145, 0.216989)
+
+
+class BackboneError(ValueError):
+    """An unknown backbone, an input it cannot take, or weights that cannot be loaded."""
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """One registry entry.
+
+    ``build(num_classes, video_input)`` returns the network with a ``num_classes`` head and no
+    softmax, sized for ``video_input``. ``head`` is the dotted path of the final classifier
+    layer (replaced for the data's classes, trained alone under the ``freeze`` strategy).
+    ``fetch_pretrained()`` returns the published Kinetics-400 state dict.
+    """
+
+    name: str
+    source: str  # "pytorchvideo" | "torchvision" | "demo"
+    default_input: VideoInput
+    published_params: int | None
+    weights: str  # where pretrained weights come from (URL or torchvision enum)
+    head: str
+    build: Callable[[int, VideoInput], nn.Module]
+    fetch_pretrained: Callable[[], dict] | None = None
+    min_frames: int = 1
+    frames_multiple: int = 1
+    min_crop: int = 32
+    fixed_frames: bool = False  # positional embeddings fix the clip length
+    fixed_crop: bool = False  # ... and the crop size
+
+    def describe_allowed(self) -> str:
+        """What inputs this backbone accepts, for error messages and --help."""
+        d = self.default_input
+        frames = (
+            f"exactly {d.num_frames}"
+            if self.fixed_frames
+            else f">= {self.min_frames}"
+            + (f" and divisible by {self.frames_multiple}" if self.frames_multiple > 1 else "")
+        )
+        crop = f"exactly {d.crop_size}" if self.fixed_crop else f">= {self.min_crop}"
+        return f"num_frames {frames}; crop_size {crop}; short_side >= crop_size"
+
+
+# --- builders -------------------------------------------------------------------------------
+
+
+def _ceil32(crop: int) -> int:
+    # Five stride-2 stages with 'same' padding: each halves the size rounding up.
+    return math.ceil(crop / 32)
+
+
+def _ptv_hub(fn_name: str, module: str) -> Callable[..., nn.Module]:
+    def call(**kwargs: Any) -> nn.Module:
+        import importlib
+
+        hub = importlib.import_module(f"pytorchvideo.models.hub.{module}")
+        return getattr(hub, fn_name)(pretrained=False, **kwargs)
+
+    return call
+
+
+def _ptv_fetch(module: str, key: str) -> Callable[[], dict]:
+    """Fetch a PyTorchVideo checkpoint from its published URL (the hub module's table)."""
+
+    def fetch() -> dict:
+        import importlib
+
+        from torch.hub import load_state_dict_from_url
+
+        url = importlib.import_module(f"pytorchvideo.models.hub.{module}").checkpoint_paths[key]
+        checkpoint = load_state_dict_from_url(url, progress=True, map_location="cpu")
+        return checkpoint["model_state"]
+
+    return fetch
+
+
+def _x3d(depth_factor: float) -> Callable[[int, VideoInput], nn.Module]:
+    def build(num_classes: int, vi: VideoInput) -> nn.Module:
+        from pytorchvideo.models.x3d import create_x3d
+
+        # The hub's x3d_* functions pin the clip size, which sizes the head's pool kernel;
+        # call the builder they wrap with their settings and the chosen clip instead.
+        return create_x3d(
+            model_num_class=num_classes,
+            head_activation=None,
+            depth_factor=depth_factor,
+            input_clip_length=vi.num_frames,
+            input_crop_size=vi.crop_size,
+        )
+
+    return build
+
+
+def _slow_r50(num_classes: int, vi: VideoInput) -> nn.Module:
+    s = _ceil32(vi.crop_size)
+    from pytorchvideo.models.resnet import create_resnet
+
+    # As pytorchvideo.models.hub.slow_r50, with the head pool sized for the chosen clip.
+    return create_resnet(
+        model_depth=50,
+        stem_conv_kernel_size=(1, 7, 7),
+        model_num_class=num_classes,
+        head_activation=None,
+        head_pool_kernel_size=(vi.num_frames, s, s),
+    )
+
+
+def _slowfast_r50(num_classes: int, vi: VideoInput) -> nn.Module:
+    s, alpha = _ceil32(vi.crop_size), vi.slowfast_alpha or 4
+    return _ptv_hub("slowfast_r50", "slowfast")(
+        model_num_class=num_classes,
+        head_activation=None,
+        slowfast_fusion_conv_stride=(alpha, 1, 1),
+        head_pool_kernel_sizes=((vi.num_frames // alpha, s, s), (vi.num_frames, s, s)),
+    )
+
+
+def _r2plus1d_r50(num_classes: int, vi: VideoInput) -> nn.Module:
+    s = _ceil32(vi.crop_size)
+    # Temporal strides (1, 1, 2, 2): the clip is shortened 4x, rounding up.
+    t = math.ceil(math.ceil(vi.num_frames / 2) / 2)
+    return _ptv_hub("r2plus1d_r50", "r2plus1d")(
+        model_num_class=num_classes, head_activation=None, head_pool_kernel_size=(t, s, s)
+    )
+
+
+def _mvit_base_16x4(num_classes: int, vi: VideoInput) -> nn.Module:
+    return _ptv_hub("mvit_base_16x4", "vision_transformers")(
+        head_num_classes=num_classes,
+        spatial_size=vi.crop_size,
+        temporal_size=vi.num_frames,
+    )
+
+
+def _tv(fn_name: str) -> Callable[[int, VideoInput], nn.Module]:
+    def build(num_classes: int, vi: VideoInput) -> nn.Module:
+        from torchvision.models import video
+
+        return getattr(video, fn_name)(weights=None, num_classes=num_classes)
+
+    return build
+
+
+def _tv_fetch(enum_name: str) -> Callable[[], dict]:
+    def fetch() -> dict:
+        from torchvision.models import video
+
+        return getattr(video, enum_name).DEFAULT.get_state_dict(progress=True)
+
+    return fetch
+
+
+def _tv_url(enum_name: str) -> str:
+    from torchvision.models import video
+
+    return getattr(video, enum_name).DEFAULT.url
+
+
+def _demo_cnn(num_classes: int, vi: VideoInput) -> nn.Module:
+    from trainer.demo_backbone import TinyVideoNet
+
+    return TinyVideoNet(num_classes)
+
+
+PTV_ZOO = "https://dl.fbaipublicfiles.com/pytorchvideo/model_zoo/kinetics"
+
+
+def _vi(frames: int, rate: int, crop: int, short: int, **kw: Any) -> VideoInput:
+    return VideoInput(num_frames=frames, sampling_rate=rate, crop_size=crop, short_side=short, **kw)
+
+
+def _tv_entry(
+    name: str, enum: str, fn: str, vi: VideoInput, params: int, head: str, **kw: Any
+) -> Backbone:
+    return Backbone(
+        name=name,
+        source="torchvision",
+        default_input=vi,
+        published_params=params,
+        weights=f"torchvision.models.video.{enum}.DEFAULT",
+        head=head,
+        build=_tv(fn),
+        fetch_pretrained=_tv_fetch(enum),
+        **kw,
+    )
+
+
+def _ptv_entry(
+    name: str, module: str, url_file: str, vi: VideoInput, params: int, build, **kw: Any
+) -> Backbone:
+    head = kw.pop("head", "blocks.5.proj")
+    return Backbone(
+        name=name,
+        source="pytorchvideo",
+        default_input=vi,
+        published_params=params,
+        weights=f"{PTV_ZOO}/{url_file}",
+        head=head,
+        build=build,
+        fetch_pretrained=_ptv_fetch(module, name),
+        **kw,
+    )
+
+
+# PyTorchVideo model zoo (Kinetics-400, 30 fps): frames x sampling rate, train crop and short
+# side from the SlowFast configs the weights were trained with; params in the zoo table.
+_TV_VI = {"mean": TV_KINETICS_MEAN, "std": TV_KINETICS_STD, "fps": 15.0}
+REGISTRY: dict[str, Backbone] = {
+    b.name: b
+    for b in [
+        _ptv_entry("x3d_xs", "x3d", "X3D_XS.pyth", _vi(4, 12, 160, 182), 3_790_000, _x3d(2.2)),
+        _ptv_entry("x3d_s", "x3d", "X3D_S.pyth", _vi(13, 6, 160, 182), 3_790_000, _x3d(2.2)),
+        _ptv_entry("x3d_m", "x3d", "X3D_M.pyth", _vi(16, 5, 224, 256), 3_790_000, _x3d(2.2)),
+        _ptv_entry("x3d_l", "x3d", "X3D_L.pyth", _vi(16, 5, 312, 356), 6_150_000, _x3d(5.0)),
+        _ptv_entry(
+            "slow_r50", "resnet", "SLOW_8x8_R50.pyth", _vi(8, 8, 224, 256), 32_450_000, _slow_r50
+        ),
+        _ptv_entry(
+            "slowfast_r50",
+            "slowfast",
+            "SLOWFAST_8x8_R50.pyth",
+            _vi(32, 2, 224, 256, slowfast_alpha=4),
+            34_570_000,
+            _slowfast_r50,
+            frames_multiple=4,
+            min_frames=4,
+            head="blocks.6.proj",
+        ),
+        _ptv_entry(
+            "r2plus1d_r50",
+            "r2plus1d",
+            "R2PLUS1D_16x4_R50.pyth",
+            _vi(16, 4, 224, 256),
+            28_110_000,
+            _r2plus1d_r50,
+        ),
+        _ptv_entry(
+            "mvit_base_16x4",
+            "vision_transformers",
+            "MVIT_B_16x4.pyth",
+            _vi(16, 4, 224, 256),
+            36_610_000,
+            _mvit_base_16x4,
+            head="head.proj",
+            fixed_frames=True,
+            fixed_crop=True,
+        ),
+        # torchvision: 16 consecutive frames of 15 fps video, resized to 128x171, cropped to 112.
+        _tv_entry(
+            "r3d_18", "R3D_18_Weights", "r3d_18", _vi(16, 1, 112, 128, **_TV_VI), 33_371_472, "fc"
+        ),
+        _tv_entry(
+            "r2plus1d_18",
+            "R2Plus1D_18_Weights",
+            "r2plus1d_18",
+            _vi(16, 1, 112, 128, **_TV_VI),
+            31_505_325,
+            "fc",
+        ),
+        # S3D's final AvgPool3d(2, 7, 7) needs at least 14 frames and a 224 crop (meta min_size).
+        _tv_entry(
+            "s3d",
+            "S3D_Weights",
+            "s3d",
+            _vi(64, 1, 224, 256, **_TV_VI),
+            8_320_048,
+            "classifier.1",
+            min_frames=14,
+            min_crop=224,
+        ),
+        # MViT v2 was ported at 16 frames of 7.5 fps video (= 16x4 at 30 fps), 224 crop.
+        _tv_entry(
+            "mvit_v2_s",
+            "MViT_V2_S_Weights",
+            "mvit_v2_s",
+            _vi(16, 4, 224, 256, mean=KINETICS_MEAN, std=KINETICS_STD),
+            34_537_744,
+            "head.1",
+            fixed_frames=True,
+            fixed_crop=True,
+        ),
+        # Video Swin-T: 32 frames of 15 fps video (32x2 at 30 fps), ImageNet statistics.
+        _tv_entry(
+            "swin3d_t",
+            "Swin3D_T_Weights",
+            "swin3d_t",
+            _vi(32, 2, 224, 256, mean=IMAGENET_MEAN, std=IMAGENET_STD),
+            28_158_070,
+            "head",
+        ),
+        # Not a published model: a few-thousand-parameter 3D CNN so the demo, the README and the
+        # CPU smoke tests train to high accuracy on synthetic motion videos in seconds.
+        Backbone(
+            name="demo_cnn",
+            source="demo",
+            default_input=_vi(8, 4, 48, 48),
+            published_params=None,
+            weights="none (CPU smoke-test backbone, no pretrained weights)",
+            head="fc",
+            build=_demo_cnn,
+            min_frames=2,
+            min_crop=16,
+        ),
+    ]
+}
+
+
+def get_backbone(name: str) -> Backbone:
+    """The registry entry for ``name``; an unknown name lists the valid ones."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise BackboneError(
+            f"unknown backbone {name!r}; choose one of: {', '.join(sorted(REGISTRY))}"
+        ) from None
+
+
+def resolve_input(
+    name: str,
+    *,
+    num_frames: int | None = None,
+    sampling_rate: int | None = None,
+    crop_size: int | None = None,
+    short_side: int | None = None,
+) -> VideoInput:
+    """The backbone's published input with the given overrides, or a BackboneError.
+
+    When only ``crop_size`` is overridden the short side keeps its published ratio to the crop
+    (182/160 for X3D-XS), so the crop still sees the same share of the frame.
+    """
+    b = get_backbone(name)
+    d = b.default_input
+    for flag, value in (
+        ("num_frames", num_frames),
+        ("sampling_rate", sampling_rate),
+        ("crop_size", crop_size),
+        ("short_side", short_side),
+    ):
+        if value is not None and value < 1:
+            raise BackboneError(f"--{flag} {value}: must be a positive integer")
+    if num_frames is not None:
+        if b.fixed_frames and num_frames != d.num_frames:
+            raise BackboneError(
+                f"--num_frames {num_frames}: {name} takes exactly {d.num_frames} frames "
+                "(its positional embeddings are sized for them)"
+            )
+        if num_frames < b.min_frames:
+            raise BackboneError(f"--num_frames {num_frames}: {name} needs >= {b.min_frames}")
+        if num_frames % b.frames_multiple:
+            raise BackboneError(
+                f"--num_frames {num_frames}: {name} needs a multiple of {b.frames_multiple} "
+                f"(its slow pathway takes every {b.frames_multiple}th frame)"
+            )
+    if crop_size is not None:
+        if b.fixed_crop and crop_size != d.crop_size:
+            raise BackboneError(
+                f"--crop_size {crop_size}: {name} takes exactly {d.crop_size} "
+                "(its positional embeddings are sized for it)"
+            )
+        if crop_size < b.min_crop:
+            raise BackboneError(f"--crop_size {crop_size}: {name} needs >= {b.min_crop}")
+        if short_side is None:
+            short_side = round(crop_size * d.short_side / d.crop_size)
+    vi = d.with_overrides(
+        num_frames=num_frames,
+        sampling_rate=sampling_rate,
+        crop_size=crop_size,
+        short_side=short_side,
+    )
+    if vi.short_side < vi.crop_size:
+        raise BackboneError(
+            f"--short_side {vi.short_side}: must be >= crop_size {vi.crop_size} "
+            "(frames are resized to short_side, then cropped)"
+        )
+    return vi
+
+
+def check_input(name: str, video_input: VideoInput) -> None:
+    """Raise BackboneError if ``video_input`` is not one ``name`` can take."""
+    resolve_input(
+        name,
+        num_frames=video_input.num_frames,
+        sampling_rate=video_input.sampling_rate,
+        crop_size=video_input.crop_size,
+        short_side=video_input.short_side,
+    )
+
+
+def _load_into(model: nn.Module, state_dict: dict, head: str, origin: str) -> None:
+    """Load backbone weights; the head is kept when its shape matches the data's classes."""
+    own = model.state_dict()
+    head_prefix = head + "."
+    filtered = {
+        k: v
+        for k, v in state_dict.items()
+        if not (k.startswith(head_prefix) and k in own and own[k].shape != v.shape)
+    }
+    missing, unexpected = model.load_state_dict(filtered, strict=False)
+    missing = [k for k in missing if not k.startswith(head_prefix)]
+    if missing or unexpected:
+        raise BackboneError(
+            f"{origin} does not fit this backbone: {len(missing)} missing keys "
+            f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})"
+        )
+    shapes = [k for k, v in filtered.items() if k in own and own[k].shape != v.shape]
+    if shapes:
+        raise BackboneError(f"{origin} has other shapes for {shapes[:3]}")
+
+
+def read_weights_file(path: str | Path) -> dict:
+    """A local weights file: a plain state dict, PyTorchVideo's ``{"model_state": ...}`` or a
+    Lightning checkpoint of this project (``state_dict`` with ``model.`` prefixes)."""
+    import torch
+
+    p = Path(path)
+    if not p.is_file():
+        raise BackboneError(f"--weights {path}: no such file")
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a bad file
+        raise BackboneError(f"--weights {path}: not a PyTorch weights file ({e})") from None
+    if isinstance(obj, dict) and "model_state" in obj:
+        obj = obj["model_state"]
+    elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = {k.removeprefix("model."): v for k, v in obj["state_dict"].items()}
+    elif isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        obj = obj["model"]  # torchvision reference scripts' checkpoints
+    if not isinstance(obj, dict) or not all(hasattr(v, "shape") for v in obj.values()):
+        raise BackboneError(f"--weights {path}: no state dict found in the file")
+    return obj
+
+
+def build_backbone(
+    name: str,
+    num_classes: int,
+    *,
+    video_input: VideoInput | None = None,
+    pretrained: bool = False,
+    weights: str | Path | None = None,
+) -> nn.Module:
+    """Build ``name`` with a ``num_classes`` head (logits, no softmax) for ``video_input``.
+
+    ``pretrained`` loads the published Kinetics-400 weights (downloaded once into the torch hub
+    cache, ``$TORCH_HOME/hub/checkpoints``); ``weights`` loads a local file in the same format.
+    Either way the 400-class head is replaced when the data has another number of classes.
+    """
+    b = get_backbone(name)
+    vi = video_input or b.default_input
+    check_input(name, vi)
+    if num_classes < 1:
+        raise BackboneError(f"num_classes {num_classes}: need at least one class")
+    model = b.build(num_classes, vi)
+    if weights is not None:
+        _load_into(model, read_weights_file(weights), b.head, f"--weights {weights}")
+    elif pretrained:
+        if b.fetch_pretrained is None:
+            raise BackboneError(f"{name} has no pretrained weights; drop --pretrained")
+        try:
+            state = b.fetch_pretrained()
+        except Exception as e:  # URLError, HTTPError, socket errors, corrupt downloads
+            raise BackboneError(
+                f"could not fetch pretrained {name} weights from {b.weights} ({e}); "
+                "download the file elsewhere and pass --weights PATH"
+            ) from None
+        _load_into(model, state, b.head, f"pretrained {name} weights")
+    return model
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

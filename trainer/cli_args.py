@@ -1,0 +1,209 @@
+"""train.py's flags: the parser and the checks that turn bad flags into one-line errors.
+
+Everything here runs before torch is imported, so ``train.py --help`` and flag errors are fast.
+The launcher's variables are defaults: ``LAUNCH_DATASTORE_DIR`` for ``--data_dir`` and
+``LAUNCH_ARTIFACTS_DIR`` for ``--output_dir``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULERS = ("cosine", "step", "none")
+STRATEGIES = ("no_freeze", "freeze", "freeze_unfreeze")
+SPLIT_WORDS = {"train": "train", "val": "val", "validate": "val", "test": "test"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="train.py",
+        description="Train a video classifier on Kinetics-format data with PyTorch Lightning.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    d = p.add_argument_group("data (one source: folders, CSVs or Kinetics annotations)")
+    d.add_argument(
+        "--data_dir",
+        default=os.environ.get("LAUNCH_DATASTORE_DIR"),
+        help="data root; its train/, val/ and test/ folders are the default splits "
+        "(default: $LAUNCH_DATASTORE_DIR)",
+    )
+    d.add_argument("--train_folder", help="folder of CLASS/VIDEO files")
+    d.add_argument("--val_folder")
+    d.add_argument("--test_folder")
+    d.add_argument("--predict_folder", help="videos to classify with the best model after training")
+    d.add_argument("--train_csv", help="CSV of video path,label rows")
+    d.add_argument("--val_csv")
+    d.add_argument("--test_csv")
+    d.add_argument(
+        "--kinetics_annotations",
+        nargs="+",
+        metavar="CSV",
+        help="Kinetics annotation CSVs; the split comes from the file name "
+        "(train.csv, validate.csv, test.csv)",
+    )
+    d.add_argument("--video_root", help="where the videos of --*_csv / --kinetics_annotations are")
+    d.add_argument(
+        "--download",
+        metavar="URL",
+        help="fetch and extract this archive into --data_dir (once) and use it",
+    )
+    d.add_argument(
+        "--clips_per_video",
+        type=int,
+        default=4,
+        help="clips averaged per video at validation, test and prediction",
+    )
+    d.add_argument("--batch_size", type=int, default=8)
+    d.add_argument("--num_workers", type=int, default=2)
+    d.add_argument(
+        "--hflip",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="random horizontal flips in training (turn off when left/right matters)",
+    )
+    d.add_argument("--no_hflip", dest="hflip", action="store_false", help=argparse.SUPPRESS)
+
+    m = p.add_argument_group("model")
+    m.add_argument("--backbone", default="x3d_xs", help="registry name (see trainer/backbones.py)")
+    m.add_argument(
+        "--pretrained", action="store_true", help="start from published Kinetics weights"
+    )
+    m.add_argument("--weights", metavar="PATH", help="start from a local weights file")
+    m.add_argument("--num_frames", type=int, help="override the backbone's clip length")
+    m.add_argument("--sampling_rate", type=int, help="override: take every Nth frame")
+    m.add_argument("--crop_size", type=int, help="override the crop (short side scales with it)")
+    m.add_argument("--short_side", type=int, help="override the resize before cropping")
+
+    o = p.add_argument_group("optimisation")
+    o.add_argument("--lr", type=float, default=0.1)
+    o.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd")
+    o.add_argument("--weight_decay", type=float, default=5e-5)
+    o.add_argument("--momentum", type=float, default=0.9)
+    o.add_argument("--lr_scheduler", choices=SCHEDULERS, default="cosine")
+    o.add_argument("--warmup_epochs", type=float, default=0.0)
+    o.add_argument("--finetune_strategy", choices=STRATEGIES, default="no_freeze")
+    o.add_argument(
+        "--unfreeze_epoch",
+        type=int,
+        default=1,
+        help="with freeze_unfreeze: the epoch the backbone joins training",
+    )
+
+    t = p.add_argument_group("hardware and loop")
+    t.add_argument(
+        "--gpus", type=int, help="N GPUs (0 = CPU); fewer available -> warn and use those"
+    )
+    t.add_argument("--accelerator", default="auto", help="cpu, gpu, auto, ...")
+    t.add_argument("--devices", default="auto", help="a count, a list like 0,1, or auto")
+    t.add_argument("--num_nodes", type=int, default=1)
+    t.add_argument("--strategy", default=None, help="default: ddp with more than one device")
+    t.add_argument("--precision", default=None, help="32, 16-mixed, bf16-mixed, ...")
+    t.add_argument("--sync_batchnorm", action="store_true")
+    t.add_argument("--max_epochs", type=int, default=10)
+    t.add_argument("--max_steps", type=int, default=-1)
+    t.add_argument(
+        "--fast_dev_run",
+        type=int,
+        nargs="?",
+        const=1,
+        default=0,
+        help="run N batches of train/val/test as a smoke test (no checkpoints)",
+    )
+    t.add_argument("--limit_train_batches", type=float, default=None)
+    t.add_argument("--limit_val_batches", type=float, default=None)
+    t.add_argument("--log_every_n_steps", type=int, default=10)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument(
+        "--output_dir",
+        default=os.environ.get("LAUNCH_ARTIFACTS_DIR") or "outputs",
+        help="checkpoints, metrics.csv, labels.txt (default: $LAUNCH_ARTIFACTS_DIR "
+        "or ./outputs); a rerun with the same one resumes from checkpoints/last.ckpt",
+    )
+    t.add_argument(
+        "--no_resume",
+        dest="resume",
+        action="store_false",
+        help="start afresh even if output_dir holds a last.ckpt",
+    )
+    return p
+
+
+def _split_of(csv: str) -> str | None:
+    stem = Path(csv).stem.lower()
+    for word, split in SPLIT_WORDS.items():
+        if stem == word or stem.endswith(("_" + word, "-" + word)) or stem.startswith(word):
+            return split
+    return None
+
+
+def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    """Check flag values and fill data defaults; ``parser.error`` on the first problem."""
+    for flag in ("batch_size", "clips_per_video", "num_nodes", "max_epochs"):
+        if getattr(args, flag) < 1 and not (flag == "max_epochs" and args.max_epochs == -1):
+            parser.error(f"--{flag} {getattr(args, flag)}: must be >= 1")
+    for flag in ("num_workers", "warmup_epochs", "weight_decay", "momentum", "unfreeze_epoch"):
+        if getattr(args, flag) < 0:
+            parser.error(f"--{flag} {getattr(args, flag)}: must be >= 0")
+    if args.lr <= 0:
+        parser.error(f"--lr {args.lr}: must be > 0")
+    if args.gpus is not None and args.gpus < 0:
+        parser.error(f"--gpus {args.gpus}: must be >= 0")
+    if args.pretrained and args.weights:
+        parser.error("--pretrained and --weights both given: choose one")
+    if args.weights and not Path(args.weights).is_file():
+        parser.error(f"--weights {args.weights}: no such file")
+    if args.finetune_strategy != "no_freeze" and not (args.pretrained or args.weights):
+        parser.error(
+            f"--finetune_strategy {args.finetune_strategy} freezes a randomly initialised "
+            "backbone: add --pretrained or --weights PATH, or use no_freeze"
+        )
+
+    sources = [
+        name
+        for name, given in (
+            ("folders", args.train_folder or args.val_folder or args.test_folder),
+            ("CSVs", args.train_csv or args.val_csv or args.test_csv),
+            ("--kinetics_annotations", args.kinetics_annotations),
+        )
+        if given
+    ]
+    if len(sources) > 1:
+        parser.error(f"data given as {' and '.join(sources)}: choose one source")
+    if args.data_dir and not sources and not args.download:
+        root = Path(args.data_dir)
+        if not root.is_dir():
+            parser.error(f"--data_dir {args.data_dir}: no such folder")
+        for split in ("train", "val", "test"):
+            if (root / split).is_dir():
+                setattr(args, f"{split}_folder", str(root / split))
+    for flag in ("train_folder", "val_folder", "test_folder", "predict_folder", "video_root"):
+        value = getattr(args, flag)
+        if value and not Path(value).is_dir():
+            parser.error(f"--{flag} {value}: no such folder")
+    for flag in ("train_csv", "val_csv", "test_csv"):
+        value = getattr(args, flag)
+        if value and not Path(value).is_file():
+            parser.error(f"--{flag} {value}: no such file")
+    args.kinetics_splits = {}
+    for csv in args.kinetics_annotations or []:
+        if not Path(csv).is_file():
+            parser.error(f"--kinetics_annotations {csv}: no such file")
+        split = _split_of(csv)
+        if split is None:
+            parser.error(
+                f"--kinetics_annotations {csv}: cannot tell its split from the name; "
+                "name it train.csv, validate.csv or test.csv"
+            )
+        args.kinetics_splits[split] = csv
+    if args.kinetics_annotations and not args.video_root:
+        parser.error("--kinetics_annotations needs --video_root (where the videos are)")
+    has_train = args.train_folder or args.train_csv or "train" in args.kinetics_splits
+    if not has_train and not args.download:
+        parser.error(
+            "no training data: pass --train_folder, --train_csv, --kinetics_annotations "
+            "train.csv, or --data_dir (or $LAUNCH_DATASTORE_DIR) holding a train/ folder"
+        )
+    return args

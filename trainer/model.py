@@ -1,0 +1,294 @@
+"""VideoClassifier: a backbone from the registry, trained with Lightning, predicting Flash-style.
+
+The checkpoint carries everything prediction needs: the backbone name, the labels and the exact
+``VideoInput`` (clip geometry and normalisation), all saved as hyperparameters. Validation and
+test batches hold N clips per video; their softmax scores are averaged into one video-level
+prediction, as the published model zoo accuracies are measured.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics.classification import MulticlassAccuracy
+
+from trainer.backbones import build_backbone, check_input, get_backbone
+from trainer.finetune import check_strategy
+from trainer.video_input import VideoInput
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULERS = ("cosine", "step", "none")
+
+Video = Tensor | list[Tensor]
+
+
+def _merge_clips(video: Video) -> tuple[Video, int, int]:
+    """[B, N, C, T, H, W] (or a list of two) -> [B*N, C, T, H, W], B, N."""
+    if isinstance(video, list | tuple):
+        b, n = video[0].shape[:2]
+        return [v.flatten(0, 1) for v in video], b, n
+    b, n = video.shape[:2]
+    return video.flatten(0, 1), b, n
+
+
+class VideoClassifier(pl.LightningModule):
+    """Video classifier over a registry backbone.
+
+    Args:
+        backbone: registry name (see ``trainer.backbones.REGISTRY``).
+        labels: class names; their order defines the output indices.
+        video_input: ``VideoInput.to_dict()`` of the clips the model is trained on; defaults to
+            the backbone's published input.
+        lr, optimizer, weight_decay, momentum: the optimizer (``sgd`` uses ``momentum``).
+        lr_scheduler: ``cosine`` (to 0 over training), ``step`` (x0.1 at 50% and 75% of the
+            steps) or ``none``; ``warmup_epochs`` of linear warmup precede it.
+        finetune_strategy, unfreeze_epoch: see ``trainer.finetune`` (applied by its callback).
+        pretrained, weights: initial backbone weights (published Kinetics weights, or a file).
+        clips_per_video: clips averaged per video at validation, test and prediction.
+        load_weights: fetch ``pretrained``/``weights`` at construction. Saved as False in
+            checkpoints, so loading one never downloads or needs the original weights file.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "x3d_xs",
+        labels: list[str] | None = None,
+        video_input: dict | None = None,
+        lr: float = 0.1,
+        optimizer: str = "sgd",
+        weight_decay: float = 5e-5,
+        momentum: float = 0.9,
+        lr_scheduler: str = "cosine",
+        warmup_epochs: float = 0.0,
+        finetune_strategy: str = "no_freeze",
+        unfreeze_epoch: int = 1,
+        pretrained: bool = False,
+        weights: str | None = None,
+        clips_per_video: int = 4,
+        load_weights: bool = True,
+    ) -> None:
+        super().__init__()
+        if not labels:
+            raise ValueError("labels: need at least one class name")
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"labels must be unique, got {labels}")
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {optimizer!r}; choose one of: {OPTIMIZERS}")
+        if lr_scheduler not in SCHEDULERS:
+            raise ValueError(f"unknown lr_scheduler {lr_scheduler!r}; choose one of: {SCHEDULERS}")
+        check_strategy(finetune_strategy, unfreeze_epoch)
+        entry = get_backbone(backbone)
+        vi = VideoInput.from_dict(video_input) if video_input else entry.default_input
+        check_input(backbone, vi)
+        if video_input is None:
+            video_input = vi.to_dict()
+        self.save_hyperparameters()
+        self.head_path = entry.head
+        self.backbone = build_backbone(
+            backbone,
+            len(labels),
+            video_input=vi,
+            pretrained=pretrained and load_weights,
+            weights=weights if load_weights else None,
+        )
+        k5 = min(5, len(labels))
+        self.train_acc1 = MulticlassAccuracy(len(labels), top_k=1, average="micro")
+        for stage in ("val", "test"):
+            setattr(
+                self, f"{stage}_acc1", MulticlassAccuracy(len(labels), top_k=1, average="micro")
+            )
+            setattr(
+                self, f"{stage}_acc5", MulticlassAccuracy(len(labels), top_k=k5, average="micro")
+            )
+
+    # --- what a checkpoint tells ----------------------------------------------------------
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.hparams.labels)
+
+    @property
+    def video_input(self) -> VideoInput:
+        return VideoInput.from_dict(self.hparams.video_input)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The weights are in the state dict: loading the checkpoint must not fetch them again.
+        checkpoint["hyper_parameters"]["load_weights"] = False
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, map_location=None, **kwargs):  # type: ignore[override]
+        """Lightning's loader, with a one-line ``CheckpointError`` for a file that is not one of
+        our checkpoints. Loads onto the CPU unless ``map_location`` says otherwise."""
+        from trainer.predict import check_checkpoint
+
+        check_checkpoint(checkpoint_path)
+        return super().load_from_checkpoint(
+            checkpoint_path, map_location=map_location or "cpu", **kwargs
+        )
+
+    # --- forward and steps ----------------------------------------------------------------
+
+    def forward(self, video: Video) -> Tensor:
+        """Logits for a batch of clips ([B, C, T, H, W], or [slow, fast] for SlowFast)."""
+        return self.backbone(video)
+
+    def video_probs(self, video: Video) -> Tensor:
+        """Video-level class probabilities: softmax of each of the N clips, averaged."""
+        clips, b, n = _merge_clips(video)
+        return F.softmax(self(clips), dim=-1).view(b, n, -1).mean(dim=1)
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        logits = self(batch["video"])
+        loss = F.cross_entropy(logits, batch["label"])
+        self.train_acc1(logits, batch["label"])
+        bs = batch["label"].shape[0]
+        # Epoch-level only: metrics.csv gets one row per epoch, train and val side by side.
+        epoch = dict(on_step=False, on_epoch=True, batch_size=bs)
+        self.log("train_loss", loss, prog_bar=True, sync_dist=True, **epoch)
+        self.log("train_acc1", self.train_acc1, **epoch)
+        self.log("lr", self.optimizers().param_groups[0]["lr"], **epoch)
+        return loss
+
+    def _eval_step(self, batch: dict, stage: str) -> None:
+        probs = self.video_probs(batch["video"])
+        y = batch["label"]
+        loss = F.nll_loss(probs.clamp_min(1e-8).log(), y)
+        acc1, acc5 = getattr(self, f"{stage}_acc1"), getattr(self, f"{stage}_acc5")
+        acc1(probs, y)
+        acc5(probs, y)
+        bs = y.shape[0]
+        # Metric objects sync their state across DDP processes when computed.
+        self.log(f"{stage}_loss", loss, batch_size=bs, sync_dist=True)
+        self.log(f"{stage}_acc1", acc1, prog_bar=True, batch_size=bs)
+        self.log(f"{stage}_acc5", acc5, batch_size=bs)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
+        """Per-video probabilities [B, num_classes], in the order of ``self.labels``."""
+        return self.video_probs(batch["video"])
+
+    # --- optimisation ---------------------------------------------------------------------
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        # Frozen parameters (finetune strategies) stay out; BaseFinetuning adds them later.
+        params = [p for p in self.parameters() if p.requires_grad]
+        if hp.optimizer == "sgd":
+            opt = torch.optim.SGD(
+                params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay
+            )
+        elif hp.optimizer == "adam":
+            opt = torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
+        else:
+            opt = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
+        if hp.lr_scheduler == "none" and hp.warmup_epochs <= 0:
+            return opt
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        epochs = self.trainer.max_epochs if (self.trainer.max_epochs or -1) > 0 else 1
+        warmup = round(hp.warmup_epochs * total / epochs)
+        schedule = _schedule(hp.lr_scheduler, warmup, total)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # --- Flash-style prediction -----------------------------------------------------------
+
+    def predict(
+        self,
+        paths_or_folder: str | Path | list[str | Path],
+        top_k: int | None = None,
+        batch_size: int = 4,
+        num_workers: int = 0,
+    ) -> list:
+        """Classify videos with the stored preprocessing: one result per video.
+
+        Returns labels, or with ``top_k`` lists of ``(label, probability)`` pairs, best first.
+        For a list of paths the results follow its order; a file that cannot be decoded gives
+        ``None`` and a warning naming it and why. For a folder, the videos found in it, sorted.
+        """
+        results, skipped = self.predict_paths(paths_or_folder, top_k, batch_size, num_workers)
+        if skipped:
+            warnings.warn(
+                f"skipped {len(skipped)} video(s): "
+                + "; ".join(f"{p} ({why})" for p, why in skipped.items()),
+                stacklevel=2,
+            )
+        by_path = dict(results)
+        if isinstance(paths_or_folder, list | tuple):
+            resolved = {str(Path(p).resolve()): r for p, r in results}
+            return [
+                by_path.get(str(p), resolved.get(str(Path(p).resolve()))) for p in paths_or_folder
+            ]
+        return [r for _, r in results]
+
+    @torch.no_grad()
+    def predict_paths(
+        self,
+        paths_or_folder: str | Path | list[str | Path],
+        top_k: int | None = None,
+        batch_size: int = 4,
+        num_workers: int = 0,
+    ) -> tuple[list[tuple[str, Any]], dict[str, str]]:
+        """``([(path, label or top-k pairs), ...], {skipped path: reason})``."""
+        from trainer.data import predict_loader
+
+        if top_k is not None and not 1 <= top_k <= len(self.labels):
+            raise ValueError(f"top_k {top_k}: must be between 1 and {len(self.labels)}")
+        loader, skipped = predict_loader(
+            paths_or_folder,
+            self.video_input,
+            clips_per_video=self.hparams.clips_per_video,
+            batch_size=batch_size,
+            num_workers=num_workers,
+        )
+        was_training = self.training
+        self.eval()
+        out: list[tuple[str, Any]] = []
+        try:
+            for batch in loader:
+                video = batch["video"]
+                video = (
+                    [v.to(self.device) for v in video]
+                    if isinstance(video, list | tuple)
+                    else video.to(self.device)
+                )
+                probs = self.video_probs(video).cpu()
+                for path, p in zip(batch["path"], probs, strict=True):
+                    out.append((str(path), self.decode(p, top_k)))
+        finally:
+            self.train(was_training)
+        return out, {str(k): v for k, v in skipped.items()}
+
+    def decode(self, probs: Tensor, top_k: int | None = None):
+        """One video's probabilities -> its label, or the ``top_k`` (label, prob) pairs."""
+        if top_k is None:
+            return self.labels[int(probs.argmax())]
+        values, idx = probs.topk(top_k)
+        return [(self.labels[int(i)], float(v)) for v, i in zip(values, idx, strict=True)]
+
+
+def _schedule(kind: str, warmup: int, total: int):
+    """LR multiplier per optimizer step: linear warmup, then cosine, step or constant."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if kind == "none":
+            return 1.0
+        progress = (step - warmup) / max(1, total - warmup)
+        if kind == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return 0.1 ** ((progress >= 0.5) + (progress >= 0.75))
+
+    return factor

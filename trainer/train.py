@@ -1,0 +1,275 @@
+"""Train a video classifier: the script the launcher runs (``python trainer/train.py ARGS``).
+
+Writes to ``--output_dir`` (default ``$LAUNCH_ARTIFACTS_DIR``, else ./outputs):
+
+    checkpoints/best.ckpt   best val_acc1 (the latest epoch when there is no validation data)
+    checkpoints/last.ckpt   end of the latest epoch, or where SIGTERM stopped it
+    metrics.csv             one row per logged (epoch, step): train_loss, val_acc1, ...
+    labels.txt, args.json, hparams.yaml
+    predictions.csv         with --predict_folder: the best model's label for each video
+
+A rerun with the same output_dir resumes from checkpoints/last.ckpt, so a run stopped by a spot
+interruption (the launcher sends SIGTERM, then restarts it elsewhere with the same outputs)
+continues from where it stopped. SIGTERM saves last.ckpt and exits with status 143.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+
+# Run as a plain script from a checkout or an unpacked code snapshot: the copy of the project
+# next to this file must win over any installed one.
+_REPO = str(Path(__file__).resolve().parent.parent)
+if not sys.path or sys.path[0] != _REPO:
+    sys.path.insert(0, _REPO)
+
+from trainer.cli_args import build_parser, validate  # noqa: E402
+
+SIGTERM_EXIT = 143  # 128 + SIGTERM, what a shell reports for a process it terminated
+
+
+def parse_args(argv: list[str] | None = None):
+    """Parse and check flags; every problem is a one-line ``parser.error`` before training."""
+    from trainer.backbones import BackboneError, resolve_input
+
+    parser = build_parser()
+    args = validate(parser, parser.parse_args(argv))
+    try:
+        args.video_input = resolve_input(
+            args.backbone,
+            num_frames=args.num_frames,
+            sampling_rate=args.sampling_rate,
+            crop_size=args.crop_size,
+            short_side=args.short_side,
+        )
+    except BackboneError as e:
+        parser.error(str(e))
+    args.accelerator, args.devices = _hardware(parser, args)
+    return args
+
+
+def _hardware(parser, args) -> tuple[str, int | str | list[int]]:
+    """--gpus N maps to accelerator/devices; asking for more GPUs than exist warns and uses
+    what is there (as the launcher's local backend does), none meaning the CPU."""
+    devices = args.devices
+    if isinstance(devices, str) and devices != "auto":
+        try:
+            devices = [int(d) for d in devices.split(",") if d] if "," in devices else int(devices)
+        except ValueError:
+            parser.error(f"--devices {args.devices}: a count, a list like 0,1, or auto")
+    if args.gpus is None:
+        return args.accelerator, devices
+    if args.gpus == 0:
+        return "cpu", 1
+    import torch
+
+    have = torch.cuda.device_count()
+    if have == 0:
+        warnings.warn(f"--gpus {args.gpus}: no GPU here; training on the CPU", stacklevel=1)
+        return "cpu", 1
+    if args.gpus > have:
+        warnings.warn(f"--gpus {args.gpus}: only {have} GPU(s) here; using {have}", stacklevel=1)
+    return "gpu", min(args.gpus, have)
+
+
+def make_datamodule(args):
+    """The VideoDataModule for the chosen data source."""
+    from trainer.data import VideoDataModule
+
+    common = dict(
+        video_input=args.video_input,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        clips_per_video=args.clips_per_video,
+        hflip=args.hflip,
+        seed=args.seed,
+    )
+    if args.kinetics_splits:
+        return VideoDataModule.from_kinetics(
+            annotations=args.kinetics_splits, video_root=args.video_root, **common
+        )
+    if args.train_csv:
+        return VideoDataModule.from_csv(
+            train_csv=args.train_csv,
+            val_csv=args.val_csv,
+            test_csv=args.test_csv,
+            root=args.video_root or args.data_dir,
+            **common,
+        )
+    return VideoDataModule.from_folders(
+        train_folder=args.train_folder,
+        val_folder=args.val_folder,
+        test_folder=args.test_folder,
+        **common,
+    )
+
+
+def _download(args) -> None:
+    from trainer.download import ensure_data
+
+    dest = Path(args.data_dir or Path(args.output_dir) / "data")
+    root = Path(ensure_data(args.download, dest))
+    for split in ("train", "val", "test"):
+        if getattr(args, f"{split}_folder") is None and (root / split).is_dir():
+            setattr(args, f"{split}_folder", str(root / split))
+    if not args.train_folder:
+        sys.exit(f"error: --download {args.download}: the archive has no train/ folder")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.download:
+        _download(args)
+
+    import pytorch_lightning as pl
+
+    from trainer.data import DataError
+    from trainer.model import VideoClassifier
+    from trainer.run_outputs import RunOutputs
+
+    pl.seed_everything(args.seed, workers=True)
+    out = RunOutputs(args.output_dir)
+    try:
+        dm = make_datamodule(args)
+        dm.setup("fit")
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for path, why in dm.skipped.items():
+        print(f"skipped {path}: {why}", file=sys.stderr)
+
+    resume = out.last_ckpt if args.resume and out.last_ckpt.is_file() else None
+    if resume is not None:
+        from trainer.predict import check_checkpoint
+
+        old = check_checkpoint(resume)
+        if list(old["labels"]) != list(dm.labels) or old["backbone"] != args.backbone:
+            print(
+                f"error: {resume} was trained with backbone {old['backbone']} on labels "
+                f"{old['labels']}, not {args.backbone} on {dm.labels}; use another "
+                "--output_dir or --no_resume",
+                file=sys.stderr,
+            )
+            return 2
+        print(f"resuming from {resume}", flush=True)
+
+    model = VideoClassifier(
+        backbone=args.backbone,
+        labels=dm.labels,
+        video_input=args.video_input.to_dict(),
+        lr=args.lr,
+        optimizer=args.optimizer,
+        weight_decay=args.weight_decay,
+        momentum=args.momentum,
+        lr_scheduler=args.lr_scheduler,
+        warmup_epochs=args.warmup_epochs,
+        finetune_strategy=args.finetune_strategy,
+        unfreeze_epoch=args.unfreeze_epoch,
+        pretrained=args.pretrained,
+        weights=args.weights,
+        clips_per_video=args.clips_per_video,
+        load_weights=resume is None,  # the checkpoint holds the weights
+    )
+    has_val = bool(args.val_folder or args.val_csv or "val" in args.kinetics_splits)
+    trainer = pl.Trainer(**_trainer_kwargs(args, out, has_val))
+    out.write_run_info(args, dm.labels, model)
+
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    try:
+        trainer.fit(model, datamodule=dm, ckpt_path=str(resume) if resume else None)
+    except SIGTERMException:
+        out.write_metrics()
+        print(
+            f"stopped by SIGTERM; saved {out.last_ckpt}: rerun with the same --output_dir "
+            "to resume",
+            file=sys.stderr,
+            flush=True,
+        )
+        return SIGTERM_EXIT
+    if trainer.global_rank != 0:
+        return 0
+    out.write_metrics()
+    if args.fast_dev_run:
+        print("fast_dev_run finished (no checkpoints are written)")
+        return 0
+    return _finish(args, dm, trainer, out)
+
+
+def _trainer_kwargs(args, out, has_val: bool) -> dict:
+    from pytorch_lightning.callbacks import ModelCheckpoint
+    from pytorch_lightning.loggers import CSVLogger
+
+    from trainer.finetune import VideoFinetuning
+    from trainer.run_outputs import MetricsCsv, SigtermCheckpoint
+
+    best = ModelCheckpoint(
+        dirpath=out.ckpt_dir,
+        filename="best",
+        monitor="val_acc1" if has_val else None,
+        mode="max",
+        save_last=True,
+        enable_version_counter=False,  # a resumed run overwrites best.ckpt, not best-v1.ckpt
+    )
+    callbacks = [
+        best,
+        VideoFinetuning(args.finetune_strategy, args.unfreeze_epoch),
+        SigtermCheckpoint(out.last_ckpt),
+        MetricsCsv(out),
+    ]
+    multi = args.num_nodes > 1 or (
+        args.devices not in ("auto", 1, 0, [0])
+        and not (isinstance(args.devices, list) and len(args.devices) == 1)
+    )
+    kw = dict(
+        accelerator=args.accelerator,
+        devices=args.devices,
+        num_nodes=args.num_nodes,
+        # ddp (not ddp_spawn) re-runs this script per device, which works from a plain script.
+        strategy=args.strategy or ("ddp" if multi else "auto"),
+        sync_batchnorm=args.sync_batchnorm,
+        max_epochs=args.max_epochs,
+        max_steps=args.max_steps,
+        fast_dev_run=args.fast_dev_run,
+        default_root_dir=str(out.root),
+        logger=CSVLogger(str(out.root), name="logs"),
+        callbacks=callbacks,
+        log_every_n_steps=args.log_every_n_steps,
+        enable_progress_bar=sys.stderr.isatty(),
+    )
+    if args.precision:
+        kw["precision"] = args.precision
+    if args.limit_train_batches is not None:
+        kw["limit_train_batches"] = _limit(args.limit_train_batches)
+    if args.limit_val_batches is not None:
+        kw["limit_val_batches"] = _limit(args.limit_val_batches)
+    return kw
+
+
+def _limit(value: float) -> int | float:
+    return int(value) if value >= 1 and value == int(value) else value
+
+
+def _finish(args, dm, trainer, out) -> int:
+    best_path, score = out.finish(trainer)
+    if args.test_folder or args.test_csv or "test" in args.kinetics_splits:
+        trainer.test(ckpt_path=str(best_path), datamodule=dm)
+        out.write_metrics()
+    if args.predict_folder:
+        from trainer.predict import load_model
+
+        model = load_model(best_path)
+        results, skipped = model.predict_paths(
+            args.predict_folder, batch_size=args.batch_size, num_workers=args.num_workers
+        )
+        out.write_predictions(results, skipped)
+    metric = "val_acc1" if score is not None else "train_loss"
+    value = score if score is not None else trainer.callback_metrics.get("train_loss")
+    print(f"best {metric}={float(value):.4f} checkpoint={best_path}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
