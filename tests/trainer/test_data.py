@@ -68,7 +68,10 @@ def test_bad_files_are_skipped_and_summarised(
 def test_empty_split_is_one_clear_error(tmp_path, tiny_input, text_file):
     (tmp_path / "data" / "cls").mkdir(parents=True)
     shutil.copy(text_file, tmp_path / "data" / "cls" / "x.mp4")
-    with pytest.raises(DataError, match=r"no videos in .*expected class-per-folder layout"):
+    with (
+        pytest.raises(DataError, match=r"no videos in .*expected class-per-folder layout"),
+        pytest.warns(DataWarning, match="skipped 1 of 1 files"),
+    ):
         VideoDataModule.from_folders(tmp_path / "data", video_input=tiny_input)
 
 
@@ -81,3 +84,144 @@ def test_predict_loader_yields_paths(motion_dataset, tiny_input, corrupt_video):
     batches = list(loader)
     assert [p for b in batches for p in b["path"]] == [str(f) for f in files]
     assert batches[0]["video"].shape == (2, 2, 3, 8, 32, 32) and "label" not in batches[0]
+
+
+def test_metadata_is_cached_and_refreshed_when_a_file_changes(
+    motion_dataset, tiny_input, monkeypatch
+):
+    train = motion_dataset / "train"
+    VideoDataModule.from_folders(train, video_input=tiny_input)
+    assert (train / ".video_meta_cache.json").exists()
+
+    probed = []
+    import trainer.meta_cache as mc
+
+    real_probe = mc.probe
+    monkeypatch.setattr(mc, "probe", lambda p: probed.append(p) or real_probe(p))
+    VideoDataModule.from_folders(train, video_input=tiny_input)
+    assert probed == []  # every file came from the cache
+    changed = train / "up" / "0.mp4"
+    shutil.copy(train / "left" / "0.mp4", changed)
+    VideoDataModule.from_folders(train, video_input=tiny_input)
+    assert probed == [changed]
+
+
+def test_read_only_data_dir_caches_in_the_user_cache_dir(
+    motion_dataset, tiny_input, monkeypatch, tmp_path
+):
+    import trainer.meta_cache as mc
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setattr(mc.os, "access", lambda path, mode: False)  # as on a read-only mount
+    VideoDataModule.from_folders(motion_dataset / "train", video_input=tiny_input)
+    assert not (motion_dataset / "train" / ".video_meta_cache.json").exists()
+    assert len(list((tmp_path / "xdg" / "launch-video").glob("video_meta_*.json"))) == 1
+
+
+def test_unwritable_cache_dir_falls_back(motion_dataset, tiny_input, monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where a folder should be")
+    dm = VideoDataModule.from_folders(
+        motion_dataset / "train", video_input=tiny_input, cache_dir=blocker / "cache"
+    )
+    assert dm.num_classes == 3
+    assert len(list((tmp_path / "xdg" / "launch-video").glob("video_meta_*.json"))) == 1
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_decode_failure_while_loading_is_counted_not_fatal(
+    motion_dataset, tiny_input, corrupt_video, workers
+):
+    dm = VideoDataModule.from_folders(
+        motion_dataset / "train",
+        motion_dataset / "val",
+        video_input=tiny_input,
+        batch_size=3,
+        num_workers=workers,
+    )
+    # Broken after the metadata scan (a truncated upload, a flaky mount).
+    broken_train = motion_dataset / "train" / "left" / "1.mp4"
+    broken_val = motion_dataset / "val" / "up" / "2.mp4"
+    for p in (broken_train, broken_val):
+        p.write_bytes(corrupt_video.read_bytes())
+    # Training keeps its batch size: the broken video is replaced by another one.
+    assert sum(len(b["label"]) for b in dm.train_dataloader()) == 9
+    # Evaluation is one item per video: the broken one is dropped from its batch.
+    val = list(dm.val_dataloader())
+    indices = [i for b in val for i in b["index"].tolist()]
+    assert indices == [0, 1, 2, 3, 4, 5, 6, 7]
+    assert {str(broken_train), str(broken_val)} <= set(dm.skipped)
+
+
+def test_whole_batch_failing_gives_an_empty_batch_of_the_right_shape(
+    motion_dataset, tiny_input, corrupt_video
+):
+    dm = VideoDataModule.from_folders(
+        val_folder=motion_dataset / "val", video_input=tiny_input, batch_size=3, clips_per_video=2
+    )
+    for p in (motion_dataset / "val" / "left").glob("*.mp4"):
+        p.write_bytes(corrupt_video.read_bytes())
+    first = next(iter(dm.val_dataloader()))
+    assert first["video"].shape == (0, 2, 3, 8, 32, 32) and first["label"].shape == (0,)
+
+
+def test_empty_class_folder_warns_and_counts_only_if_seen_elsewhere(motion_dataset, tiny_input):
+    (motion_dataset / "train" / "down").mkdir()
+    with pytest.warns(DataWarning, match="empty class folder"):
+        dm = VideoDataModule.from_folders(motion_dataset / "train", video_input=tiny_input)
+    assert dm.labels == ["left", "right", "up"]
+    shutil.rmtree(motion_dataset / "val" / "left")
+    (motion_dataset / "val" / "left").mkdir()
+    with pytest.warns(DataWarning, match="empty class folder"):
+        dm = VideoDataModule.from_folders(
+            motion_dataset / "train", motion_dataset / "val", video_input=tiny_input
+        )
+    assert dm.labels == ["left", "right", "up"]  # "left" has training videos
+
+
+def test_missing_folder_and_wrong_use_are_clear_errors(tmp_path, tiny_input, motion_dataset):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        VideoDataModule.from_folders(tmp_path / "nope", video_input=tiny_input)
+    with pytest.raises(DataError, match="no data given"):
+        VideoDataModule(video_input=tiny_input)
+    dm = VideoDataModule.from_folders(motion_dataset / "train", video_input=tiny_input)
+    with pytest.raises(DataError, match="no val data"):
+        dm.val_dataloader()
+    with pytest.raises(DataError, match="not among the 2 given labels"):
+        VideoDataModule.from_folders(
+            motion_dataset / "train", video_input=tiny_input, labels=["left", "right"]
+        )
+
+
+def test_csv_source(motion_dataset, tiny_input, tmp_path):
+    csv_path = motion_dataset / "train.csv"
+    csv_path.write_text("path,label\ntrain/left/0.mp4,left\ntrain/up/1.mp4,up\n")
+    dm = VideoDataModule.from_csv(csv_path, video_input=tiny_input, batch_size=2)
+    assert dm.labels == ["left", "up"]
+    b = next(iter(dm.train_dataloader()))
+    assert b["video"].shape == (2, 3, 8, 32, 32)
+    elsewhere = tmp_path / "lists" / "val.csv"
+    elsewhere.parent.mkdir()
+    elsewhere.write_text("val/right/0.mp4,right\n")
+    dm = VideoDataModule.from_csv(val_csv=elsewhere, root=motion_dataset, video_input=tiny_input)
+    assert dm.labels == ["right"]
+    elsewhere.write_text("val/right/0.mp4\n")
+    with pytest.raises(DataError, match=r"val.csv:1: expected 'path,label'"):
+        VideoDataModule.from_csv(val_csv=elsewhere, video_input=tiny_input)
+
+
+def test_predict_only_with_given_labels(motion_dataset, tiny_input):
+    dm = VideoDataModule(
+        video_input=tiny_input,
+        predict=motion_dataset / "val",
+        labels=["a", "b"],
+        batch_size=4,
+        clips_per_video=1,
+    )
+    assert dm.num_classes == 2
+    batches = list(dm.predict_dataloader())
+    assert sum(len(b["path"]) for b in batches) == 9
+    assert batches[0]["video"].shape == (4, 1, 3, 8, 32, 32)
+    with pytest.raises(DataError, match="give labels="):
+        VideoDataModule(video_input=tiny_input, predict=motion_dataset / "val")

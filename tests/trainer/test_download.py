@@ -1,4 +1,4 @@
-"""ensure_data: fetch through fsspec (http, file), extract atomically once, refuse unsafe archives."""
+"""ensure_data: fetch via fsspec (http, file), extract atomically once, refuse unsafe archives."""
 
 from __future__ import annotations
 
