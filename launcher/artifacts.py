@@ -99,7 +99,9 @@ def restore_artifacts(storage: Storage, run: str, exp: str, local_dir: str | Pat
     return sync_down(storage, plan_down(_exp_key(run, exp, "artifacts"), files, Path(local_dir)))
 
 
-def _experiments(storage: Storage, run: str, experiment: str | None) -> list[str]:
+def experiment_ids(storage: Storage, run: str, experiment: str | None = None) -> list[str]:
+    """A run's experiment ids in order (or just ``experiment``, checked); NotFoundError if the
+    run or the experiment does not exist."""
     _check(run, experiment)
     if not storage.exists(f"runs/{run}/run.json"):
         raise NotFoundError(f"run {run!r} not found under {storage.root_url}")
@@ -120,7 +122,7 @@ def list_artifacts(storage: Storage, run: str, exp: str | None = None) -> list[A
     """Every stored artifact of a run (or of one experiment), by experiment then path."""
     return [
         Artifact(e, rel, entry["size"], entry["sha256"])
-        for e in _experiments(storage, run, exp)
+        for e in experiment_ids(storage, run, exp)
         for rel, entry in sorted(read_manifest(storage, run, e).items())
     ]
 
@@ -139,7 +141,7 @@ def pull_artifacts(
     interrupted pull leaves no half-file), and never writes outside ``dest``: a manifest path
     that is absolute or climbs out with ``..`` is refused.
     """
-    exps = _experiments(storage, run, experiment)
+    exps = experiment_ids(storage, run, experiment)
     jobs = []
     for e in exps:
         files = read_manifest(storage, run, e)

@@ -1,0 +1,198 @@
+"""A run's leaderboard and metric curves, from each experiment's ``artifacts/metrics.csv``.
+
+The CSV is Lightning CSVLogger's flat table (``epoch, step, train_loss, val_loss, val_acc1, ...``,
+blank where a row did not log a column). The metric defaults to ``val_acc1`` when logged, else
+the first ``val_`` column, else the first other metric. Its direction comes from its name:
+``loss``/``err`` (error, mse/mae too) are minimized, everything else (accuracy, f1) maximized.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from launcher.artifacts import experiment_ids
+from launcher.errors import NotFoundError, SpecError, StorageError
+from launcher.storage import Storage
+
+INDEX_COLUMNS = ("epoch", "step")
+_MIN_WORDS = ("loss", "err", "mse", "mae")
+
+Row = dict[str, float | None]
+
+
+@dataclass(frozen=True)
+class LeaderRow:
+    """One experiment on the leaderboard; ``best``/``epoch`` are None until it logs the metric."""
+
+    experiment: str
+    params: dict[str, Any] = field(default_factory=dict)
+    status: str = "unknown"
+    metric: str | None = None
+    best: float | None = None
+    epoch: int | None = None
+
+
+def parse_metrics_csv(text: str) -> list[Row]:
+    """Rows of a CSVLogger file: numbers as floats, blanks (and non-numbers) as None."""
+    rows = []
+    for raw in csv.DictReader(io.StringIO(text)):
+        row: Row = {}
+        for k, v in raw.items():
+            if k is None:  # a row with more cells than the header
+                continue
+            try:
+                f = float(v) if v not in (None, "") else None
+            except ValueError:
+                f = None
+            row[k] = f if f is None or math.isfinite(f) else None
+        rows.append(row)
+    return rows
+
+
+def load_metrics(storage: Storage, run: str, exp: str) -> list[Row]:
+    """An experiment's metrics rows; empty if it has not shipped a metrics.csv yet."""
+    try:
+        text = storage.read_text(f"runs/{run}/experiments/{exp}/artifacts/metrics.csv")
+    except FileNotFoundError:
+        return []
+    except UnicodeDecodeError:
+        raise StorageError(f"metrics.csv of {run}/{exp} is not text") from None
+    return parse_metrics_csv(text)
+
+
+def columns(rows: list[Row]) -> list[str]:
+    """Metric columns that hold at least one value, in file order (epoch/step excluded)."""
+    seen: dict[str, None] = {}
+    for r in rows:
+        for k, v in r.items():
+            if v is not None and k not in INDEX_COLUMNS:
+                seen.setdefault(k)
+    return list(seen)
+
+
+def default_metric(available: list[str]) -> str | None:
+    """val_acc1 if logged, else the first val_ column, else the first metric (None if none)."""
+    if "val_acc1" in available:
+        return "val_acc1"
+    return next((c for c in available if c.startswith("val_")), available[0] if available else None)
+
+
+def minimize(metric: str) -> bool:
+    """True when lower is better for this metric, judged by its name."""
+    return any(w in metric.lower() for w in _MIN_WORDS)
+
+
+def curve(rows: list[Row], metric: str) -> list[tuple[int, float]]:
+    """(epoch, value) points of a metric, one per epoch (the last logged value of each)."""
+    points: dict[int, float] = {}
+    for i, r in enumerate(rows):
+        v = r.get(metric)
+        if v is None:
+            continue
+        x = r.get("epoch")
+        points[int(x) if x is not None else i] = v
+    return sorted(points.items())
+
+
+def _run_data(
+    storage: Storage, run: str, metric: str | None
+) -> tuple[str | None, list[tuple[str, dict, str, list[Row]]]]:
+    exps = experiment_ids(storage, run)
+    data = []
+    for e in exps:
+        base = f"runs/{run}/experiments/{e}"
+        params = (storage.read_json(f"{base}/params.json", default={}) or {}).get("params") or {}
+        status = (storage.read_json(f"{base}/status.json", default={}) or {}).get("state", "queued")
+        data.append((e, params, status, load_metrics(storage, run, e)))
+    available: list[str] = []
+    for *_, rows in data:
+        available += [c for c in columns(rows) if c not in available]
+    if metric is None:
+        metric = default_metric(available)
+    elif available and metric not in available:
+        raise SpecError(
+            f"metric {metric!r} was not logged by run {run}; logged: {', '.join(available)}"
+        )
+    return metric, data
+
+
+def leaderboard(
+    storage: Storage, run: str, metric: str | None = None, mode: str | None = None
+) -> list[LeaderRow]:
+    """One row per experiment, best first; experiments without the metric come last.
+
+    ``mode`` is "min" or "max" (default: from the metric's name, see :func:`minimize`).
+    """
+    if mode not in (None, "min", "max"):
+        raise SpecError(f"mode must be min or max, not {mode!r}")
+    metric, data = _run_data(storage, run, metric)
+    lower = minimize(metric) if mode is None and metric else mode == "min"
+    rows = []
+    for e, params, status, metric_rows in data:
+        points = curve(metric_rows, metric) if metric else []
+        best = (min if lower else max)(points, key=lambda p: p[1]) if points else None
+        rows.append(
+            LeaderRow(
+                e,
+                params,
+                status,
+                metric,
+                best[1] if best else None,
+                best[0] if best else None,
+            )
+        )
+
+    def key(r: LeaderRow) -> tuple:
+        if r.best is None:
+            return (1, 0.0, int(r.experiment.split("-")[1]))
+        return (0, r.best if lower else -r.best, int(r.experiment.split("-")[1]))
+
+    return sorted(rows, key=key)
+
+
+def label(exp: str, params: dict[str, Any]) -> str:
+    """A legend label naming an experiment by its params: ``exp-0: lr=0.01, backbone=x3d_m``."""
+    if not params:
+        return exp
+    shown = ", ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()
+    )
+    return f"{exp}: {shown}"
+
+
+def plot_metrics(storage: Storage, run: str, path: str | Path, metric: str | None = None) -> Path:
+    """Write a PNG of each experiment's metric vs epoch (best marked with a star); returns path."""
+    metric, data = _run_data(storage, run, metric)
+    series = [(label(e, p), curve(rows, metric)) for e, p, _, rows in data] if metric else []
+    series = [(name, pts) for name, pts in series if pts]
+    if not series:
+        raise NotFoundError(f"no experiment of run {run} has logged metrics yet")
+    from matplotlib.figure import Figure  # lazy: matplotlib is heavy and only needed here
+
+    lower = minimize(metric)
+    fig = Figure(figsize=(9, 5.5), dpi=110, layout="constrained")
+    ax = fig.subplots()
+    for name, pts in series:
+        xs, ys = zip(*pts, strict=True)
+        (line,) = ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.6, label=name)
+        bx, by = (min if lower else max)(pts, key=lambda p: p[1])
+        ax.plot([bx], [by], marker="*", markersize=12, color=line.get_color())
+    better = "lower" if lower else "higher"
+    ax.set_title(f"{run}: {metric} by epoch ({better} is better, \u2605 = best)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(metric)
+    ax.grid(True, alpha=0.3)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    if len(series) > 8:  # many experiments: legend beside the plot, not over the curves
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
+    else:
+        ax.legend(fontsize="small", loc="best")
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, format="png")
+    return out
