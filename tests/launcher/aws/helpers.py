@@ -71,6 +71,7 @@ def start_instance(
     return subprocess.Popen(
         ["bash", "-c", script],
         env=full_env,
+        start_new_session=True,  # a test can kill the whole "machine" at once
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -156,6 +157,7 @@ p = argparse.ArgumentParser()
 p.add_argument("--steps", type=int, default=3)
 p.add_argument("--lr", type=float, default=0.1)
 p.add_argument("--sleep", type=float, default=0.0)
+p.add_argument("--note", default=None)
 a = p.parse_args()
 art = pathlib.Path(os.environ["LAUNCH_ARTIFACTS_DIR"])
 ckpts = art / "checkpoints"
@@ -180,6 +182,8 @@ for step in range(start, a.steps):
     print(f"step {step + 1}", flush=True)
 (ckpts / "best.ckpt").write_text(json.dumps({"step": a.steps, "lr": a.lr, "data": seen}))
 (art / "labels.txt").write_text("archery\\nhigh_jump\\n")
+if a.note is not None:
+    (art / "note.txt").write_text(a.note)
 print("done", flush=True)
 '''
 
