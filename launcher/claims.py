@@ -106,8 +106,11 @@ class Claim:
 def _attempt_is_dead(storage: Storage, run: str, exp: str, attempt: int, stale_s: float) -> bool:
     now = time.time()
     hb = storage.read_json(exp_key(run, exp, "heartbeat"), default=None)
-    claim = storage.read_json(claim_key(run, exp, attempt), default=None) or {}
-    seen = float(claim.get("time") or 0.0)
+    try:
+        claim = storage.read_json(claim_key(run, exp, attempt), default=None) or {}
+        seen = float(claim.get("time") or 0.0)
+    except ValueError:  # created a moment ago (O_EXCL, then written): its owner is alive
+        claim, seen = {}, now
     node = claim.get("node")
     if hb and hb.get("attempt") == attempt:
         seen = max(seen, float(hb.get("time") or 0.0))
