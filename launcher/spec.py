@@ -102,7 +102,8 @@ class JobSpec:
         """A validated spec from a YAML file and/or flag values (flags win).
 
         Overrides that are None are "not given" (click passes None for unset options); an empty
-        ``script_args`` is "not given" unless ``script`` is given too. The script must exist under
+        ``script_args`` is "not given" unless ``script`` is given too; an ``env`` override adds
+        to the file's env (same names: the flag wins). The script must exist under
         ``workdir`` (default: the current directory).
         """
         data: dict[str, Any] = _read_yaml(path) if path is not None else {}
@@ -110,7 +111,10 @@ class JobSpec:
         given = {k: v for k, v in overrides.items() if v is not None}
         if "script_args" in given and not given["script_args"] and "script" not in given:
             del given["script_args"]
-        data.update(_canonical_keys(given, source="flags"))
+        flags = _canonical_keys(given, source="flags")
+        if isinstance(data.get("env"), dict) and isinstance(flags.get("env"), dict):
+            flags["env"] = {**data["env"], **flags["env"]}  # --env adds to the spec's env
+        data.update(flags)
         spec = cls.from_dict(data)
         spec.validate(workdir=Path.cwd() if workdir is None else workdir)
         return spec

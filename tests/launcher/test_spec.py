@@ -255,3 +255,9 @@ def test_missing_spec_file(workdir):
 def test_from_dict_rejects_non_mapping():
     with pytest.raises(SpecError, match="must be a mapping"):
         JobSpec.from_dict(["script"])
+
+
+def test_env_flag_adds_to_the_spec_env(workdir):
+    p = write(workdir, {"script": "train.py", "env": {"A": "1", "B": "2"}})
+    spec = load(workdir, p, env={"B": "3", "C": "4"})
+    assert spec.env == {"A": "1", "B": "3", "C": "4"}
