@@ -68,17 +68,20 @@ def _summarise(name: str, total: int, skipped: dict[str, str]) -> None:
     )
 
 
-def resolve(source: VideoSource, cache_dir: str | Path | None) -> tuple[list, dict[str, str]]:
+def resolve(
+    source: VideoSource, cache_dir: str | Path | None, allow_empty: bool = False
+) -> tuple[list, dict[str, str]]:
     """Probe (or read cached metadata of) every video of ``source``.
 
-    Returns ``([(path, label, meta)], skipped)``; raises :class:`DataError` if nothing is left.
+    Returns ``([(path, label, meta)], skipped)``; raises :class:`DataError` if nothing is left
+    (with ``allow_empty``, only if the source listed no file at all).
     """
     metas, errors = scan([p for p, _ in source.items], source.root, cache_dir)
     skipped = dict(source.skipped)
     skipped.update({str(p): r for p, r in errors.items()})
     usable = [(p, label, metas[p]) for p, label in source.items if p in metas]
     _summarise(source.name, len(source.items) + len(source.skipped), skipped)
-    if not usable:
+    if not usable and not (allow_empty and skipped):
         raise DataError(source.empty_message or f"no usable videos in {source.name}")
     return usable, skipped
 
@@ -266,10 +269,14 @@ def predict_loader(
     cache_dir: str | Path | None = None,
 ) -> tuple[DataLoader, dict[str, str]]:
     """A loader of ``{"video": [B, N, C, T, H, W], "index", "path"}`` over videos to classify,
-    and the ``{path: reason}`` of the ones skipped. Raises :class:`DataError` if none is usable.
+    and the ``{path: reason}`` of the ones skipped (missing, not a video, undecodable). If every
+    file is bad the loader is empty; only a folder or list holding no file at all is an error.
     """
+    from trainer.meta_cache import user_cache_dir
+
     source = VideoSource.from_paths(paths_or_folder)
-    usable, skipped = resolve(source, cache_dir)
+    # Videos to classify are the user's own files: cache their metadata out of their folders.
+    usable, skipped = resolve(source, cache_dir or user_cache_dir(), allow_empty=True)
     items = [VideoItem(p, -1, meta) for p, _, meta in usable]
     fd, log_path = tempfile.mkstemp(prefix="video-failures-", suffix=".log")
     os.close(fd)

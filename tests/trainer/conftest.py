@@ -15,6 +15,12 @@ from trainer.video_input import VideoInput
 TINY_INPUT = VideoInput(num_frames=8, sampling_rate=2, crop_size=32, short_side=32, fps=15)
 
 
+@pytest.fixture(autouse=True)
+def _private_user_cache(tmp_path_factory, monkeypatch):
+    """Keep the metadata cache of predicted/read-only videos out of the real ~/.cache."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+
+
 @pytest.fixture(scope="session")
 def tiny_input() -> VideoInput:
     return TINY_INPUT

@@ -75,15 +75,37 @@ def test_empty_split_is_one_clear_error(tmp_path, tiny_input, text_file):
         VideoDataModule.from_folders(tmp_path / "data", video_input=tiny_input)
 
 
-def test_predict_loader_yields_paths(motion_dataset, tiny_input, corrupt_video):
+def test_predict_loader_yields_paths(
+    motion_dataset, tiny_input, corrupt_video, monkeypatch, tmp_path
+):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     files = sorted((motion_dataset / "val" / "up").glob("*.mp4"))
-    loader, skipped = predict_loader(
-        [*files, corrupt_video], tiny_input, clips_per_video=2, batch_size=2
-    )
+    with pytest.warns(DataWarning, match="skipped 1 of 4 files"):
+        loader, skipped = predict_loader(
+            [*files, corrupt_video], tiny_input, clips_per_video=2, batch_size=2
+        )
     assert skipped.keys() == {str(corrupt_video)}
     batches = list(loader)
     assert [p for b in batches for p in b["path"]] == [str(f) for f in files]
     assert batches[0]["video"].shape == (2, 2, 3, 8, 32, 32) and "label" not in batches[0]
+    # The user's folder is left untouched; metadata goes to the user cache dir.
+    assert not list(motion_dataset.rglob(".video_meta_cache*"))
+    assert list((tmp_path / "xdg" / "launch-video").glob("video_meta_*.json"))
+
+
+def test_predict_loader_with_only_bad_files_reports_them(tiny_input, corrupt_video, tmp_path):
+    # Prediction reports what it skipped rather than failing: an empty loader.
+    with pytest.warns(DataWarning):
+        loader, skipped = predict_loader([corrupt_video, tmp_path / "gone.mp4"], tiny_input)
+    assert list(loader) == []
+    assert skipped == {
+        str(corrupt_video): skipped[str(corrupt_video)],
+        str(tmp_path / "gone.mp4"): "file not found",
+    }
+    assert "not a readable video" in skipped[str(corrupt_video)]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no videos in"):
+        predict_loader(tmp_path / "empty", tiny_input)
 
 
 def test_metadata_is_cached_and_refreshed_when_a_file_changes(
