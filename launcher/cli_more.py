@@ -152,11 +152,13 @@ def metrics(run: str, metric: str | None, plot: str | None) -> None:
 
     ctx = RunContext(run)
     rows = m.leaderboard(ctx.storage, ctx.name, metric=metric)
-    out = []
-    for r in rows:
-        r = r if isinstance(r, dict) else vars(r)
-        out.append([str(r.get(k, "-")) for k in ("rank", "experiment", "metric", "best", "epoch")])
-    table(["rank", "experiment", "metric", "best", "epoch"], out)
+    metric_name = next((r.metric for r in rows if r.metric), metric or "-")
+    table(
+        ["rank", "experiment", "params", "status", f"best {metric_name}", "epoch"],
+        [[str(i), r.experiment, m.label(r.experiment, r.params).partition(": ")[2] or "-",
+          r.status, "-" if r.best is None else f"{r.best:.4g}",
+          "-" if r.epoch is None else str(r.epoch)] for i, r in enumerate(rows, 1)],
+    )  # fmt: skip
     if plot:
         m.plot_metrics(ctx.storage, ctx.name, plot, metric=metric)
         click.secho(f"plot written to {plot}", err=True, dim=True)
@@ -191,7 +193,7 @@ def best_checkpoint(run: str, *, metric: str | None = None, dest: str = "launch_
 
     ctx = RunContext(run)
     rows = m.leaderboard(ctx.storage, ctx.name, metric=metric)
-    order = [(r if isinstance(r, dict) else vars(r)).get("experiment") for r in rows]
+    order = [r.experiment for r in rows if r.best is not None]
     order += [e for e in ctx.experiment_ids() if e not in order]  # no metrics: any checkpoint
     for exp in order:
         for name in ("best.ckpt", "last.ckpt"):

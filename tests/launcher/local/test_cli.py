@@ -1,0 +1,208 @@
+"""The `launch` command end to end on the local backend (click's CliRunner, plus subprocesses
+where the import footprint is the point)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from click.testing import CliRunner
+from localjob import read_records
+
+from launcher.cli import cli
+from launcher.store import RunIndex
+
+
+def launch(*args: str, input: str | None = None):
+    return CliRunner().invoke(cli, list(args), input=input, catch_exceptions=False)
+
+
+CPU = ["--instance", "t3.medium", "--gpus", "0"]
+
+
+def test_run_wait_status_logs_artifacts_delete(home, workdir, tmp_path):
+    r = launch("run", *CPU, "--name", "demo", "--wait", "job.py", "--steps", "2")
+    assert r.exit_code == 0, r.output
+    assert r.stdout.splitlines()[0] == "demo"
+    assert "succeeded" in r.stdout
+
+    r = launch("status")
+    assert r.exit_code == 0
+    header, line = r.stdout.splitlines()
+    assert header.split() == ["NAME", "BACKEND", "INSTANCE", "STATUS", "DONE", "AGE", "COST"]
+    assert line.split()[:5] == ["demo", "local", "t3.medium", "succeeded", "1/1"]
+
+    r = launch("status", "demo")
+    assert "demo: succeeded, 1/1 done" in r.stdout
+    row = [ln for ln in r.stdout.splitlines() if ln.startswith("exp-0")][0].split()
+    assert row[:5] == ["exp-0", "-", "succeeded", "0", "1"] and row[5] == "val_acc1=0.5"
+
+    data = json.loads(launch("status", "demo", "--json").stdout)
+    assert data["run"]["status"] == "succeeded" and data["experiments"][0]["exit_code"] == 0
+    assert json.loads(launch("status", "--json").stdout)[0]["name"] == "demo"
+
+    for target in ("demo", "demo/exp-0"):
+        r = launch("logs", target)
+        assert r.exit_code == 0 and "step 2" in r.stdout
+    assert "step 2" in launch("logs", "demo", "-f").stdout  # finished: prints and returns
+
+    r = launch("artifacts", "list", "demo")
+    assert "checkpoints/last.ckpt" in r.stdout and "metrics.csv" in r.stdout
+    dest = tmp_path / "pulled"
+    r = launch("artifacts", "pull", "demo", "--dest", str(dest))
+    assert r.exit_code == 0
+    assert json.loads((dest / "demo" / "exp-0" / "checkpoints" / "last.ckpt").read_text()) == {
+        "step": 2
+    }
+
+    r = launch("metrics", "demo")
+    assert r.exit_code == 0 and "exp-0" in r.stdout and "BEST VAL_ACC1" in r.stdout
+
+    r = launch("delete", "demo", input="n\n")
+    assert r.exit_code == 1 and RunIndex().get("demo") is not None  # aborted
+    r = launch("delete", "demo", "--yes")
+    assert r.exit_code == 0 and RunIndex().get("demo") is None
+
+
+def test_sweep_with_grid_spellings_and_follow(home, workdir):
+    grid_flags = ["--instance_type", "t3.medium", "--gpus", "0", "--max_nodes", "2",
+                  "--disk_size", "50"]  # fmt: skip
+    r = launch("run", *grid_flags, "--follow", "job.py", "--lr", "[0.1, 0.2]", "--steps", "1")
+    assert r.exit_code == 0, r.output
+    assert "[exp-0] start_step=0 attempt=1 lr=0.1" in r.stdout
+    assert "[exp-1] start_step=0 attempt=1 lr=0.2" in r.stdout
+
+
+def test_script_args_reach_the_script_byte_for_byte(home, workdir, tmp_path):
+    record = tmp_path / "record.jsonl"
+    nasty = ["; rm -rf / #", "$(id)", "`id`", "'single' \"double\"", "line1\nline2", "*",
+             "--flag=$HOME", "", "-x", "a|b&c>d", "\\back\\slash", "ünï©ødé"]  # fmt: skip
+    r = launch("run", *CPU, "--wait", "job.py", "--steps", "1", "--record", str(record), *nasty)
+    assert r.exit_code == 0, r.output
+    (start,) = [rec for rec in read_records(record) if rec["event"] == "start"]
+    assert start["argv"] == ["--steps", "1", "--record", str(record), *nasty]
+
+
+def test_spec_file_env_and_flag_overrides(home, workdir, tmp_path):
+    record = tmp_path / "record.jsonl"
+    (workdir / "job.yaml").write_text(textwrap.dedent(f"""\
+        script: job.py
+        script_args: ["--steps", "1", "--record", "{record}"]
+        instance_type: t3.medium
+        gpus: 0
+        name: from-spec
+        env: {{MY_A: from-spec}}
+    """))  # fmt: skip
+    r = launch("run", "--spec", "job.yaml", "--name", "override", "--env", "MY_B=x=y", "--wait")
+    assert r.exit_code == 0, r.output
+    assert r.stdout.splitlines()[0] == "override"
+    env = read_records(record)[0]["env"]
+    assert env["MY_A"] == "from-spec" and env["MY_B"] == "x=y"
+
+
+def test_dry_run_shows_the_plan_and_writes_nothing(home, workdir):
+    r = launch("run", "--dry-run", "--instance", "g4dn.xlarge", "--max-nodes", "2",
+               "job.py", "--lr", "[0.1, 0.01]", "--bs", "[8, 16]")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "4 experiment(s) of job.py on local" in r.stdout
+    assert "exp-3" in r.stdout and "--lr 0.01 --bs 16" in r.stdout
+    assert "2 x g4dn.xlarge, 1 GPU(s)" in r.stdout and "cost estimate" in r.stdout
+    assert not (home / "store").exists() and not (home / "runs.sqlite3").exists()
+
+
+def test_failed_run_with_wait_exits_non_zero(home, workdir):
+    r = launch("run", *CPU, "--wait", "job.py", "--exit", "4", "--steps", "1")
+    assert r.exit_code == 1
+    assert "failed" in r.stdout and "exited with code 4" in r.stdout
+
+
+def test_stop_a_running_experiment(home, workdir):
+    r = launch("run", *CPU, "--name", "long", "job.py", "--steps", "1000", "--sleep", "0.05")
+    assert r.exit_code == 0
+    r = launch("stop", "long")
+    assert r.exit_code == 0 and "long: stopped" in r.stdout
+
+
+def test_datastore_commands_and_a_run_that_mounts_one(home, workdir, tmp_path):
+    src = tmp_path / "data"
+    (src / "train").mkdir(parents=True)
+    (src / "train" / "a.txt").write_text("A")
+    (src / "b.txt").write_text("BB")
+    r = launch("datastore", "create", "--name", "toy", "--source", str(src))
+    assert r.exit_code == 0 and r.stdout.strip() == "toy:1"
+    r = launch("datastore", "list")
+    assert r.stdout.splitlines()[1].split()[:3] == ["toy", "1", "2"]
+
+    record = tmp_path / "record.jsonl"
+    r = launch("run", *CPU, "--datastore", "toy", "--wait", "job.py", "--steps", "1",
+               "--record", str(record))  # fmt: skip
+    assert r.exit_code == 0, r.output
+    data_dir = read_records(record)[0]["env"]["LAUNCH_DATASTORE_DIR"]
+    with open(os.path.join(data_dir, "train", "a.txt")) as f:
+        assert f.read() == "A"
+
+    r = launch("datastore", "delete", "toy:1", "--yes")
+    assert r.exit_code == 0
+    assert launch("datastore", "list").stdout.count("toy") == 0
+
+
+def test_predict_uses_the_best_experiments_checkpoint(home, workdir, tmp_path):
+    # a stand-in trainer.predict in the working directory shadows the real one (no torch here)
+    (workdir / "trainer").mkdir()
+    (workdir / "trainer" / "__init__.py").write_text("")
+    (workdir / "trainer" / "predict.py").write_text(
+        "import json, sys\nprint('PREDICT', json.dumps(sys.argv[1:]))\n"
+    )
+    r = launch("run", *CPU, "--name", "pred", "--wait", "job.py", "--steps", "[1, 3]")
+    assert r.exit_code == 0, r.output
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"not really a video")
+    out = subprocess.run(
+        [sys.executable, "-m", "launcher", "predict", "pred", str(video), "--top-k", "2"],
+        capture_output=True, text=True, timeout=60, cwd=workdir,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    line = [ln for ln in out.stdout.splitlines() if ln.startswith("PREDICT")][0]
+    args = json.loads(line.split(" ", 1)[1])
+    # exp-1 ran 3 steps: the higher val_acc1, so its best.ckpt, pulled locally
+    assert args == ["launch_artifacts/pred/exp-1/checkpoints/best.ckpt", str(video), "--top-k", "2"]
+    assert (workdir / args[0]).is_file()
+
+
+def test_instances_and_config(home):
+    r = launch("instances", "--gpus", "4")
+    names = [ln.split()[0] for ln in r.stdout.splitlines()[1:]]
+    assert "g4dn.12xlarge" in names and "g4dn.xlarge" not in names
+    assert launch("config", "set", "aws.bucket", "my-bucket").exit_code == 0
+    assert launch("config", "get", "aws.bucket").stdout == "my-bucket\n"
+    assert "aws.bucket = my-bucket" in launch("config", "list").stdout
+
+
+def _imported(args: list[str], env: dict) -> set[str]:
+    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "launcher", *args],
+                         capture_output=True, text=True, timeout=60, env=env)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    return {ln.split("|")[-1].strip() for ln in out.stderr.splitlines() if "|" in ln}
+
+
+def test_help_and_status_import_no_torch_and_no_boto3(home, workdir):
+    assert launch("run", *CPU, "--name", "one", "--wait", "job.py", "--steps", "1").exit_code == 0
+    for args in (["--help"], ["status"], ["status", "one"]):
+        modules = _imported(args, dict(os.environ))
+        heavy = {m for m in modules if m.split(".")[0] in ("torch", "boto3", "botocore", "s3fs")}
+        assert not heavy, f"launch {' '.join(args)} imported {sorted(heavy)[:5]}"
+        assert "launcher.cli" in modules
+
+
+@pytest.mark.parametrize("module", ["launcher.cli", "launcher.runs", "launcher.agent"])
+def test_launcher_modules_import_light(module):
+    code = (
+        f"import sys, {module}; "
+        "print(sorted(m for m in sys.modules if m.startswith(('torch', 'boto3'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "[]", out.stderr
