@@ -304,8 +304,9 @@ def logs(target: str, follow: bool) -> None:
 @click.argument("target", metavar="RUN[/EXP]")
 def stop(target: str) -> None:
     """Stop a run or one experiment (SIGTERM, then SIGKILL after a grace period)."""
-    from launcher.runs import stop_run
+    from launcher.runs import RunContext, stop_run
 
+    RunContext(target).experiment_ids()  # NotFoundError before anything else
     click.secho(f"stopping {target}...", err=True, dim=True)
     row = stop_run(target)
     click.echo(f"{row.name}: {row.status}, {row.done}/{row.total} done")

@@ -1,0 +1,115 @@
+"""Every bad input through `launch`: one red line on stderr, a non-zero exit, nothing written."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from launcher.cli import cli
+from launcher.errors import LaunchError
+
+CPU = ["--instance", "t3.medium", "--gpus", "0"]
+
+
+def launch(*args: str):
+    return CliRunner().invoke(cli, list(args))
+
+
+def one_line_error(result, code: int = 1) -> str:
+    assert result.exit_code == code, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["job.py", "--lr", "[0.1, "], r"--lr"),  # malformed sweep
+        (["job.py", "--lr", "uniform(1, 2)"], r"uniform"),  # wrong arity
+        (["job.py", "--lr", "normal(0, 1, 3)"], r"normal"),  # unsupported distribution
+        (["--instance", "p9.huge", "job.py"], r"p9\.huge"),
+        (["--instance", "g4dn.xlarge", "--gpus", "4", "job.py"], r"g4dn\.xlarge has 1 GPU"),
+        (["nope.py"], r"nope\.py"),
+        (["--datastore", "nosuch", *CPU, "job.py"], r"nosuch"),
+        (["--spot", *CPU, "job.py"], r"spot"),
+        (["--max-nodes", "0", *CPU, "job.py"], r"max_nodes"),
+        (["--strategy", "random_search", *CPU, "job.py"], r"trials"),
+        (["--name", "Bad_Name", *CPU, "job.py"], r"Bad_Name"),
+        (["--spec", "missing.yaml"], r"missing\.yaml"),
+        (["--max-runtime", "soon", *CPU, "job.py"], r"max_runtime"),
+    ],
+)
+def test_bad_run_inputs(home, workdir, args, expected):
+    line = one_line_error(launch("run", *args))
+    assert line.startswith("error: ")
+    import re
+
+    assert re.search(expected, line), line
+    assert not (home / "store" / "runs").exists()  # nothing launched, nothing written
+
+
+def test_script_excluded_from_the_snapshot(home, workdir):
+    (workdir / ".launchignore").write_text("job.py\n")
+    line = one_line_error(launch("run", *CPU, "job.py"))
+    assert "excluded from the code snapshot" in line
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["status", "nosuch"], "run 'nosuch' not found"),
+        (["logs", "nosuch"], "run 'nosuch' not found"),
+        (["stop", "nosuch"], "run 'nosuch' not found"),
+        (["delete", "nosuch", "--yes"], "run 'nosuch' not found"),
+        (["artifacts", "list", "nosuch"], "run 'nosuch' not found"),
+        (["artifacts", "pull", "nosuch"], "run 'nosuch' not found"),
+        (["metrics", "nosuch"], "run 'nosuch' not found"),
+        (["datastore", "delete", "nosuch", "--yes"], "nosuch"),
+        (["config", "get", "aws.bucket"], "aws.bucket is not set"),
+        (["config", "set", "bucket", "x"], "SECTION.NAME"),
+    ],
+)
+def test_unknown_names(home, args, expected):
+    assert expected in one_line_error(launch(*args))
+
+
+def test_unknown_experiment_lists_the_real_ones(home, workdir):
+    r = launch("run", *CPU, "--name", "r1", "--wait", "job.py", "--steps", "1")
+    assert r.exit_code == 0, r.output
+    line = one_line_error(launch("logs", "r1/exp-9"))
+    assert "exp-9" in line and "exp-0" in line
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["run", "--bogus", "job.py"],  # an unknown option before SCRIPT
+        ["run", "--env", "NOEQUALS", *CPU, "job.py"],
+        ["run", "--gpus", "many", "job.py"],
+        ["run", "--strategy", "bayes", "job.py"],
+        ["run"],  # no script
+        ["nosuchcommand"],
+    ],
+)
+def test_usage_errors_exit_2(home, workdir, args):
+    r = launch(*args)
+    assert r.exit_code == 2, r.output
+    assert "Error" in r.stderr
+
+
+def test_debug_shows_the_traceback(home, workdir):
+    r = CliRunner().invoke(cli, ["--debug", "run", "--instance", "p9.huge", "job.py"])
+    assert isinstance(r.exception, LaunchError)  # raised through, so the traceback prints
+
+
+def test_error_line_and_exit_code_from_a_real_process(home, workdir):
+    out = subprocess.run([sys.executable, "-m", "launcher", "status", "ghost"],
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert out.returncode == 1
+    assert out.stderr.strip() == "error: run 'ghost' not found; no runs yet (see `launch status`)"
+    assert out.stdout == ""
