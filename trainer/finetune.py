@@ -4,7 +4,8 @@
 - ``freeze``: train only the new classification head; the backbone stays frozen (and its
   BatchNorm statistics fixed).
 - ``freeze_unfreeze``: train the head alone until ``unfreeze_epoch``, then add the backbone
-  to the optimizer as a new parameter group (at the head's learning rate).
+  to the optimizer as a new parameter group at a tenth of the head's learning rate (Flash's
+  and Lightning's default), which the LR schedule then follows.
 """
 
 from __future__ import annotations

@@ -198,8 +198,7 @@ class VideoClassifier(pl.LightningModule):
         total = max(1, int(self.trainer.estimated_stepping_batches))
         epochs = self.trainer.max_epochs if (self.trainer.max_epochs or -1) > 0 else 1
         warmup = round(hp.warmup_epochs * total / epochs)
-        schedule = _schedule(hp.lr_scheduler, warmup, total)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        sched = _GrowingLambdaLR(opt, _schedule(hp.lr_scheduler, warmup, total))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # --- Flash-style prediction -----------------------------------------------------------
@@ -276,6 +275,22 @@ class VideoClassifier(pl.LightningModule):
             return self.labels[int(probs.argmax())]
         values, idx = probs.topk(top_k)
         return [(self.labels[int(i)], float(v)) for v, i in zip(values, idx, strict=True)]
+
+
+class _GrowingLambdaLR(torch.optim.lr_scheduler.LambdaLR):
+    """LambdaLR that also schedules parameter groups added later (``freeze_unfreeze`` adds the
+    backbone mid-training): a new group keeps its ratio to the first group's learning rate."""
+
+    def get_lr(self) -> list[float]:
+        groups = self.optimizer.param_groups
+        for group in groups[len(self.base_lrs) :]:
+            head_lr = groups[0]["lr"]
+            ratio = group["lr"] / head_lr if head_lr > 0 else 0.1
+            self.base_lrs.append(self.base_lrs[0] * ratio)
+            group.setdefault("initial_lr", self.base_lrs[-1])
+        while len(self.lr_lambdas) < len(groups):
+            self.lr_lambdas.append(self.lr_lambdas[0])
+        return super().get_lr()
 
 
 def _schedule(kind: str, warmup: int, total: int):

@@ -1,0 +1,93 @@
+"""Flash's finetuning strategies: which parameters train, and when the backbone joins."""
+
+from __future__ import annotations
+
+import pytest
+import pytorch_lightning as pl
+from pytorch_lightning import Callback
+from torch.utils.data import DataLoader
+
+from tests.trainer.test_model import Clips, make_model
+from trainer.finetune import VideoFinetuning, backbone_modules
+
+
+def run(strategy: str, tmp_path, epochs: int = 2, unfreeze_epoch: int = 1):
+    """Train on noise; record per epoch which parameters train and the optimizer's groups."""
+    seen: list[dict] = []
+
+    class Record(Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            names = {id(p): n for n, p in pl_module.named_parameters()}
+            seen.append(
+                {
+                    "grad": {n for n, p in pl_module.named_parameters() if p.requires_grad},
+                    "groups": [
+                        {names[id(p)] for p in g["params"]}
+                        for g in trainer.optimizers[0].param_groups
+                    ],
+                    "lrs": [g["lr"] for g in trainer.optimizers[0].param_groups],
+                }
+            )
+
+    model = make_model(finetune_strategy=strategy, unfreeze_epoch=unfreeze_epoch)
+    trainer = pl.Trainer(
+        default_root_dir=tmp_path,
+        max_epochs=epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[VideoFinetuning(strategy, unfreeze_epoch), Record()],
+    )
+    trainer.fit(model, DataLoader(Clips(), batch_size=3))
+    return model, seen
+
+
+HEAD = {"backbone.fc.weight", "backbone.fc.bias"}
+
+
+def test_backbone_modules_exclude_nested_head():
+    model = make_model()
+    frozen = backbone_modules(model.backbone, "fc")
+    assert model.backbone.fc not in frozen and model.backbone.features in frozen
+    from trainer.backbones import build_backbone
+
+    x3d = build_backbone("x3d_xs", 3)
+    parts = backbone_modules(x3d, "blocks.5.proj")
+    params = {id(p) for m in parts for p in m.parameters()}
+    assert id(x3d.blocks[5].proj.weight) not in params
+    assert id(x3d.blocks[5].pool.pre_conv.weight) in params  # the rest of the head block
+    assert len(params) == sum(1 for _ in x3d.parameters()) - 2
+
+
+def test_no_freeze_trains_everything(tmp_path):
+    model, seen = run("no_freeze", tmp_path, epochs=1)
+    everything = {n for n, _ in model.named_parameters()}
+    assert seen[0]["grad"] == everything
+    assert seen[0]["groups"] == [everything]
+
+
+def test_freeze_trains_only_the_head(tmp_path):
+    _, seen = run("freeze", tmp_path)
+    for epoch in seen:
+        assert epoch["grad"] == HEAD
+        assert epoch["groups"] == [HEAD]
+
+
+def test_freeze_unfreeze_adds_backbone_group_at_unfreeze_epoch(tmp_path):
+    model, seen = run("freeze_unfreeze", tmp_path, epochs=3, unfreeze_epoch=1)
+    everything = {n for n, _ in model.named_parameters()}
+    assert seen[0]["grad"] == HEAD and seen[0]["groups"] == [HEAD]
+    for epoch in seen[1:]:
+        assert epoch["grad"] == everything
+        assert epoch["groups"] == [HEAD, everything - HEAD]
+        # The backbone joins at a tenth of the head's rate, and the schedule drives both.
+        assert epoch["lrs"][1] == pytest.approx(epoch["lrs"][0] / 10)
+
+
+def test_bad_strategy():
+    with pytest.raises(ValueError, match="unknown finetune strategy 'freeze_all'.*no_freeze"):
+        VideoFinetuning("freeze_all")
+    with pytest.raises(ValueError, match="--unfreeze_epoch -1"):
+        VideoFinetuning("freeze_unfreeze", -1)
