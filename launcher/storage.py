@@ -39,8 +39,13 @@ class Storage:
         if self._fs is None:
             import fsspec.core
 
+            options = dict(self.storage_options)
+            if self.protocol == "s3":
+                # s3fs answers exists/info/reads from its cached listings: another node's claim
+                # or stop flag would stay invisible. Shared state must never be cached.
+                options.setdefault("use_listings_cache", False)
             try:
-                self._fs, self._root = fsspec.core.url_to_fs(self.root_url, **self.storage_options)
+                self._fs, self._root = fsspec.core.url_to_fs(self.root_url, **options)
             except ImportError as e:  # s3fs missing
                 raise StorageError(f"cannot open {self.root_url}: {e}") from e
         return self._fs
