@@ -275,6 +275,11 @@ class Agent:
             if code is not None:
                 if code == 0:
                     return Outcome("succeeded", 0)
+                # a signal to the whole group (local stop) reaches the script first
+                if self._stop_requested(claim.exp):
+                    return Outcome("stopped", code, "stopped by the user")
+                if self._terminating:
+                    return Outcome("interrupted", code, "agent terminated; queued again")
                 return Outcome("failed", code, f"the script exited with code {code}")
             now = time.monotonic()
             if now >= next_beat:

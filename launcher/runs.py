@@ -257,9 +257,14 @@ class RunContext:
         return row, views
 
     def _reconcile(self, record: dict, views: list[ExperimentView], stop: bool) -> str:
-        """An unfinished run with no live agent gets a replacement (or, stopped, is closed)."""
-        if any(n.state == "running" for n in self.backend.nodes(self.name)):
-            return ""
+        """Agents for an unfinished run whose agents died: with none alive, a replacement (or,
+        stopped, the run is closed); with some alive, a top-up when a dead agent left an
+        experiment behind, so it does not wait for a busy one to finish first."""
+        live = {n.node_id for n in self.backend.nodes(self.name) if n.state == "running"}
+        if live:
+            orphaned = [v for v in views if v.state == "running" and v.node not in live]
+            if stop or not orphaned or len(live) >= int(record["spec"].get("max_nodes") or 1):
+                return ""
         if stop:
             for v in views:
                 if v.state not in cl.TERMINAL:

@@ -126,3 +126,24 @@ def test_stop_with_no_agent_left_closes_the_run(home, workdir, tmp_path):
     assert row.status == "stopped"
     _, (v,) = runs.run_detail(name)
     assert v.state == "stopped"
+
+
+def test_a_dead_agent_is_replaced_while_another_is_still_busy(home, workdir, tmp_path):
+    record = tmp_path / "record.jsonl"
+    spec = make_spec(max_nodes=2, script_args=["--steps", "[20, 60]", "--sleep", "0.1",
+                                                "--record", str(record)])  # fmt: skip
+    name = runs.prepare_run(spec, LocalBackend())
+    storage = LocalBackend().storage()
+    wait_for(lambda: cl.read_status(storage, name, "exp-0")["state"] == "running"
+             and cl.read_status(storage, name, "exp-1")["state"] == "running",
+             what="both experiments to run")  # fmt: skip
+    victim = cl.read_status(storage, name, "exp-0")["node"]
+    (node,) = [n for n in LocalBackend().nodes(name) if n.node_id == victim]
+    os.killpg(node.extra["pid"], signal.SIGKILL)
+    wait_for(lambda: not process_alive(node.extra["pid"]), timeout=10, what="the kill")
+    row, _ = runs.run_detail(name)
+    assert row.message == "restarted 1 agent(s)"  # not waiting for the busy agent
+    row, views = runs.wait_run(name, poll=0.2, timeout=90)
+    assert row.status == "succeeded"
+    assert [v.attempt for v in views] == [2, 1]
+    assert views[0].node not in (victim, views[1].node)
