@@ -118,7 +118,10 @@ def create_datastore(
 
     def record() -> None:
         with lock:  # one writer at a time: the record is rewritten whole
+            started = time.monotonic()
             storage.write_json(record_key, {"files": {**done, **stored}})
+            # with many files the record grows: keep writing it under ~10% of the time
+            throttle.seconds = max(RECORD_EVERY_S, 10 * (time.monotonic() - started))
 
     def tracked(rel: str) -> None:
         rel, entry = one(rel)

@@ -55,9 +55,14 @@ def digest(path: str | Path) -> Entry:
     return {"size": st.st_size, "sha256": sha}
 
 
+_MAX_DIGESTS = 200_000  # about 40 MB; a huge datastore must not grow the cache without end
+
+
 def remember(path: str | Path, st: os.stat_result, sha: str) -> None:
     """Record that ``path`` with this stat has this sha256 (after an upload or download)."""
     with _digests_lock:
+        if len(_digests) >= _MAX_DIGESTS:
+            _digests.clear()
         _digests[os.path.realpath(path)] = (st.st_size, st.st_mtime_ns, sha)
 
 

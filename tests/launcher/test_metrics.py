@@ -130,3 +130,18 @@ def test_plot_writes_a_real_png(run, tmp_path):
     assert len(data) > 20_000  # curves, legend and labels, not an empty canvas
     loss = m.plot_metrics(run, RUN, tmp_path / "loss.png", metric="val_loss")
     assert loss.read_bytes() != data
+
+
+def test_launcher_modules_import_no_heavy_packages():
+    """The CLI imports these; torch, boto3, s3fs and matplotlib must load only when used."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, launcher.spec, launcher.sweep, launcher.catalog, launcher.datastore, "
+        "launcher.artifacts, launcher.metrics, launcher.manifest; "
+        "heavy = ('torch', 'boto3', 's3fs', 'matplotlib', 'yaml'); "
+        "print(sorted(m for m in heavy if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
