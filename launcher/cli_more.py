@@ -166,18 +166,30 @@ def metrics(run: str, metric: str | None, plot: str | None) -> None:
 
 @click.command()
 @click.argument("source", metavar="RUN|CHECKPOINT")
-@click.argument("videos", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--top-k", "-k", type=int, default=1, show_default=True)
+@click.argument("videos", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option(
+    "--top-k",
+    "--top_k",
+    "-k",
+    "top_k",
+    type=click.IntRange(min=1),
+    help="Print the K best labels with probabilities.",
+)
 @click.option("--metric", "-m", help="Metric choosing the best experiment (default val_acc1).")
 @click.option("--dest", default="launch_artifacts", show_default=True)
 @click.option("--json", "as_json", is_flag=True)
-def predict(source: str, videos, top_k: int, metric: str | None, dest: str, as_json: bool) -> None:
-    """Classify VIDEOS with a checkpoint, or with RUN's best experiment's best checkpoint."""
+def predict(
+    source: str, videos, top_k: int | None, metric: str | None, dest: str, as_json: bool
+) -> None:
+    """Classify VIDEOS (files or folders) with a checkpoint, or with RUN's best experiment's best
+    checkpoint (pulled to DEST when not there yet)."""
     ckpt = Path(source)
     if not ckpt.is_file():
         ckpt = best_checkpoint(source, metric=metric, dest=dest)
         click.secho(f"using {ckpt}", err=True, dim=True)
-    cmd = [sys.executable, "-m", "trainer.predict", str(ckpt), *videos, "--top-k", str(top_k)]
+    cmd = [sys.executable, "-m", "trainer.predict", str(ckpt), *videos]
+    if top_k is not None:
+        cmd += ["--top_k", str(top_k)]
     if as_json:
         cmd.append("--json")
     code = subprocess.call(cmd)  # torch loads there, never in the launcher

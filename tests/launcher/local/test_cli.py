@@ -169,7 +169,7 @@ def test_predict_uses_the_best_experiments_checkpoint(home, workdir, tmp_path):
     line = [ln for ln in out.stdout.splitlines() if ln.startswith("PREDICT")][0]
     args = json.loads(line.split(" ", 1)[1])
     # exp-1 ran 3 steps: the higher val_acc1, so its best.ckpt, pulled locally
-    assert args == ["launch_artifacts/pred/exp-1/checkpoints/best.ckpt", str(video), "--top-k", "2"]
+    assert args == ["launch_artifacts/pred/exp-1/checkpoints/best.ckpt", str(video), "--top_k", "2"]
     assert (workdir / args[0]).is_file()
 
 
