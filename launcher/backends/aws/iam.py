@@ -1,9 +1,10 @@
 """The instance profile a node runs with: least privilege, one per run.
 
 A node reads its run's code and datastore and writes its run's state; that is all its role can
-do. The policy names the bucket, the run's prefix ``PREFIX/runs/RUN/`` (read/write) and the
-run's datastore ``PREFIX/datastores/NAME[/VERSION]/`` (read only): never another run, never the
-rest of the bucket, and never the user's own keys (nothing of theirs is put on the instance).
+do. Objects: the run's prefix ``PREFIX/runs/RUN/`` (read/write) and the run's datastore
+``PREFIX/datastores/NAME[/VERSION]/`` (read only), never another run's or the rest of the
+bucket's; listing the bucket's key names (see node_policy for why). The user's own keys are
+never put on the instance.
 """
 
 from __future__ import annotations
@@ -46,22 +47,17 @@ def node_policy(
     for p in prefix.split("/"):
         _part("prefix", p)
     run_prefix = f"{prefix}/runs/{_part('run name', run)}"
-    read_prefixes = []
+    read_prefixes: list[str] = []
     if datastore:
         ds = f"{prefix}/datastores/{_part('datastore name', datastore)}"
         read_prefixes.append(ds if version is None else f"{ds}/{int(version)}")
     bucket_arn = f"arn:aws:s3:::{_part('bucket', bucket)}"
-    listable = [run_prefix, f"{run_prefix}/*"]
-    for rp in read_prefixes:
-        listable += [rp, f"{rp}/*"]
     statements: list[dict[str, Any]] = [
-        {
-            "Sid": "ListRunAndDatastore",
-            "Effect": "Allow",
-            "Action": "s3:ListBucket",
-            "Resource": bucket_arn,
-            "Condition": {"StringLike": {"s3:prefix": listable}},
-        },
+        # Listing is bucket-wide on purpose: without s3:ListBucket, S3 answers a read of a key
+        # that does not exist (a claim not made yet, no stop flag) with 403 instead of 404, and
+        # the agent relies on "missing". A prefix condition would not help: a HEAD carries no
+        # s3:prefix. Names become visible; contents stay out of reach.
+        {"Sid": "ListBucket", "Effect": "Allow", "Action": "s3:ListBucket", "Resource": bucket_arn},
         {
             "Sid": "ReadWriteRun",
             "Effect": "Allow",

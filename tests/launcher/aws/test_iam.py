@@ -30,18 +30,20 @@ def test_policy_is_scoped_to_the_run_and_datastore():
     by_sid = {st["Sid"]: st for st in doc["Statement"]}
     # the datastore is read-only; only the run's prefix is writable
     assert by_sid["ReadDatastore"]["Action"] == "s3:GetObject"
-    assert by_sid["ListRunAndDatastore"]["Condition"]["StringLike"]["s3:prefix"] == [
-        "launch/runs/run-1",
-        "launch/runs/run-1/*",
-        "launch/datastores/kinetics/2",
-        "launch/datastores/kinetics/2/*",
-    ]
+    # listing names only, on this bucket only
+    assert by_sid["ListBucket"] == {
+        "Sid": "ListBucket",
+        "Effect": "Allow",
+        "Action": "s3:ListBucket",
+        "Resource": "arn:aws:s3:::bkt",
+    }
+    assert by_sid["ReadWriteRun"]["Resource"] == "arn:aws:s3:::bkt/launch/runs/run-1/*"
     assert "*" not in json.dumps(doc).replace("/*", "")  # no wildcard but the trailing /*
 
 
 def test_policy_without_datastore_or_version():
     doc = iam.node_policy("bkt", "a/b", "r")
-    assert [st["Sid"] for st in doc["Statement"]] == ["ListRunAndDatastore", "ReadWriteRun"]
+    assert [st["Sid"] for st in doc["Statement"]] == ["ListBucket", "ReadWriteRun"]
     latest = iam.node_policy("bkt", "a/b", "r", "ds")
     assert "arn:aws:s3:::bkt/a/b/datastores/ds/*" in latest["Statement"][2]["Resource"]
 
