@@ -9,6 +9,7 @@ the first ``val_`` column, else the first other metric. Its direction comes from
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import math
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ class LeaderRow:
     metric: str | None = None
     best: float | None = None
     epoch: int | None = None
+    rank: int | None = None  # 1 = best; None until the experiment logs the metric
 
 
 def parse_metrics_csv(text: str) -> list[Row]:
@@ -152,7 +154,11 @@ def leaderboard(
             return (1, 0.0, int(r.experiment.split("-")[1]))
         return (0, r.best if lower else -r.best, int(r.experiment.split("-")[1]))
 
-    return sorted(rows, key=key)
+    ranked = sorted(rows, key=key)
+    return [
+        dataclasses.replace(r, rank=i + 1) if r.best is not None else r
+        for i, r in enumerate(ranked)
+    ]
 
 
 def label(exp: str, params: dict[str, Any]) -> str:

@@ -82,6 +82,7 @@ def test_leaderboard_default_val_acc1_best_first(run):
     assert top.params == {"lr": 0.001, "backbone": "x3d_xs"}
     assert (rows[1].best, rows[1].epoch) == (0.6, 1)  # best epoch, not the last one
     assert (rows[3].best, rows[3].epoch, rows[3].status) == (None, None, "queued")
+    assert [r.rank for r in rows] == [1, 2, 3, None]
 
 
 def test_leaderboard_loss_is_minimized(run):
