@@ -30,11 +30,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from trainer.datasets import (
+    ClipCollate,
     ClipDataset,
     DataError,
     DataNotFoundError,
     DataWarning,
-    DropFailedCollate,
     FailureLog,
     MultiClipDataset,
     VideoItem,
@@ -230,7 +230,7 @@ class VideoDataModule(pl.LightningDataModule):
             train_transform(self.video_input, hflip=self.hflip),
             self._failures,
         )
-        collate = DropFailedCollate(self.video_input, None, ["label"])
+        collate = ClipCollate(self.video_input, None, ["label"])
         return self._loader(ds, True, collate, self.batch_size)
 
     def _eval_loader(self, split: str) -> DataLoader:
@@ -241,7 +241,7 @@ class VideoDataModule(pl.LightningDataModule):
             self._failures,
             clips=self.clips_per_video,
         )
-        collate = DropFailedCollate(self.video_input, self.clips_per_video, ["label", "index"])
+        collate = ClipCollate(self.video_input, self.clips_per_video, ["label", "index"])
         return self._loader(ds, False, collate, self.batch_size)
 
     def val_dataloader(self) -> DataLoader:
@@ -293,7 +293,7 @@ def predict_loader(
         ds,
         batch_size=batch_size,
         num_workers=num_workers,
-        collate_fn=DropFailedCollate(video_input, clips_per_video, ["index", "path"]),
+        collate_fn=ClipCollate(video_input, clips_per_video, ["index", "path"]),
     )
     weakref.finalize(loader, _unlink, log_path)
     return loader, skipped

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import Dataset, get_worker_info
 
 from trainer.video_input import VideoInput
 from trainer.video_io import VideoError, VideoMeta, read_frames
@@ -245,7 +245,8 @@ class ClipDataset(Dataset):
             try:
                 idx = clip_indices(item.meta, self.vi, random_clip_start(item.meta, self.vi))
                 frames = torch.from_numpy(read_frames(item.path, idx, item.meta))
-                return {"video": self.transform(frames), "label": item.label}
+                # uint8 T,C,H,W: the collate normalises it straight into the batch tensor.
+                return {"video": self.transform.crop(frames), "label": item.label}
             except (VideoError, RuntimeError, OSError) as e:
                 self.failures.record(item.path, getattr(e, "reason", None) or str(e))
                 i = int(torch.randint(0, len(self.items), ()).item())
@@ -285,12 +286,8 @@ class MultiClipDataset(Dataset):
             self.failures.record(item.path, getattr(e, "reason", None) or str(e))
             return None  # dropped by the collate
         frames = torch.from_numpy(frames).view(self.clips, self.vi.num_frames, *frames.shape[1:])
-        clips = [self.transform(c) for c in frames]
-        if isinstance(clips[0], list):
-            video = [torch.stack([c[p] for c in clips]) for p in range(len(clips[0]))]
-        else:
-            video = torch.stack(clips)
-        out = {"video": video, "index": i}
+        # uint8 N,T,C,H,W: the collate normalises it straight into the batch tensor.
+        out = {"video": torch.stack([self.transform.crop(c) for c in frames]), "index": i}
         if self.with_label:
             out["label"] = item.label
         if self.with_path:
@@ -298,26 +295,46 @@ class MultiClipDataset(Dataset):
         return out
 
 
-class DropFailedCollate:
-    """``default_collate`` minus the items that failed to decode (``None``). A batch where
-    every item failed comes out with batch size 0 and the right shapes."""
+class ClipCollate:
+    """Batches uint8 clips from the datasets above into normalised float batches.
+
+    Items that failed to decode (``None``) are dropped. Each clip is converted to float once,
+    straight into its slot of the batch tensor (allocated in shared memory inside a loader
+    worker, as ``default_collate`` does, so handing it to the main process copies nothing).
+    ``[B, C, T, H, W]`` (``clips=None``) or ``[B, N, C, T, H, W]``; ``[slow, fast]`` for
+    SlowFast. A batch where every item failed has batch size 0 and the right shapes.
+    """
 
     def __init__(self, vi: VideoInput, clips: int | None, keys: Sequence[str]):
+        from trainer.transforms import Normalize
+
         self.vi, self.clips, self.keys = vi, clips, keys
+        self.normalize = Normalize(vi.mean, vi.std)
+
+    def _empty(self, shape: tuple[int, ...]) -> torch.Tensor:
+        if get_worker_info() is None:
+            return torch.empty(shape)
+        numel = 1
+        for d in shape:
+            numel *= d
+        storage = torch.empty(0)._typed_storage()._new_shared(numel)
+        return torch.empty(0).new(storage).view(shape)
 
     def __call__(self, batch: list) -> dict:
+        from trainer.transforms import pack_pathways
+
         batch = [b for b in batch if b is not None]
-        if batch:
-            return default_collate(batch)
+        lead = (len(batch), self.clips) if self.clips else (len(batch),)
         vi = self.vi
-        lead = (0, self.clips) if self.clips else (0,)
-        shape = (3, vi.num_frames, vi.crop_size, vi.crop_size)
-        if vi.slowfast_alpha:
-            slow = (3, len(range(0, vi.num_frames, vi.slowfast_alpha)), *shape[2:])
-            video = [torch.empty(*lead, *slow), torch.empty(*lead, *shape)]
+        if batch:
+            t, c, h, w = batch[0]["video"].shape[-4:]
         else:
-            video = torch.empty(*lead, *shape)
-        out: dict = {"video": video}
+            t, c, h, w = vi.num_frames, 3, vi.crop_size, vi.crop_size
+        video = self._empty((*lead, c, t, h, w))
+        for b, item in enumerate(batch):
+            self.normalize.into(item["video"], video[b])
+        out: dict = {"video": pack_pathways(video, vi.slowfast_alpha)}
         for k in self.keys:
-            out[k] = [] if k == "path" else torch.empty(0, dtype=torch.long)
+            values = [item[k] for item in batch]
+            out[k] = values if k == "path" else torch.tensor(values, dtype=torch.long)
         return out

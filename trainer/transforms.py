@@ -8,6 +8,10 @@ The presets are mathematically "resize the short side, then crop", but they comp
 box in source pixels first and resize only that box, in uint8 (channels-last, the fast path of
 ``torch.nn.functional.interpolate``), then convert just the crop to float. That is the same
 picture as resizing whole frames then cropping, at a fraction of the cost.
+
+Each preset also exposes its two halves, ``crop`` (uint8 geometry) and ``normalize`` (with
+``Normalize.into``), so the data loader can convert clips to float straight into the batch
+tensor instead of building each clip in float and copying it again when stacking.
 """
 
 from __future__ import annotations
@@ -59,18 +63,23 @@ class Normalize:
 
     def __call__(self, clip: torch.Tensor) -> torch.Tensor:
         t, c, h, w = clip.shape
-        # One strided copy straight into a contiguous float C,T,H,W buffer, then in-place math:
-        # ~8x faster than .to(float) on the channels-last layout followed by .contiguous().
-        x = torch.empty((c, t, h, w), dtype=torch.float32)
-        x.copy_(clip.permute(1, 0, 2, 3))
-        return x.mul_(self.scale).sub_(self.shift)
+        return self.into(clip, torch.empty((c, t, h, w), dtype=torch.float32))
+
+    def into(self, clip: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """Normalise uint8 ``[..., T, C, H, W]`` into the float ``[..., C, T, H, W]`` ``out``
+        (e.g. a slice of a batch, so clips are converted straight into their batch slot)."""
+        # One strided copy into the contiguous float buffer, then in-place math: ~8x faster
+        # than .to(float) on the channels-last layout followed by .contiguous().
+        out.copy_(clip.transpose(-4, -3))
+        return out.mul_(self.scale).sub_(self.shift)
 
 
 def pack_pathways(clip: torch.Tensor, slowfast_alpha: int | None) -> Clip:
-    """``[slow, fast]`` for SlowFast (slow keeps every alpha-th frame), else the clip itself."""
+    """``[slow, fast]`` for SlowFast (slow keeps every alpha-th frame), else the clip itself.
+    Works on a clip ``C x T x H x W`` and on batches of them (T is always dim -3)."""
     if not slowfast_alpha:
         return clip
-    return [clip[:, ::slowfast_alpha].contiguous(), clip]
+    return [clip[..., ::slowfast_alpha, :, :].contiguous(), clip]
 
 
 class TrainTransform:
@@ -97,6 +106,10 @@ class TrainTransform:
         self.normalize = Normalize(mean, std)
 
     def __call__(self, frames: torch.Tensor) -> Clip:
+        return pack_pathways(self.normalize(self.crop(frames)), self.slowfast_alpha)
+
+    def crop(self, frames: torch.Tensor) -> torch.Tensor:
+        """The geometric part alone: uint8 ``T x H x W x 3`` -> uint8 ``T x 3 x S x S``."""
         t, h, w, _ = frames.shape
         short = torch.randint(self.short_side, self.max_short_side + 1, ()).item()
         fy, fx = torch.rand(2).tolist()
@@ -104,7 +117,7 @@ class TrainTransform:
         clip = crop_resize(frames, box, self.crop_size)
         if self.hflip and torch.rand(()) < 0.5:
             clip = clip.flip(-1)
-        return pack_pathways(self.normalize(clip), self.slowfast_alpha)
+        return clip
 
     def __repr__(self) -> str:
         return (
@@ -131,10 +144,13 @@ class EvalTransform:
         self.normalize = Normalize(mean, std)
 
     def __call__(self, frames: torch.Tensor) -> Clip:
+        return pack_pathways(self.normalize(self.crop(frames)), self.slowfast_alpha)
+
+    def crop(self, frames: torch.Tensor) -> torch.Tensor:
+        """The geometric part alone: uint8 ``T x H x W x 3`` -> uint8 ``T x 3 x S x S``."""
         t, h, w, _ = frames.shape
         box = _source_box(h, w, self.short_side, self.crop_size, 0.5, 0.5)
-        clip = crop_resize(frames, box, self.crop_size)
-        return pack_pathways(self.normalize(clip), self.slowfast_alpha)
+        return crop_resize(frames, box, self.crop_size)
 
     def __repr__(self) -> str:
         return (

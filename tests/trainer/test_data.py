@@ -247,3 +247,46 @@ def test_predict_only_with_given_labels(motion_dataset, tiny_input):
     assert batches[0]["video"].shape == (4, 1, 3, 8, 32, 32)
     with pytest.raises(DataError, match="give labels="):
         VideoDataModule(video_input=tiny_input, predict=motion_dataset / "val")
+
+
+def test_val_clips_are_uniformly_spaced_and_match_the_eval_transform(
+    motion_dataset, frame_index, index_video, tmp_path
+):
+    from trainer.datasets import clip_indices, uniform_clip_starts
+    from trainer.transforms import eval_transform
+    from trainer.video_io import probe, read_frames
+
+    (tmp_path / "v" / "a").mkdir(parents=True)
+    shutil.copy(index_video, tmp_path / "v" / "a" / "idx.mp4")
+    # 60 frames at 30 fps; clips of 4 frames every 3 frames (at 30 fps) span 12 frames.
+    vi = VideoInput(num_frames=4, sampling_rate=3, crop_size=32, short_side=32, fps=30)
+    meta = probe(index_video)
+    starts = uniform_clip_starts(meta, vi, 3)
+    assert starts == [0, 24, 48]
+    assert clip_indices(meta, vi, 48) == [48, 51, 54, 57]
+    dm = VideoDataModule.from_folders(val_folder=tmp_path / "v", video_input=vi, clips_per_video=3)
+    video = next(iter(dm.val_dataloader()))["video"][0]  # N, C, T, H, W
+    tf = eval_transform(vi)
+    for n, s in enumerate(starts):
+        expected = tf(torch.from_numpy(read_frames(index_video, clip_indices(meta, vi, s))))
+        assert torch.allclose(video[n], expected)
+    # Denormalised, each clip's frames carry the indices asked for.
+    frames = (video * 0.225 + 0.45) * 255  # N, C, T, H, W
+    got = [[frame_index(frames[n, :, t]) for t in range(4)] for n in range(3)]
+    assert got == [[0, 3, 6, 9], [24, 27, 30, 33], [48, 51, 54, 57]]
+
+
+def test_train_clips_are_random_within_the_video(index_video, frame_index, tmp_path):
+    (tmp_path / "v" / "a").mkdir(parents=True)
+    shutil.copy(index_video, tmp_path / "v" / "a" / "idx.mp4")
+    vi = VideoInput(num_frames=4, sampling_rate=5, crop_size=32, short_side=32, fps=30)
+    dm = VideoDataModule.from_folders(tmp_path / "v", video_input=vi)
+    torch.manual_seed(0)
+    starts = set()
+    for _ in range(12):
+        clip = next(iter(dm.train_dataloader()))["video"][0]
+        idx = [frame_index((clip[:, t] * 0.225 + 0.45) * 255) for t in range(4)]
+        assert [b - a for a, b in zip(idx[:-1], idx[1:], strict=True)] == [5, 5, 5]
+        assert 0 <= idx[0] <= 40
+        starts.add(idx[0])
+    assert len(starts) > 3  # temporal jitter
