@@ -105,7 +105,8 @@ def prepare_run(
     experiments = spec.experiments()
     name = validate_run_name(spec.name or new_run_name(spec.script))
     storage = backend.storage()
-    if storage.exists(f"runs/{name}/run.json"):
+    # reserve the name atomically: two `launch run --name X` at once cannot both write run X
+    if not storage.create_exclusive(f"runs/{name}/reserved", str(time.time()).encode()):
         raise SpecError(f"a run named {name!r} already exists; pick another --name")
     spec = _pin_datastore(spec, storage)
     snapshot = make_snapshot(workdir)

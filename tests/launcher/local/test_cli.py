@@ -206,3 +206,12 @@ def test_launcher_modules_import_light(module):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_logs_follow_streams_until_the_run_ends(home, workdir):
+    r = launch("run", *CPU, "--name", "live", "job.py", "--steps", "5", "--sleep", "0.2")
+    assert r.exit_code == 0
+    r = launch("logs", "live", "--follow")
+    assert r.exit_code == 0
+    assert r.stdout.index("start_step=0") < r.stdout.index("step 5")
+    assert launch("status", "live").stdout.startswith("live: succeeded")

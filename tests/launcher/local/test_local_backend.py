@@ -147,3 +147,27 @@ def test_a_dead_agent_is_replaced_while_another_is_still_busy(home, workdir, tmp
     assert row.status == "succeeded"
     assert [v.attempt for v in views] == [2, 1]
     assert views[0].node not in (victim, views[1].node)
+
+
+def test_concurrent_status_calls_start_one_replacement(home, workdir):
+    import threading
+
+    class NoAgents(LocalBackend):
+        def submit(self, run, spec):
+            return []
+
+    spec = make_spec(script_args=["--steps", "1000", "--sleep", "0.05"])
+    name = runs.prepare_run(spec, NoAgents())
+    barrier = threading.Barrier(4)
+
+    def look():
+        barrier.wait()
+        runs.run_detail(name)
+
+    threads = [threading.Thread(target=look) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(LocalBackend().nodes(name)) == 1  # max_nodes, however many looked at once
+    runs.stop_run(name)

@@ -189,3 +189,23 @@ def test_listing_reads_storage_only_for_unfinished_runs(home, workdir):
     assert len(rows) == 1001 and rows[0].name == live
     # the unfinished run had no agent: listing it started one (reconcile)
     runs.wait_run(live, poll=0.2, timeout=60)
+
+
+def test_two_launches_racing_for_one_name(home, workdir):
+    import threading
+
+    results = []
+
+    def launch_it():
+        try:
+            results.append(runs.prepare_run(make_spec(name="same"), NoAgents()))
+        except SpecError as e:
+            results.append(e)
+
+    threads = [threading.Thread(target=launch_it) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results.count("same") == 1
+    assert sum(isinstance(r, SpecError) for r in results) == 2
