@@ -33,11 +33,20 @@ END_OF_VALUES = "# ---- end of values ----"
 _BODY = r"""set -uo pipefail
 # The hard limit comes first: whatever fails below, the instance powers off (and terminates).
 shutdown -h "+$LAUNCH_HARD_LIMIT_MIN" || true
-# Power off as soon as this script ends, success or failure: no node idles on the bill.
-trap 'echo "launch: node $LAUNCH_NODE powering off"; sync; shutdown -h now' EXIT
-set -e
 export AWS_DEFAULT_REGION="$LAUNCH_REGION"
 mkdir -p "$LAUNCH_WORK_DIR/code"
+exec > >(tee -a "$LAUNCH_WORK_DIR/bootstrap.log") 2>&1
+launch_power_off() {
+    echo "launch: node $LAUNCH_NODE powering off"
+    # The bootstrap's own log goes next to the node's record: why a node failed to start.
+    aws s3 cp --only-show-errors "$LAUNCH_WORK_DIR/bootstrap.log" \
+        "$LAUNCH_ROOT/runs/$LAUNCH_RUN/nodes/$LAUNCH_NODE.boot.log" || true
+    sync
+    shutdown -h now
+}
+# Power off as soon as this script ends, success or failure: no node idles on the bill.
+trap launch_power_off EXIT
+set -e
 cd "$LAUNCH_WORK_DIR"
 echo "launch: node $LAUNCH_NODE of run $LAUNCH_RUN: fetching code"
 aws s3 cp --only-show-errors "$LAUNCH_CODE_URL" "$LAUNCH_WORK_DIR/code.tar.gz"

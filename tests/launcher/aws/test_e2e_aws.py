@@ -15,8 +15,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import boto3
 import pytest
 
+from tests.launcher.aws.conftest import BUCKET
 from tests.launcher.aws.helpers import calls_log, make_project, start_instance
 
 pytestmark = pytest.mark.aws  # ~15 s
@@ -87,6 +89,13 @@ def test_sweep_on_two_instances(aws, tmp_path):
         assert calls[0] == f"shutdown -h +{(600 * 2 + 20 * 60) // 60}"
         assert f"pip -m pip install -q {tmp_path / n}/code[all]" in calls
         assert calls[-1] == "shutdown -h now"
+        boot = (
+            boto3.client("s3")
+            .get_object(Bucket=BUCKET, Key=f"launch/runs/e2e/nodes/{n}.boot.log")["Body"]
+            .read()
+            .decode()
+        )
+        assert "launch: starting the agent" in boot and f"node {n} powering off" in boot
 
     detail = json.loads(launch("status", "e2e", "--json", cwd=project))
     text = json.dumps(detail)
