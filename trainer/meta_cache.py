@@ -98,6 +98,7 @@ class MetaCache:
                 fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
                 with os.fdopen(fd, "w") as f:
                     f.write(data)
+                os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache is not secret
                 os.replace(tmp, path)
                 self.path, self.dirty = path, False
                 return path
