@@ -94,7 +94,7 @@ def test_truncated_video_decodes_what_is_there_or_fails_cleanly(index_video, tmp
     assert frames.shape == (2, 32, 32, 3)
 
 
-def test_other_codecs_and_containers(tmp_path, frame_index):
+def test_other_codecs_and_containers(tmp_path):
     """MPEG-4 Part 2 in AVI: no H.264-specific assumption in seeking or frame selection."""
     import av
 
@@ -104,11 +104,11 @@ def test_other_codecs_and_containers(tmp_path, frame_index):
         s.width, s.height, s.pix_fmt = 32, 32, "yuv420p"
         s.options = {"g": "10", "qscale": "1"}
         for t in range(40):
-            img = np.full((32, 32, 3), 4 * t, np.uint8)
+            img = np.full((32, 32, 3), 20 + 5 * t, np.uint8)  # lossy codec: wider steps
             c.mux(s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
         c.mux(s.encode())
     meta = probe(path)
     assert meta.num_frames == 40 and meta.fps == pytest.approx(25)
     assert meta.keyframe_pts[0] == 0 and len(meta.keyframe_pts) >= 4  # g=10 or scene cuts
     idx = [3, 12, 25, 39]
-    assert [frame_index(f) for f in read_frames(path, idx, meta)] == idx
+    assert [round((f.mean() - 20) / 5) for f in read_frames(path, idx, meta)] == idx
