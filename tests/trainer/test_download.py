@@ -124,3 +124,35 @@ def test_not_an_archive_and_missing_url(tmp_path, http_root):
     with pytest.raises(DownloadError, match="no such file"):
         ensure_data(str(tmp_path / "nope.zip"), tmp_path / "d3")
     assert issubclass(DownloadError, ValueError)
+
+
+@pytest.mark.aws
+def test_s3_url_through_a_local_moto_server(tar_archive, tmp_path, monkeypatch):
+    boto3 = pytest.importorskip("boto3")
+    s3fs = pytest.importorskip("s3fs")
+    from moto.server import ThreadedMotoServer
+
+    for k, v in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_CONFIG_FILE": "/dev/null",
+        "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{host}:{port}")
+        s3fs.S3FileSystem.clear_instance_cache()
+        s3 = boto3.client("s3")
+        s3.create_bucket(Bucket="datasets")
+        s3.upload_file(str(tar_archive), "datasets", "motion/data.tar.gz")
+        dest = ensure_data("s3://datasets/motion/data.tar.gz", tmp_path / "from_s3")
+        assert (dest / "train" / "left" / "0.mp4").read_bytes() == b"video bytes"
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()
+        server.stop()
