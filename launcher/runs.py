@@ -105,9 +105,6 @@ def prepare_run(
     experiments = spec.experiments()
     name = validate_run_name(spec.name or new_run_name(spec.script))
     storage = backend.storage()
-    # reserve the name atomically: two `launch run --name X` at once cannot both write run X
-    if not storage.create_exclusive(f"runs/{name}/reserved", str(time.time()).encode()):
-        raise SpecError(f"a run named {name!r} already exists; pick another --name")
     spec = _pin_datastore(spec, storage)
     snapshot = make_snapshot(workdir)
     if spec.script not in snapshot.files:
@@ -115,7 +112,24 @@ def prepare_run(
             f"script {spec.script!r} is excluded from the code snapshot by .gitignore or "
             ".launchignore"
         )
-    storage.write_bytes(f"runs/{name}/code.tar.gz", snapshot.data)
+    # reserve the name atomically: two `launch run --name X` at once cannot both write run X
+    if not storage.create_exclusive(f"runs/{name}/reserved", str(time.time()).encode()):
+        raise SpecError(f"a run named {name!r} already exists; pick another --name")
+    try:
+        created = _write_run(storage, name, spec, experiments, snapshot.data)
+    except BaseException:
+        storage.delete(f"runs/{name}", recursive=True)  # no half-written run left behind
+        raise
+    index = index or RunIndex()
+    index.upsert(
+        _row(name, backend, storage, spec.to_dict(), created, "queued", 0, len(experiments))
+    )
+    backend.submit(name, spec)
+    return name
+
+
+def _write_run(storage: Storage, name: str, spec: JobSpec, experiments, code: bytes) -> float:
+    storage.write_bytes(f"runs/{name}/code.tar.gz", code)
     for e in experiments:
         storage.write_json(cl.exp_key(name, e.id, "params.json"), e.to_dict())
         storage.write_json(
@@ -129,12 +143,7 @@ def prepare_run(
         {"name": name, "created": created, "spec": spec.to_dict(),
          "experiments": [e.to_dict() for e in experiments]},
     )  # fmt: skip
-    index = index or RunIndex()
-    index.upsert(
-        _row(name, backend, storage, spec.to_dict(), created, "queued", 0, len(experiments))
-    )
-    backend.submit(name, spec)
-    return name
+    return created
 
 
 def _pin_datastore(spec: JobSpec, storage: Storage) -> JobSpec:
