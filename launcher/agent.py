@@ -9,9 +9,10 @@ The lifecycle of one experiment, each step a method below:
     unpack   the run's code snapshot, once per node
     mount    the run's datastore, once per node
     restore  a previous attempt's artifacts, so the script resumes from its last checkpoint
-    run      ``python SCRIPT ARGS`` (never a shell) in the unpacked code, in this process group,
+    start    ``python SCRIPT ARGS`` (never a shell) in the unpacked code, in this process group,
              killed by the kernel if this agent dies (PR_SET_PDEATHSIG)
-    heartbeat  while it runs: heartbeat, ship logs and artifacts, watch stop/interruption/fencing
+    supervise  while it runs, each ``heartbeat``: fencing, heartbeat, logs, metrics, stop,
+             interruption, time limit; artifacts every LAUNCH_ARTIFACT_SYNC_S
     ship     the last logs and artifacts
     finish   status.json: succeeded, failed (or queued again while retries remain), stopped
 
@@ -37,6 +38,7 @@ from pathlib import Path
 
 from launcher import claims as cl
 from launcher.config import env_float
+from launcher.errors import StorageError
 from launcher.storage import Storage
 
 
@@ -266,47 +268,64 @@ class Agent:
     def supervise(
         self, claim: cl.Claim, proc: subprocess.Popen, log_path: Path, artifacts: Path
     ) -> Outcome:
-        """Heartbeat, ship, and watch for stop, interruption, fencing and the time limit."""
+        """Wait for the script, beating and shipping meanwhile; how the attempt ended."""
         started = time.monotonic()
         next_beat = next_sync = 0.0
-        metrics: dict = {}
+        self._metrics: dict = {}
         while True:
             code = proc.poll()
             if code is not None:
-                if code == 0:
-                    return Outcome("succeeded", 0)
-                # a signal to the whole group (local stop) reaches the script first
-                if self._stop_requested(claim.exp):
-                    return Outcome("stopped", code, "stopped by the user")
-                if self._terminating:
-                    return Outcome("interrupted", code, "agent terminated; queued again")
-                return Outcome("failed", code, f"the script exited with code {code}")
+                return self._exited(claim, code)
             now = time.monotonic()
-            if now >= next_beat:
-                next_beat = now + self.heartbeat_s
-                if cl.claim_lost(self.storage, claim):
-                    self._kill(proc, grace=0)
-                    return Outcome("lost", None)
-                cl.beat(self.storage, claim)
-                self._ship_log(claim, log_path)
-                new_metrics = latest_metrics(artifacts / "metrics.csv")
-                if new_metrics != metrics:
-                    metrics = new_metrics
-                    cl.write_status(self.storage, self.run, claim.exp, metrics=metrics)
-                if self._stop_requested(claim.exp):
-                    code = self._kill(proc, self.grace_s)
-                    return Outcome("stopped", code, "stopped by the user")
-                if self._terminating or self.interruption.pending():
-                    code = self._kill(proc, self.grace_s)
-                    return Outcome("interrupted", code, "node interrupted; queued again")
-                if self.max_runtime and now - started > float(self.max_runtime):
-                    code = self._kill(proc, self.grace_s)
-                    return Outcome("failed", code, f"exceeded max_runtime={self.max_runtime}s")
-            if now >= next_sync:
-                next_sync = now + self.sync_s
-                self._ship_artifacts(claim, artifacts)
+            try:
+                if now >= next_beat:
+                    next_beat = now + self.heartbeat_s
+                    outcome = self.heartbeat(claim, proc, log_path, artifacts, now - started)
+                    if outcome is not None:
+                        return outcome
+                if now >= next_sync:
+                    next_sync = now + self.sync_s
+                    self._ship_artifacts(claim, artifacts)
+            except StorageError as e:
+                # a storage hiccup (S3 5xx, network) must not kill a training: retry next beat;
+                # if it lasts past the stale timeout, another node takes over and fences us
+                print(f"[agent] {e}", file=sys.stderr, flush=True)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=min(0.2, self.heartbeat_s))
+
+    def heartbeat(
+        self, claim: cl.Claim, proc: subprocess.Popen, log_path: Path, artifacts: Path,
+        elapsed: float,
+    ) -> Outcome | None:  # fmt: skip
+        """One beat: fencing, heartbeat, logs, metrics, then stop/interruption/time limit."""
+        if cl.claim_lost(self.storage, claim):
+            self._kill(proc, grace=0)
+            return Outcome("lost", None)
+        cl.beat(self.storage, claim)
+        self._ship_log(claim, log_path)
+        metrics = latest_metrics(artifacts / "metrics.csv")
+        if metrics != self._metrics:
+            self._metrics = metrics
+            cl.write_status(self.storage, self.run, claim.exp, metrics=metrics)
+        if self._stop_requested(claim.exp):
+            return Outcome("stopped", self._kill(proc, self.grace_s), "stopped by the user")
+        if self._terminating or self.interruption.pending():
+            code = self._kill(proc, self.grace_s)
+            return Outcome("interrupted", code, "node interrupted; queued again")
+        if self.max_runtime and elapsed > float(self.max_runtime):
+            code = self._kill(proc, self.grace_s)
+            return Outcome("failed", code, f"exceeded max_runtime={self.max_runtime}s")
+        return None
+
+    def _exited(self, claim: cl.Claim, code: int) -> Outcome:
+        if code == 0:
+            return Outcome("succeeded", 0)
+        # a signal to the whole group (local stop, a node shutting down) reaches the script too
+        if self._stop_requested(claim.exp):
+            return Outcome("stopped", code, "stopped by the user")
+        if self._terminating:
+            return Outcome("interrupted", code, "agent terminated; queued again")
+        return Outcome("failed", code, f"the script exited with code {code}")
 
     def ship(self, claim: cl.Claim, log_path: Path, artifacts: Path) -> None:
         self._ship_log(claim, log_path)
