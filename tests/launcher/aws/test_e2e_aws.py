@@ -117,3 +117,40 @@ def test_sweep_on_two_instances(aws, tmp_path):
         "shutting-down",
         "terminated",
     }
+
+
+@pytest.mark.slow
+def test_real_trainer_on_a_node_then_predict_locally(aws, tmp_path):
+    """The real trainer, with its data mounted from an S3 datastore on the (played) node, then
+    `launch predict` on the pulled best checkpoint."""
+    import shutil
+
+    from trainer.sample_data import make_motion_dataset
+
+    repo = Path(__file__).resolve().parents[3]
+    project = tmp_path / "project"
+    shutil.copytree(repo / "trainer", project / "trainer",
+                    ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+    classes = ("left", "right", "up")
+    data = make_motion_dataset(tmp_path / "motion", videos_per_class=3, num_frames=16,
+                               size=(32, 32), classes=classes)  # fmt: skip
+    launch("datastore", "create", "--name", "motion", "--source", str(data), "--backend", "aws",
+           cwd=project)  # fmt: skip
+    tiny = ["--backbone", "demo_cnn", "--crop_size", "32", "--num_frames", "8",
+            "--sampling_rate", "4", "--batch_size", "3", "--num_workers", "0", "--no_hflip",
+            "--clips_per_video", "1", "--max_epochs", "1"]  # fmt: skip
+    launch("run", "--backend", "aws", "--name", "real", "--datastore", "motion", "--gpus", "0",
+           "trainer/train.py", *tiny, cwd=project)  # fmt: skip
+    desc = aws_cli("ec2", "describe-instances", "--filters", "Name=tag:launch:run,Values=real")
+    (inst,) = [i for r in desc["Reservations"] for i in r["Instances"]]
+    proc = start_instance(inst["InstanceId"], tmp_path / "node-0")
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    assert '"succeeded"' in launch("status", "real", "--json", cwd=project)
+
+    video = next((data / "val" / "left").glob("*.mp4"))
+    predicted = json.loads(launch("predict", "real", str(video), "--json", cwd=project))
+    assert (project / "launch_artifacts" / "real" / "exp-0" / "checkpoints" / "best.ckpt").is_file()
+    # one epoch on 9 clips need not be right, but the label must be one the data has
+    (label,) = predicted["predictions"].values()
+    assert (label if isinstance(label, str) else label[0]) in classes, predicted
