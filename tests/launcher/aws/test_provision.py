@@ -177,3 +177,30 @@ def test_stop_and_delete_leave_nothing_running(aws, tmp_path):
     assert backend.stop(run) == []
     backend.delete(run)
     assert boto3.client("iam").list_instance_profiles()["InstanceProfiles"] == []
+
+
+def test_fresh_instance_profile_is_waited_for():
+    """IAM is eventually consistent: EC2 may not know a new profile for a few seconds."""
+    from launcher.backends.aws.provision import Zone, launch_with_fallback
+
+    class NotYet:
+        calls = 0
+
+        def run_instances(self, **kw):
+            self.calls += 1
+            if self.calls < 3:
+                msg = "Value (arn:x) for parameter iamInstanceProfile.arn is invalid."
+                raise ClientError({"Error": {"Code": "InvalidParameterValue", "Message": msg}}, "R")
+            return {"Instances": [{"InstanceId": "i-1"}]}
+
+    slept: list[float] = []
+    ec2 = NotYet()
+    zones = [Zone("us-east-1a", "subnet-a", "vpc"), Zone("us-east-1b", "subnet-b", "vpc")]
+    result = launch_with_fallback(ec2, lambda z: {"SubnetId": z.subnet_id}, zones,
+                                  profile_wait_s=60, sleep=slept.append)  # fmt: skip
+    assert result.instance == {"InstanceId": "i-1"} and result.zone == zones[0]
+    assert slept == [5.0, 5.0] and result.failures == {}
+    ec2.calls = 0
+    with pytest.raises(BackendError, match="iamInstanceProfile"):
+        launch_with_fallback(ec2, lambda z: {"SubnetId": z.subnet_id}, zones,
+                             profile_wait_s=5, sleep=slept.append)  # fmt: skip
