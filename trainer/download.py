@@ -108,9 +108,15 @@ def ensure_data(url: str, dest: str | Path) -> Path:
         entries = [e for e in out.iterdir() if e.name not in ("__MACOSX",)]
         content = entries[0] if len(entries) == 1 and entries[0].is_dir() else out
         (content / MARKER).write_text(url + "\n")
-        if dest.is_dir():  # an empty folder is there (e.g. made by the caller)
-            dest.rmdir()
-        os.replace(content, dest)
+        try:
+            if dest.is_dir():  # an empty folder is there (e.g. made by the caller)
+                dest.rmdir()
+            os.replace(content, dest)
+        except OSError as e:
+            # Another process (e.g. another DDP rank) finished the same download first.
+            if (dest / MARKER).exists():
+                return dest
+            raise DownloadError(f"cannot move the extracted {url} to {dest}: {e}") from e
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return dest

@@ -156,3 +156,24 @@ def test_s3_url_through_a_local_moto_server(tar_archive, tmp_path, monkeypatch):
     finally:
         s3fs.S3FileSystem.clear_instance_cache()
         server.stop()
+
+
+def test_concurrent_downloads_of_the_same_data_both_succeed(tar_archive, tmp_path):
+    # DDP ranks on one node may all call ensure_data: one wins, the others accept its result.
+    dest = tmp_path / "shared"
+    results, errors = [], []
+
+    def fetch():
+        try:
+            results.append(ensure_data(tar_archive.as_uri(), dest))
+        except Exception as e:  # collected and asserted on below
+            errors.append(e)
+
+    threads = [threading.Thread(target=fetch) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and results == [dest] * 4
+    assert (dest / "train" / "left" / "0.mp4").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.tar.gz", "shared", "src"]
