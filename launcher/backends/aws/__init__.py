@@ -10,6 +10,16 @@ live (a spot interruption, a crash), ``launch status`` launches replacements, wi
 ``max_nodes + experiments x (retries + 1)`` instances per run so a broken node image cannot
 spend without end. ``AwsBackend(replace=False)`` turns that off.
 
+Setup: an S3 bucket (``launch config set aws.bucket BUCKET``; prefix ``aws.prefix``, default
+``launch``), credentials and region from the standard AWS chain, a default VPC. The AMI is the
+region's Deep Learning Base GPU AMI from its public SSM parameter, or ``aws.ami``. The user's
+credentials need: sts:GetCallerIdentity; ssm:GetParameter; ec2:RunInstances, DescribeInstances,
+DescribeImages, DescribeVpcs, DescribeSubnets, DescribeInstanceTypeOfferings,
+DescribeSecurityGroups, CreateSecurityGroup, RevokeSecurityGroupIngress, CreateTags,
+TerminateInstances; iam:CreateRole, PutRolePolicy, CreateInstanceProfile,
+AddRoleToInstanceProfile, GetInstanceProfile, PassRole and the matching Delete/Remove calls;
+s3 on the bucket. They never leave the user's machine.
+
 boto3 is imported only when a client is first needed: ``launch --help`` never loads it.
 """
 
