@@ -1,0 +1,55 @@
+"""Where the AWS backend's bucket, prefix, region and AMI come from."""
+
+from __future__ import annotations
+
+import boto3
+import pytest
+
+from launcher.backends.aws.config import resolve_ami, resolve_settings
+from launcher.errors import BackendError, SpecError
+from tests.launcher.aws.conftest import AMI_PARAMETER
+
+pytestmark = pytest.mark.aws
+
+
+def test_precedence_argument_env_config(monkeypatch):
+    config = {"aws": {"bucket": "from-config", "prefix": "p/q", "region": "eu-west-1"}}
+    monkeypatch.delenv("LAUNCH_AWS_BUCKET", raising=False)
+    s = resolve_settings(config=config)
+    assert (s.bucket, s.prefix, s.region, s.root_url) == (
+        "from-config", "p/q", "eu-west-1", "s3://from-config/p/q")  # fmt: skip
+    monkeypatch.setenv("LAUNCH_AWS_BUCKET", "from-env")
+    assert resolve_settings(config=config).bucket == "from-env"
+    assert resolve_settings(bucket="from-arg", config=config).bucket == "from-arg"
+
+
+def test_defaults_prefix_and_standard_region_chain(monkeypatch):
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "ap-south-1")
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    s = resolve_settings(bucket="bkt", config={})
+    assert (s.prefix, s.region, s.ami) == ("launch", "ap-south-1", None)
+
+
+def test_missing_bucket_names_both_ways_to_set_it(monkeypatch):
+    monkeypatch.delenv("LAUNCH_AWS_BUCKET", raising=False)
+    with pytest.raises(SpecError, match="LAUNCH_AWS_BUCKET or `launch config set aws.bucket"):
+        resolve_settings(config={})
+
+
+def test_missing_region_is_explained(monkeypatch):
+    for var in ("AWS_REGION", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(SpecError, match="no AWS region"):
+        resolve_settings(bucket="bkt", config={})
+
+
+def test_ami_from_ssm_parameter_or_configured(aws):
+    ssm = boto3.client("ssm")
+    s = resolve_settings(bucket="bkt", config={"aws": {"ami_parameter": AMI_PARAMETER}})
+    expected = ssm.get_parameter(Name=AMI_PARAMETER)["Parameter"]["Value"]
+    assert resolve_ami(s, ssm) == expected and expected.startswith("ami-")
+    fixed = resolve_settings(bucket="bkt", config={"aws": {"ami": "ami-0123456789abcdef0"}})
+    assert resolve_ami(fixed, None) == "ami-0123456789abcdef0"  # no SSM call at all
+    missing = resolve_settings(bucket="bkt", config={"aws": {"ami_parameter": "/nope"}})
+    with pytest.raises(BackendError, match="SSM parameter /nope .*ParameterNotFound"):
+        resolve_ami(missing, ssm)
