@@ -219,7 +219,13 @@ class FailureLog:
             text = self.path.read_text()
         except OSError:
             return {}
-        return dict(line.split("\t", 1) for line in text.splitlines() if "\t" in line)
+        return dict(line.rsplit("\t", 1) for line in text.splitlines() if "\t" in line)
+
+
+def _failure_reason(e: Exception) -> str:
+    if isinstance(e, VideoError):
+        return e.reason
+    return f"failed to load ({type(e).__name__}: {e})"
 
 
 class ClipDataset(Dataset):
@@ -240,6 +246,7 @@ class ClipDataset(Dataset):
         return len(self.items)
 
     def __getitem__(self, i: int) -> dict:
+        reason = ""
         for _ in range(self.retries + 1):
             item = self.items[i]
             try:
@@ -247,12 +254,13 @@ class ClipDataset(Dataset):
                 frames = torch.from_numpy(read_frames(item.path, idx, item.meta))
                 # uint8 T,C,H,W: the collate normalises it straight into the batch tensor.
                 return {"video": self.transform.crop(frames), "label": item.label}
-            except (VideoError, RuntimeError, OSError) as e:
-                self.failures.record(item.path, getattr(e, "reason", None) or str(e))
+            except Exception as e:  # any one bad file must not end the epoch
+                reason = _failure_reason(e)
+                self.failures.record(item.path, reason)
                 i = int(torch.randint(0, len(self.items), ()).item())
         raise DataError(
-            f"{self.retries + 1} videos in a row failed to decode; see the "
-            f"failure log {self.failures.path}"
+            f"{self.retries + 1} videos in a row failed to load (last: {reason}); the data looks "
+            f"broken, see {self.failures.path}"
         )
 
 
@@ -282,8 +290,8 @@ class MultiClipDataset(Dataset):
         per_clip = [clip_indices(item.meta, self.vi, s) for s in starts]
         try:
             frames = read_frames(item.path, [j for idx in per_clip for j in idx], item.meta)
-        except (VideoError, RuntimeError, OSError) as e:
-            self.failures.record(item.path, getattr(e, "reason", None) or str(e))
+        except Exception as e:  # any one bad file must not end the evaluation
+            self.failures.record(item.path, _failure_reason(e))
             return None  # dropped by the collate
         frames = torch.from_numpy(frames).view(self.clips, self.vi.num_frames, *frames.shape[1:])
         # uint8 N,T,C,H,W: the collate normalises it straight into the batch tensor.

@@ -290,3 +290,12 @@ def test_train_clips_are_random_within_the_video(index_video, frame_index, tmp_p
         assert 0 <= idx[0] <= 40
         starts.add(idx[0])
     assert len(starts) > 3  # temporal jitter
+
+
+def test_all_training_videos_broken_is_one_clear_error(motion_dataset, tiny_input, corrupt_video):
+    dm = VideoDataModule.from_folders(motion_dataset / "train", video_input=tiny_input)
+    for p in (motion_dataset / "train").rglob("*.mp4"):
+        p.write_bytes(corrupt_video.read_bytes())
+    with pytest.raises(DataError, match=r"11 videos in a row failed to load \(last: not a read"):
+        next(iter(dm.train_dataloader()))
+    assert dm.skipped and all("not a readable video" in r for r in dm.skipped.values())
