@@ -153,7 +153,7 @@ class VideoClassifier(pl.LightningModule):
         epoch = dict(on_step=False, on_epoch=True, batch_size=bs)
         self.log("train_loss", loss, prog_bar=True, sync_dist=True, **epoch)
         self.log("train_acc1", self.train_acc1, **epoch)
-        self.log("lr", self.optimizers().param_groups[0]["lr"], **epoch)
+        self.log("lr", self.optimizers().param_groups[0]["lr"], sync_dist=True, **epoch)
         return loss
 
     def _eval_step(self, batch: dict, stage: str) -> None:

@@ -179,7 +179,12 @@ def main(argv: list[str] | None = None) -> int:
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
     try:
-        trainer.fit(model, datamodule=dm, ckpt_path=str(resume) if resume else None)
+        ckpt_path = str(resume) if resume else None
+        if has_val:
+            trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
+        else:
+            # The data module raises for a split it lacks, and fast_dev_run would ask for val.
+            trainer.fit(model, train_dataloaders=dm.train_dataloader(), ckpt_path=ckpt_path)
     except SIGTERMException:
         out.write_metrics()
         print(
@@ -245,6 +250,8 @@ def _trainer_kwargs(args, out, has_val: bool) -> dict:
         kw["limit_train_batches"] = _limit(args.limit_train_batches)
     if args.limit_val_batches is not None:
         kw["limit_val_batches"] = _limit(args.limit_val_batches)
+    if not has_val:
+        kw["limit_val_batches"] = 0  # the data module has no val loader to give
     return kw
 
 

@@ -1,0 +1,139 @@
+"""Prediction from a checkpoint alone: load_model, VideoClassifier.predict, the CLI, and the
+one-line errors for files that are not our checkpoints."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from trainer.data import VideoDataModule
+from trainer.model import VideoClassifier
+from trainer.predict import CheckpointError, check_checkpoint, load_model, main
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(_motion_master, tiny_input, tmp_path_factory) -> Path:
+    """A demo_cnn checkpoint after a few steps on the tiny motion videos."""
+    dm = VideoDataModule.from_folders(
+        train_folder=_motion_master / "train", video_input=tiny_input, batch_size=3, hflip=False
+    )
+    model = VideoClassifier(
+        "demo_cnn", labels=dm.labels, video_input=tiny_input.to_dict(), clips_per_video=2
+    )
+    out = tmp_path_factory.mktemp("ckpt")
+    trainer = pl.Trainer(
+        default_root_dir=out,
+        max_steps=2,
+        limit_val_batches=0,  # no val data here
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, datamodule=dm)
+    trainer.save_checkpoint(out / "best.ckpt")
+    return out / "best.ckpt"
+
+
+def _videos(root: Path) -> list[Path]:
+    return sorted((root / "val").glob("*/*.mp4"))
+
+
+def test_predict_labels_and_top_k(checkpoint, _motion_master):
+    model = load_model(checkpoint)
+    videos = _videos(_motion_master)
+    labels = model.predict(videos)
+    assert len(labels) == len(videos) and set(labels) <= set(model.labels)
+    top = model.predict([str(v) for v in videos], top_k=2)
+    for pairs, label in zip(top, labels, strict=True):
+        assert len(pairs) == 2 and pairs[0][0] == label
+        assert 1 >= pairs[0][1] >= pairs[1][1] >= 0
+    # A folder gives the videos found in it, sorted.
+    assert model.predict(_motion_master / "val" / "left") == labels[:3]
+
+
+def test_predict_agrees_with_trainer_predict(checkpoint, _motion_master):
+    model = VideoClassifier.load_from_checkpoint(checkpoint)
+    from trainer.video_input import VideoInput
+
+    dm = VideoDataModule.from_folders(
+        predict_folder=str(_motion_master / "val"),
+        video_input=VideoInput.from_dict(model.hparams.video_input),
+        labels=model.labels,
+        clips_per_video=model.hparams.clips_per_video,
+    )
+    probs = torch.cat(pl.Trainer(accelerator="cpu", logger=False).predict(model, datamodule=dm))
+    assert probs.shape == (len(_videos(_motion_master)), len(model.labels))
+    assert [model.labels[i] for i in probs.argmax(1)] == model.predict(_motion_master / "val")
+
+
+def test_skipped_file_is_reported(checkpoint, _motion_master, corrupt_video):
+    model = load_model(checkpoint)
+    videos = [_videos(_motion_master)[0], corrupt_video]
+    with pytest.warns(UserWarning, match=r"skipped 1 video\(s\): .*corrupt\.mp4"):
+        result = model.predict(videos)
+    assert result[0] in model.labels and result[1] is None
+
+
+def test_not_a_checkpoint(tmp_path, text_file):
+    with pytest.raises(CheckpointError, match="no such checkpoint file"):
+        load_model(tmp_path / "missing.ckpt")
+    with pytest.raises(CheckpointError, match=r"notes\.txt: not a PyTorch checkpoint"):
+        load_model(text_file)
+    plain = tmp_path / "weights.pth"
+    torch.save({"w": torch.zeros(2)}, plain)
+    with pytest.raises(CheckpointError, match="not a Lightning checkpoint"):
+        check_checkpoint(plain)
+    other = tmp_path / "other.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"hidden": 3}}, other)
+    with pytest.raises(CheckpointError, match="checkpoint of another model"):
+        VideoClassifier.load_from_checkpoint(other)
+
+
+def test_cli_lines_json_and_errors(checkpoint, _motion_master, text_file, capsys):
+    folder = _motion_master / "val" / "up"
+    assert main([str(checkpoint), str(folder)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3
+    model = load_model(checkpoint)
+    for line, label in zip(lines, model.predict(folder), strict=True):
+        path, got = line.split("\t")
+        assert Path(path).parent == folder and got == label
+
+    assert main([str(checkpoint), str(folder / "0.mp4"), "--top_k", "2", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    (pairs,) = out["predictions"].values()
+    assert len(pairs) == 2 and out["skipped"] == {}
+
+    assert main([str(checkpoint), str(folder / "0.mp4"), "nowhere.mp4"]) == 0
+    assert "skipped nowhere.mp4: no such file or folder" in capsys.readouterr().err
+
+    with pytest.raises(SystemExit) as e:
+        main([str(text_file), str(folder)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "not a PyTorch checkpoint" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_cli_as_module(checkpoint, _motion_master):
+    video = _videos(_motion_master)[0]
+    done = subprocess.run(
+        [sys.executable, "-m", "trainer.predict", str(checkpoint), str(video)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    path, label = done.stdout.strip().split("\t")
+    assert path == str(video) and label in load_model(checkpoint).labels

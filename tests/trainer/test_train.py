@@ -1,0 +1,361 @@
+"""trainer/train.py as the launcher runs it: flags, defaults from the launcher's variables,
+one-line errors, outputs, resume, SIGTERM, DDP on CPU, and a real training run."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from trainer.train import parse_args
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "trainer" / "train.py"
+# demo_cnn on the conftest's 32x32, 16-frame motion videos: 8 frames every 2 at 15 fps.
+TINY = ["--backbone", "demo_cnn", "--crop_size", "32", "--num_frames", "8", "--sampling_rate", "4"]
+TINY += ["--batch_size", "3", "--num_workers", "0", "--no_hflip", "--clips_per_video", "2"]
+
+
+def run_script(*args: str, cwd: Path = REPO, timeout: int = 300, **env: str):
+    environ = {**os.environ, **env}
+    for var in ("LAUNCH_DATASTORE_DIR", "LAUNCH_ARTIFACTS_DIR"):
+        if var not in env:
+            environ.pop(var, None)
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=environ,
+    )
+
+
+def metrics(out: Path) -> list[dict]:
+    with (out / "metrics.csv").open() as fh:
+        return list(csv.DictReader(fh))
+
+
+# --- flags ------------------------------------------------------------------------------------
+
+
+def test_help_from_repo_root_imports_no_torch():
+    done = run_script("-X", "importtime", "trainer/train.py", "--help")
+    assert done.returncode == 0, done.stderr
+    assert "--kinetics_annotations" in done.stdout and "--finetune_strategy" in done.stdout
+    imported = {line.split("|")[-1].strip() for line in done.stderr.splitlines()}
+    assert "torch" not in imported
+
+
+def test_help_from_unpacked_copy_uses_that_copy(tmp_path):
+    # A code snapshot unpacked elsewhere, with the original repo importable (as if installed):
+    # the copy next to the script must win.
+    copy = tmp_path / "snapshot"
+    shutil.copytree(REPO / "trainer", copy / "trainer", ignore=shutil.ignore_patterns("__py*"))
+    cli = copy / "trainer" / "cli_args.py"
+    cli.write_text(cli.read_text().replace("Train a video classifier", "SNAPSHOT COPY"))
+    done = run_script(
+        str(copy / "trainer" / "train.py"), "--help", cwd=tmp_path, PYTHONPATH=str(REPO)
+    )
+    assert done.returncode == 0, done.stderr
+    assert "SNAPSHOT COPY" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--backbone", "resnet9000"], "unknown backbone 'resnet9000'; choose one of: "),
+        (["--backbone", "mvit_base_16x4", "--num_frames", "8"], "takes exactly 16 frames"),
+        (["--backbone", "slowfast_r50", "--num_frames", "30"], "--num_frames 30: .*multiple of 4"),
+        (["--crop_size", "200", "--short_side", "100"], "--short_side 100: must be >= crop"),
+        (["--train_folder", "/nowhere/train"], "--train_folder /nowhere/train: no such folder"),
+        (["--val_folder", "/nowhere/val"], "--val_folder /nowhere/val: no such folder"),
+        (["--train_csv", "/nowhere.csv"], "--train_csv /nowhere.csv: no such file"),
+        (["--weights", "/nowhere.pth"], "--weights /nowhere.pth: no such file"),
+        (["--pretrained", "--weights", "x"], "--pretrained and --weights both given"),
+        (["--finetune_strategy", "freeze"], "freezes a randomly initialised backbone"),
+        (["--optimizer", "lion"], "invalid choice: 'lion'"),
+        (["--lr", "0"], "--lr 0.0: must be > 0"),
+        (["--batch_size", "0"], "--batch_size 0: must be >= 1"),
+        (["--gpus", "-1"], "--gpus -1: must be >= 0"),
+        (["--devices", "two"], "--devices two: a count"),
+    ],
+)
+def test_bad_flags_are_one_line_errors(flags, message, motion_dataset, capsys):
+    base = (
+        []
+        if any(f.endswith(("_folder", "_csv")) for f in flags)
+        else ["--train_folder", str(motion_dataset / "train")]
+    )
+    with pytest.raises(SystemExit) as e:
+        parse_args(base + flags)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("train.py: error: ")
+    import re
+
+    assert re.search(message, err), err
+
+
+def test_no_training_data(monkeypatch, capsys, tmp_path):
+    monkeypatch.delenv("LAUNCH_DATASTORE_DIR", raising=False)
+    with pytest.raises(SystemExit):
+        parse_args([])
+    assert "no training data" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_args(["--data_dir", str(tmp_path / "nope")])
+    assert f"--data_dir {tmp_path / 'nope'}: no such folder" in capsys.readouterr().err
+
+
+def test_kinetics_split_from_file_name(tmp_path, capsys):
+    for name in ("train.csv", "validate.csv", "other.csv"):
+        (tmp_path / name).write_text("label,youtube_id,time_start,time_end,split\n")
+    args = parse_args(
+        [
+            "--kinetics_annotations",
+            str(tmp_path / "train.csv"),
+            str(tmp_path / "validate.csv"),
+            "--video_root",
+            str(tmp_path),
+        ]
+    )
+    assert args.kinetics_splits == {
+        "train": str(tmp_path / "train.csv"),
+        "val": str(tmp_path / "validate.csv"),
+    }
+    with pytest.raises(SystemExit):
+        parse_args(["--kinetics_annotations", str(tmp_path / "other.csv"), "--video_root", "."])
+    assert "cannot tell its split" in capsys.readouterr().err
+
+
+def test_launcher_variables_are_defaults(motion_dataset, tmp_path, monkeypatch):
+    monkeypatch.setenv("LAUNCH_DATASTORE_DIR", str(motion_dataset))
+    monkeypatch.setenv("LAUNCH_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
+    args = parse_args([])
+    assert args.train_folder == str(motion_dataset / "train")
+    assert args.val_folder == str(motion_dataset / "val")
+    assert args.test_folder is None
+    assert args.output_dir == str(tmp_path / "artifacts")
+    monkeypatch.delenv("LAUNCH_ARTIFACTS_DIR")
+    assert parse_args([]).output_dir == "outputs"
+
+
+def test_gpus_flag_maps_to_accelerator(motion_dataset):
+    base = ["--train_folder", str(motion_dataset / "train")]
+    args = parse_args(base + ["--gpus", "0"])
+    assert (args.accelerator, args.devices) == ("cpu", 1)
+    if not __import__("torch").cuda.is_available():
+        with pytest.warns(UserWarning, match="--gpus 2: no GPU here; training on the CPU"):
+            args = parse_args(base + ["--gpus", "2"])
+        assert (args.accelerator, args.devices) == ("cpu", 1)
+    args = parse_args(base + ["--accelerator", "cpu", "--devices", "2"])
+    assert (args.accelerator, args.devices) == ("cpu", 2)
+
+
+def test_missing_labels_data_is_a_clear_error(tmp_path):
+    empty = tmp_path / "train"
+    empty.mkdir()
+    done = run_script(
+        str(SCRIPT), "--train_folder", str(empty), *TINY, "--output_dir", str(tmp_path / "out")
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+# --- runs -------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_resume_continues_from_last_epoch(motion_dataset, tmp_path):
+    out = tmp_path / "out"
+    data = [
+        "--train_folder",
+        str(motion_dataset / "train"),
+        "--val_folder",
+        str(motion_dataset / "val"),
+        *TINY,
+        "--output_dir",
+        str(out),
+    ]
+    first = run_script(
+        str(SCRIPT), *data, "--max_epochs", "1", "--test_folder", str(motion_dataset / "val")
+    )
+    assert first.returncode == 0, first.stderr
+    assert metrics(out)[-1]["test_acc1"]  # the best checkpoint was tested
+    for name in (
+        "checkpoints/best.ckpt",
+        "checkpoints/last.ckpt",
+        "labels.txt",
+        "args.json",
+        "hparams.yaml",
+        "metrics.csv",
+    ):
+        assert (out / name).is_file(), name
+    assert (out / "labels.txt").read_text().split() == ["left", "right", "up"]
+    assert "best val_acc1=" in first.stdout.strip().splitlines()[-1]
+
+    second = run_script(str(SCRIPT), *data, "--max_epochs", "2")
+    assert second.returncode == 0, second.stderr
+    assert f"resuming from {out / 'checkpoints' / 'last.ckpt'}" in second.stdout
+    rows = [r for r in metrics(out) if r["val_acc1"]]
+    assert [r["epoch"] for r in rows] == ["0", "1"]  # epoch 1 trained, epoch 0 not redone
+    assert all(r["train_loss"] for r in rows)
+    import torch
+
+    last = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    # Two epochs done (Lightning counts finished epochs), 9 videos / batch 3 steps each.
+    assert (last["epoch"], last["global_step"]) == (2, 6)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_last_and_rerun_resumes(motion_dataset, tmp_path):
+    out = tmp_path / "out"
+    data = [
+        str(SCRIPT),
+        "--train_folder",
+        str(motion_dataset / "train"),
+        *TINY,
+        "--batch_size",
+        "1",
+        "--output_dir",
+        str(out),
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LAUNCH_")}
+    proc = subprocess.Popen(
+        [sys.executable, *data, "--max_epochs", "100"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 120
+    while not (out / "checkpoints" / "last.ckpt").is_file() and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)  # what the launcher does on a spot interruption
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr
+    assert "stopped by SIGTERM" in stderr
+    import torch
+
+    stopped = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert stopped["epoch"] >= 1
+
+    again = run_script(*data, "--max_epochs", str(stopped["epoch"] + 1))
+    assert again.returncode == 0, again.stderr
+    assert "resuming from" in again.stdout
+    final = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    # The interrupted epoch is finished, not restarted from epoch 0.
+    assert final["global_step"] == 9 * (stopped["epoch"] + 1)  # 9 videos, batch 1
+    assert {r["epoch"] for r in metrics(out)} >= {"0", str(stopped["epoch"])}
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes(motion_dataset, tmp_path):
+    out = tmp_path / "out"
+    done = run_script(
+        str(SCRIPT),
+        "--train_folder",
+        str(motion_dataset / "train"),
+        "--val_folder",
+        str(motion_dataset / "val"),
+        *TINY,
+        "--accelerator",
+        "cpu",
+        "--devices",
+        "2",
+        "--max_epochs",
+        "1",
+        "--output_dir",
+        str(out),
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Starting with 2 processes" in done.stderr + done.stdout
+    assert (out / "checkpoints" / "best.ckpt").is_file()
+    assert metrics(out)[0]["val_acc1"]
+
+
+@pytest.mark.slow
+def test_fast_dev_run(motion_dataset, tmp_path):
+    done = run_script(
+        str(SCRIPT),
+        "--train_folder",
+        str(motion_dataset / "train"),
+        *TINY,
+        "--fast_dev_run",
+        "--output_dir",
+        str(tmp_path / "out"),
+    )
+    assert done.returncode == 0, done.stderr
+    assert "fast_dev_run finished" in done.stdout
+
+
+@pytest.mark.slow
+def test_trains_to_high_accuracy_and_predicts(tmp_path):
+    """Classes differ only by motion direction: 90% means the model learned motion."""
+    from trainer.sample_data import make_motion_dataset
+
+    data = make_motion_dataset(tmp_path / "data", videos_per_class=12)
+    out = tmp_path / "out"
+    started = time.time()
+    done = run_script(
+        str(SCRIPT),
+        "--data_dir",
+        str(data),
+        "--backbone",
+        "demo_cnn",
+        "--no_hflip",
+        "--optimizer",
+        "adamw",
+        "--lr",
+        "0.003",
+        "--batch_size",
+        "4",
+        "--max_epochs",
+        "5",
+        "--clips_per_video",
+        "2",
+        "--num_workers",
+        "0",
+        "--predict_folder",
+        str(data / "val"),
+        "--output_dir",
+        str(out),
+    )
+    assert done.returncode == 0, done.stderr
+    print(f"trained in {time.time() - started:.0f}s: {done.stdout.strip().splitlines()[-1]}")
+    best = max(float(r["val_acc1"]) for r in metrics(out) if r["val_acc1"])
+    assert best >= 0.9
+
+    import pytorch_lightning as pl
+    import torch
+
+    from trainer import VideoClassifier
+    from trainer.data import VideoDataModule
+    from trainer.video_input import VideoInput
+
+    model = VideoClassifier.load_from_checkpoint(out / "checkpoints" / "best.ckpt")
+    videos = sorted((data / "val").glob("*/*.mp4"))
+    predicted = model.predict(videos)
+    truth = [v.parent.name for v in videos]
+    agree = sum(p == t for p, t in zip(predicted, truth, strict=True)) / len(videos)
+    assert agree >= 0.9
+
+    dm = VideoDataModule.from_folders(
+        predict_folder=str(data / "val"),
+        video_input=VideoInput.from_dict(model.hparams.video_input),
+        labels=model.labels,
+        clips_per_video=model.hparams.clips_per_video,
+    )
+    probs = torch.cat(pl.Trainer(accelerator="cpu", logger=False).predict(model, datamodule=dm))
+    assert [model.labels[i] for i in probs.argmax(1)] == predicted
+    with (out / "predictions.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["label"] for r in rows] == predicted
