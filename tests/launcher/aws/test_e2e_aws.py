@@ -154,3 +154,25 @@ def test_real_trainer_on_a_node_then_predict_locally(aws, tmp_path):
     # one epoch on 9 clips need not be right, but the label must be one the data has
     (label,) = predicted["predictions"].values()
     assert (label if isinstance(label, str) else label[0]) in classes, predicted
+
+
+def test_failed_bootstrap_still_powers_off(aws, tmp_path):
+    """The code cannot be fetched: the script fails early, yet the node powers off (so it
+    terminates) and its bootstrap log, with the failure, lands next to its record."""
+    from launcher.backends.aws import AwsBackend
+    from tests.launcher.aws.helpers import play_instance, prepare
+
+    backend = AwsBackend(profile_wait_s=0)
+    run = prepare(backend, make_project(tmp_path / "p"), "nocode")
+    backend.storage().delete(f"runs/{run}/code.tar.gz")
+    (node,) = backend.nodes(run)
+    code, out = play_instance(node.extra["instance_id"], tmp_path / "node-0")
+    assert code != 0, out
+    calls = calls_log(tmp_path / "node-0").read_text().splitlines()
+    assert calls[0].startswith("shutdown -h +") and calls[-1] == "shutdown -h now"
+    assert not any(c.startswith("pip") for c in calls)  # it stopped at the first failure
+    state = boto3.client("ec2").describe_instances(InstanceIds=[node.extra["instance_id"]])
+    assert state["Reservations"][0]["Instances"][0]["State"]["Name"] in ("shutting-down",
+                                                                         "terminated")  # fmt: skip
+    boot = backend.storage().read_text(f"runs/{run}/nodes/node-0.boot.log")
+    assert "fetching code" in boot and "powering off" in boot
