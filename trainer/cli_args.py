@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = p.add_argument_group("data (one source: folders, CSVs or Kinetics annotations)")
     d.add_argument(
         "--data_dir",
-        default=os.environ.get("LAUNCH_DATASTORE_DIR"),
+        default=None,
         help="data root; its train/, val/ and test/ folders are the default splits "
         "(default: $LAUNCH_DATASTORE_DIR)",
     )
@@ -131,6 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _download_cache(url: str) -> Path:
+    import hashlib
+
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "launch-video" / "downloads" / hashlib.sha1(url.encode()).hexdigest()[:16]
+
+
 def _split_of(csv: str) -> str | None:
     stem = Path(csv).stem.lower()
     for word, split in SPLIT_WORDS.items():
@@ -161,6 +168,11 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argpa
             "backbone: add --pretrained or --weights PATH, or use no_freeze"
         )
 
+    # --download goes to --data_dir when given, else to a per-URL cache: never into the
+    # launcher's datastore mount, and not into output_dir (which is shipped as artifacts).
+    args.download_dir = args.data_dir or str(_download_cache(args.download or ""))
+    if args.data_dir is None:
+        args.data_dir = os.environ.get("LAUNCH_DATASTORE_DIR") or None
     sources = [
         name
         for name, given in (

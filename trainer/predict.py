@@ -80,6 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.top_k is not None and args.top_k < 1:
         parser.error(f"--top_k {args.top_k}: must be >= 1")
+    from trainer.data import DataError
+
     try:
         model = load_model(args.checkpoint, device=args.device)
     except CheckpointError as e:
@@ -93,12 +95,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not Path(target).exists():
             skipped[target] = "no such file or folder"
             continue
-        got, skip = model.predict_paths(
-            target if Path(target).is_dir() else [target],
-            top_k=args.top_k,
-            batch_size=args.batch_size,
-            num_workers=args.num_workers,
-        )
+        try:
+            got, skip = model.predict_paths(
+                target if Path(target).is_dir() else [target],
+                top_k=args.top_k,
+                batch_size=args.batch_size,
+                num_workers=args.num_workers,
+            )
+        except DataError as e:  # nothing usable in this target
+            skipped[target] = str(e)
+            continue
         results += got
         skipped.update(skip)
 

@@ -107,25 +107,30 @@ def make_datamodule(args):
 
 
 def _download(args) -> None:
+    from trainer.data import DataError
     from trainer.download import ensure_data
 
-    dest = Path(args.data_dir or Path(args.output_dir) / "data")
-    root = Path(ensure_data(args.download, dest))
+    root = Path(ensure_data(args.download, args.download_dir))
     for split in ("train", "val", "test"):
         if getattr(args, f"{split}_folder") is None and (root / split).is_dir():
             setattr(args, f"{split}_folder", str(root / split))
     if not args.train_folder:
-        sys.exit(f"error: --download {args.download}: the archive has no train/ folder")
+        raise DataError(f"--download {args.download}: the archive has no train/ folder")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from trainer.data import DataError
+
     if args.download:
-        _download(args)
+        try:
+            _download(args)
+        except DataError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
 
     import pytorch_lightning as pl
 
-    from trainer.data import DataError
     from trainer.model import VideoClassifier
     from trainer.run_outputs import RunOutputs
 
@@ -133,7 +138,6 @@ def main(argv: list[str] | None = None) -> int:
     out = RunOutputs(args.output_dir)
     try:
         dm = make_datamodule(args)
-        dm.setup("fit")
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

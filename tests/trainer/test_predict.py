@@ -114,8 +114,10 @@ def test_cli_lines_json_and_errors(checkpoint, _motion_master, text_file, capsys
     (pairs,) = out["predictions"].values()
     assert len(pairs) == 2 and out["skipped"] == {}
 
-    assert main([str(checkpoint), str(folder / "0.mp4"), "nowhere.mp4"]) == 0
-    assert "skipped nowhere.mp4: no such file or folder" in capsys.readouterr().err
+    assert main([str(checkpoint), str(folder / "0.mp4"), "nowhere.mp4", str(text_file)]) == 0
+    err = capsys.readouterr().err
+    assert "skipped nowhere.mp4: no such file or folder" in err
+    assert f"skipped {text_file}: " in err
 
     with pytest.raises(SystemExit) as e:
         main([str(text_file), str(folder)])

@@ -169,6 +169,33 @@ def test_missing_labels_data_is_a_clear_error(tmp_path):
     assert done.stderr.strip().splitlines()[-1].startswith("error: ")
 
 
+def test_download_archive_then_train(motion_dataset, tmp_path, capsys):
+    import tarfile
+
+    from trainer.train import main
+
+    archive = tmp_path / "motion.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(motion_dataset, arcname="motion")
+    dest = tmp_path / "data"
+    url = archive.as_uri()
+    flags = ["--download", url, "--data_dir", str(dest), *TINY, "--fast_dev_run"]
+    assert main([*flags, "--output_dir", str(tmp_path / "out")]) == 0
+    assert sorted(p.name for p in (dest / "train").iterdir() if p.is_dir()) == [
+        "left",
+        "right",
+        "up",
+    ]
+    assert "fast_dev_run finished" in capsys.readouterr().out
+
+    bad = tmp_path / "bad.tar.gz"
+    bad.write_text("not an archive")
+    flags[1] = bad.as_uri()
+    flags[3] = str(tmp_path / "data2")
+    assert main([*flags, "--output_dir", str(tmp_path / "out2")]) == 2
+    assert capsys.readouterr().err.startswith("error: ")
+
+
 # --- runs -------------------------------------------------------------------------------------
 
 
