@@ -123,7 +123,9 @@ def probe(path: str | Path) -> VideoMeta:
     if step <= 0:
         raise VideoError(path, "non-increasing timestamps")
     return VideoMeta(
-        num_frames=len(pts),
+        # Index space is time-based (pts / frame step), so a variable-rate video's "frames"
+        # span its duration; for constant frame rate this is exactly the frame count.
+        num_frames=int(round((pts[-1] - pts[0]) / step)) + 1,
         fps=1.0 / (step * time_base),
         width=first_frame.width,
         height=first_frame.height,
@@ -203,7 +205,7 @@ def _decode_into(
     pos = -1  # index of the last frame decoded
     frames = None  # the live decode generator; recreated only after a seek
     k = 0
-    last = None
+    prev = None  # the frame decoded before the current one
     while k < len(wanted):
         target = wanted[k]
         kf = keyframes[max(bisect.bisect_right(keyframes, meta.frame_pts(target)) - 1, 0)]
@@ -217,15 +219,17 @@ def _decode_into(
             fpts = frame.pts if frame.pts is not None else frame.dts
             idx = meta.frame_index(fpts) if fpts is not None else pos + 1
             pos = idx
-            while k < len(wanted) and wanted[k] < idx and wanted[k] not in got:
-                # A wanted frame that never showed up (dropped/duplicated timestamps): use
-                # the previous frame we have, else this one.
-                got[wanted[k]] = last if last is not None else frame.to_ndarray(format="rgb24")
-                k += 1
+            if k < len(wanted) and wanted[k] < idx:
+                # Wanted frames that never showed up (variable frame rate, dropped frames):
+                # take the nearest earlier frame decoded, else this one.
+                fill = (prev if prev is not None else frame).to_ndarray(format="rgb24")
+                while k < len(wanted) and wanted[k] < idx:
+                    got[wanted[k]] = fill
+                    k += 1
             if k < len(wanted) and wanted[k] == idx:
-                last = frame.to_ndarray(format="rgb24")
-                got[idx] = last
+                got[idx] = frame.to_ndarray(format="rgb24")
                 k += 1
+            prev = frame
             if k >= len(wanted):
                 return
             nxt = wanted[k]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 import pytest
 
@@ -112,3 +114,26 @@ def test_other_codecs_and_containers(tmp_path):
     assert meta.keyframe_pts[0] == 0 and len(meta.keyframe_pts) >= 4  # g=10 or scene cuts
     idx = [3, 12, 25, 39]
     assert [round((f.mean() - 20) / 5) for f in read_frames(path, idx, meta)] == idx
+
+
+def test_variable_frame_rate_takes_the_nearest_earlier_frame(tmp_path):
+    """Frames at irregular times: asking for a time with no frame gives the one before it."""
+    import av
+
+    path = tmp_path / "vfr.mp4"
+    times = [0, 1, 2, 3, 6, 7, 8, 12, 13, 14]  # in 1/10 s; gaps after 3 and 8
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=10)
+        s.width, s.height, s.pix_fmt = 32, 32, "yuv420p"
+        s.time_base = Fraction(1, 10)
+        s.options = {"crf": "0", "bf": "0"}
+        for t in times:
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 10 * t, np.uint8), "rgb24")
+            frame.pts, frame.time_base = t, Fraction(1, 10)
+            c.mux(s.encode(frame))
+        c.mux(s.encode())
+    meta = probe(path)
+    # Frame indices are time-based: 15 frame slots of 1/10 s, 10 of them filled.
+    assert meta.num_frames == 15 and meta.fps == pytest.approx(10)
+    got = [round(f.mean() / 10) for f in read_frames(path, [0, 3, 4, 5, 6, 9, 12, 14], meta)]
+    assert got == [0, 3, 3, 3, 6, 8, 12, 14]
