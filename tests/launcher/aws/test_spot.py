@@ -67,7 +67,7 @@ def wait_for(what, timeout: float = 60, every: float = 0.3):
 def test_interrupted_spot_node_is_replaced_and_the_experiment_resumes(aws, tmp_path, imds):
     backend = AwsBackend(profile_wait_s=0)
     run = prepare(backend, make_project(tmp_path / "p"), "spotty",
-                  ["--steps", "15", "--sleep", "0.2"], spot=True, max_nodes=1)  # fmt: skip
+                  ["--steps", "40", "--sleep", "0.1"], spot=True, max_nodes=1)  # fmt: skip
     storage = backend.storage()
     (first,) = backend.nodes(run)
     assert first.spot and first.node_id == "node-0"
@@ -111,6 +111,6 @@ def test_interrupted_spot_node_is_replaced_and_the_experiment_resumes(aws, tmp_p
     final = json.loads(
         storage.read_bytes(cl.exp_key(run, "exp-0", "artifacts/checkpoints/best.ckpt"))
     )
-    assert final["step"] == 15
+    assert final["step"] == 40
     # finished: no replacement, and nothing left running
     assert all(n.state == "terminated" for n in backend.nodes(run))
