@@ -9,12 +9,12 @@ training starts; ``build_backbone`` builds it for the data's classes and the cho
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from trainer import backbone_builders as builders
 from trainer.video_input import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -73,127 +73,6 @@ class Backbone:
         return f"num_frames {frames}; crop_size {crop}; short_side >= crop_size"
 
 
-# --- builders -------------------------------------------------------------------------------
-
-
-def _ceil32(crop: int) -> int:
-    # Five stride-2 stages with 'same' padding: each halves the size rounding up.
-    return math.ceil(crop / 32)
-
-
-def _ptv_hub(fn_name: str, module: str) -> Callable[..., nn.Module]:
-    def call(**kwargs: Any) -> nn.Module:
-        import importlib
-
-        hub = importlib.import_module(f"pytorchvideo.models.hub.{module}")
-        return getattr(hub, fn_name)(pretrained=False, **kwargs)
-
-    return call
-
-
-def _ptv_fetch(module: str, key: str) -> Callable[[], dict]:
-    """Fetch a PyTorchVideo checkpoint from its published URL (the hub module's table)."""
-
-    def fetch() -> dict:
-        import importlib
-
-        from torch.hub import load_state_dict_from_url
-
-        url = importlib.import_module(f"pytorchvideo.models.hub.{module}").checkpoint_paths[key]
-        checkpoint = load_state_dict_from_url(url, progress=True, map_location="cpu")
-        return checkpoint["model_state"]
-
-    return fetch
-
-
-def _x3d(depth_factor: float) -> Callable[[int, VideoInput], nn.Module]:
-    def build(num_classes: int, vi: VideoInput) -> nn.Module:
-        from pytorchvideo.models.x3d import create_x3d
-
-        # The hub's x3d_* functions pin the clip size, which sizes the head's pool kernel;
-        # call the builder they wrap with their settings and the chosen clip instead.
-        return create_x3d(
-            model_num_class=num_classes,
-            head_activation=None,
-            depth_factor=depth_factor,
-            input_clip_length=vi.num_frames,
-            input_crop_size=vi.crop_size,
-        )
-
-    return build
-
-
-def _slow_r50(num_classes: int, vi: VideoInput) -> nn.Module:
-    s = _ceil32(vi.crop_size)
-    from pytorchvideo.models.resnet import create_resnet
-
-    # As pytorchvideo.models.hub.slow_r50, with the head pool sized for the chosen clip.
-    return create_resnet(
-        model_depth=50,
-        stem_conv_kernel_size=(1, 7, 7),
-        model_num_class=num_classes,
-        head_activation=None,
-        head_pool_kernel_size=(vi.num_frames, s, s),
-    )
-
-
-def _slowfast_r50(num_classes: int, vi: VideoInput) -> nn.Module:
-    s, alpha = _ceil32(vi.crop_size), vi.slowfast_alpha or 4
-    return _ptv_hub("slowfast_r50", "slowfast")(
-        model_num_class=num_classes,
-        head_activation=None,
-        slowfast_fusion_conv_stride=(alpha, 1, 1),
-        head_pool_kernel_sizes=((vi.num_frames // alpha, s, s), (vi.num_frames, s, s)),
-    )
-
-
-def _r2plus1d_r50(num_classes: int, vi: VideoInput) -> nn.Module:
-    s = _ceil32(vi.crop_size)
-    # Temporal strides (1, 1, 2, 2): the clip is shortened 4x, rounding up.
-    t = math.ceil(math.ceil(vi.num_frames / 2) / 2)
-    return _ptv_hub("r2plus1d_r50", "r2plus1d")(
-        model_num_class=num_classes, head_activation=None, head_pool_kernel_size=(t, s, s)
-    )
-
-
-def _mvit_base_16x4(num_classes: int, vi: VideoInput) -> nn.Module:
-    return _ptv_hub("mvit_base_16x4", "vision_transformers")(
-        head_num_classes=num_classes,
-        spatial_size=vi.crop_size,
-        temporal_size=vi.num_frames,
-    )
-
-
-def _tv(fn_name: str) -> Callable[[int, VideoInput], nn.Module]:
-    def build(num_classes: int, vi: VideoInput) -> nn.Module:
-        from torchvision.models import video
-
-        return getattr(video, fn_name)(weights=None, num_classes=num_classes)
-
-    return build
-
-
-def _tv_fetch(enum_name: str) -> Callable[[], dict]:
-    def fetch() -> dict:
-        from torchvision.models import video
-
-        return getattr(video, enum_name).DEFAULT.get_state_dict(progress=True)
-
-    return fetch
-
-
-def _tv_url(enum_name: str) -> str:
-    from torchvision.models import video
-
-    return getattr(video, enum_name).DEFAULT.url
-
-
-def _demo_cnn(num_classes: int, vi: VideoInput) -> nn.Module:
-    from trainer.demo_backbone import TinyVideoNet
-
-    return TinyVideoNet(num_classes)
-
-
 PTV_ZOO = "https://dl.fbaipublicfiles.com/pytorchvideo/model_zoo/kinetics"
 
 
@@ -211,8 +90,8 @@ def _tv_entry(
         published_params=params,
         weights=f"torchvision.models.video.{enum}.DEFAULT",
         head=head,
-        build=_tv(fn),
-        fetch_pretrained=_tv_fetch(enum),
+        build=builders.tv(fn),
+        fetch_pretrained=builders.tv_fetch(enum),
         **kw,
     )
 
@@ -229,7 +108,7 @@ def _ptv_entry(
         weights=f"{PTV_ZOO}/{url_file}",
         head=head,
         build=build,
-        fetch_pretrained=_ptv_fetch(module, name),
+        fetch_pretrained=builders.ptv_fetch(module, name),
         **kw,
     )
 
@@ -240,12 +119,25 @@ _TV_VI = {"mean": TV_KINETICS_MEAN, "std": TV_KINETICS_STD, "fps": 15.0}
 REGISTRY: dict[str, Backbone] = {
     b.name: b
     for b in [
-        _ptv_entry("x3d_xs", "x3d", "X3D_XS.pyth", _vi(4, 12, 160, 182), 3_790_000, _x3d(2.2)),
-        _ptv_entry("x3d_s", "x3d", "X3D_S.pyth", _vi(13, 6, 160, 182), 3_790_000, _x3d(2.2)),
-        _ptv_entry("x3d_m", "x3d", "X3D_M.pyth", _vi(16, 5, 224, 256), 3_790_000, _x3d(2.2)),
-        _ptv_entry("x3d_l", "x3d", "X3D_L.pyth", _vi(16, 5, 312, 356), 6_150_000, _x3d(5.0)),
         _ptv_entry(
-            "slow_r50", "resnet", "SLOW_8x8_R50.pyth", _vi(8, 8, 224, 256), 32_450_000, _slow_r50
+            "x3d_xs", "x3d", "X3D_XS.pyth", _vi(4, 12, 160, 182), 3_790_000, builders.x3d(2.2)
+        ),
+        _ptv_entry(
+            "x3d_s", "x3d", "X3D_S.pyth", _vi(13, 6, 160, 182), 3_790_000, builders.x3d(2.2)
+        ),
+        _ptv_entry(
+            "x3d_m", "x3d", "X3D_M.pyth", _vi(16, 5, 224, 256), 3_790_000, builders.x3d(2.2)
+        ),
+        _ptv_entry(
+            "x3d_l", "x3d", "X3D_L.pyth", _vi(16, 5, 312, 356), 6_150_000, builders.x3d(5.0)
+        ),
+        _ptv_entry(
+            "slow_r50",
+            "resnet",
+            "SLOW_8x8_R50.pyth",
+            _vi(8, 8, 224, 256),
+            32_450_000,
+            builders.slow_r50,
         ),
         _ptv_entry(
             "slowfast_r50",
@@ -253,7 +145,7 @@ REGISTRY: dict[str, Backbone] = {
             "SLOWFAST_8x8_R50.pyth",
             _vi(32, 2, 224, 256, slowfast_alpha=4),
             34_570_000,
-            _slowfast_r50,
+            builders.slowfast_r50,
             frames_multiple=4,
             min_frames=4,
             head="blocks.6.proj",
@@ -264,7 +156,7 @@ REGISTRY: dict[str, Backbone] = {
             "R2PLUS1D_16x4_R50.pyth",
             _vi(16, 4, 224, 256),
             28_110_000,
-            _r2plus1d_r50,
+            builders.r2plus1d_r50,
         ),
         _ptv_entry(
             "mvit_base_16x4",
@@ -272,7 +164,7 @@ REGISTRY: dict[str, Backbone] = {
             "MVIT_B_16x4.pyth",
             _vi(16, 4, 224, 256),
             36_610_000,
-            _mvit_base_16x4,
+            builders.mvit_base_16x4,
             head="head.proj",
             fixed_frames=True,
             fixed_crop=True,
@@ -329,7 +221,7 @@ REGISTRY: dict[str, Backbone] = {
             published_params=None,
             weights="none (CPU smoke-test backbone, no pretrained weights)",
             head="fc",
-            build=_demo_cnn,
+            build=builders.demo_cnn,
             min_frames=2,
             min_crop=16,
         ),
@@ -418,50 +310,6 @@ def check_input(name: str, video_input: VideoInput) -> None:
     )
 
 
-def _load_into(model: nn.Module, state_dict: dict, head: str, origin: str) -> None:
-    """Load backbone weights; the head is kept when its shape matches the data's classes."""
-    own = model.state_dict()
-    head_prefix = head + "."
-    filtered = {
-        k: v
-        for k, v in state_dict.items()
-        if not (k.startswith(head_prefix) and k in own and own[k].shape != v.shape)
-    }
-    missing, unexpected = model.load_state_dict(filtered, strict=False)
-    missing = [k for k in missing if not k.startswith(head_prefix)]
-    if missing or unexpected:
-        raise BackboneError(
-            f"{origin} does not fit this backbone: {len(missing)} missing keys "
-            f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})"
-        )
-    shapes = [k for k, v in filtered.items() if k in own and own[k].shape != v.shape]
-    if shapes:
-        raise BackboneError(f"{origin} has other shapes for {shapes[:3]}")
-
-
-def read_weights_file(path: str | Path) -> dict:
-    """A local weights file: a plain state dict, PyTorchVideo's ``{"model_state": ...}`` or a
-    Lightning checkpoint of this project (``state_dict`` with ``model.`` prefixes)."""
-    import torch
-
-    p = Path(path)
-    if not p.is_file():
-        raise BackboneError(f"--weights {path}: no such file")
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for a bad file
-        raise BackboneError(f"--weights {path}: not a PyTorch weights file ({e})") from None
-    if isinstance(obj, dict) and "model_state" in obj:
-        obj = obj["model_state"]
-    elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = {k.removeprefix("model."): v for k, v in obj["state_dict"].items()}
-    elif isinstance(obj, dict) and isinstance(obj.get("model"), dict):
-        obj = obj["model"]  # torchvision reference scripts' checkpoints
-    if not isinstance(obj, dict) or not all(hasattr(v, "shape") for v in obj.values()):
-        raise BackboneError(f"--weights {path}: no state dict found in the file")
-    return obj
-
-
 def build_backbone(
     name: str,
     num_classes: int,
@@ -482,8 +330,10 @@ def build_backbone(
     if num_classes < 1:
         raise BackboneError(f"num_classes {num_classes}: need at least one class")
     model = b.build(num_classes, vi)
+    from trainer.weights import load_into, read_weights_file
+
     if weights is not None:
-        _load_into(model, read_weights_file(weights), b.head, f"--weights {weights}")
+        load_into(model, read_weights_file(weights), b.head, f"--weights {weights}")
     elif pretrained:
         if b.fetch_pretrained is None:
             raise BackboneError(f"{name} has no pretrained weights; drop --pretrained")
@@ -494,7 +344,7 @@ def build_backbone(
                 f"could not fetch pretrained {name} weights from {b.weights} ({e}); "
                 "download the file elsewhere and pass --weights PATH"
             ) from None
-        _load_into(model, state, b.head, f"pretrained {name} weights")
+        load_into(model, state, b.head, f"pretrained {name} weights")
     return model
 
 
