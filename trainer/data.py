@@ -114,7 +114,10 @@ class VideoDataModule(pl.LightningDataModule):
     ):
         super().__init__()
         if batch_size < 1 or num_workers < 0 or clips_per_video < 1:
-            raise DataError("batch_size and clips_per_video must be >= 1, num_workers >= 0")
+            raise DataError(
+                f"batch_size={batch_size}, clips_per_video={clips_per_video}, "
+                f"num_workers={num_workers}: the first two must be >= 1, num_workers >= 0"
+            )
         if not any(s is not None for s in (train, val, test, predict)):
             raise DataError("no data given: pass at least one of train, val, test or predict")
         self.video_input = video_input
@@ -132,6 +135,11 @@ class VideoDataModule(pl.LightningDataModule):
             if source is None:
                 continue
             usable, skipped = resolve(source, cache_dir)
+            if any(label is None for _, label, _ in usable):
+                raise DataError(
+                    f"{source.name} has no labels, so it cannot be the {split} split; "
+                    "classify unlabelled videos with predict= instead"
+                )
             resolved[split] = usable
             self._scan_skipped.update(skipped)
             if source.classes is not None:
@@ -159,7 +167,12 @@ class VideoDataModule(pl.LightningDataModule):
     # -- construction helpers ------------------------------------------------------------------
     @classmethod
     def from_folders(
-        cls, train_folder=None, val_folder=None, test_folder=None, predict_folder=None, **kw
+        cls,
+        train_folder: str | Path | None = None,
+        val_folder: str | Path | None = None,
+        test_folder: str | Path | None = None,
+        predict_folder: str | Path | None = None,
+        **kw,
     ) -> VideoDataModule:
         """Class-per-folder layout: ``FOLDER/<label>/<video>`` for each split given."""
         src = {
@@ -170,7 +183,12 @@ class VideoDataModule(pl.LightningDataModule):
 
     @classmethod
     def from_csv(
-        cls, train_csv=None, val_csv=None, test_csv=None, root=None, **kw
+        cls,
+        train_csv: str | Path | None = None,
+        val_csv: str | Path | None = None,
+        test_csv: str | Path | None = None,
+        root: str | Path | None = None,
+        **kw,
     ) -> VideoDataModule:
         """CSVs of ``path,label`` rows; paths relative to ``root`` or to each CSV's folder."""
         src = {

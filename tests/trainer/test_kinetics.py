@@ -105,3 +105,13 @@ def test_no_clip_downloaded_is_an_error(tmp_path):
         VideoDataModule.from_kinetics(
             {"holdout": csv_path}, tmp_path, video_input=VideoInput(4, 2, 32, 32)
         )
+
+
+def test_unlabelled_test_file_cannot_be_an_evaluation_split(tmp_path):
+    csv_path = tmp_path / "test.csv"
+    csv_path.write_text("youtube_id,time_start,time_end,split\nabc,0,10,test\n")
+    make_video(tmp_path / "test" / "abc_000000_000010.mp4", np.zeros((4, 32, 32, 3), np.uint8))
+    with pytest.raises(DataError, match="has no labels, so it cannot be the test split"):
+        VideoDataModule.from_kinetics(
+            {"test": csv_path}, tmp_path, video_input=VideoInput(4, 2, 32, 32)
+        )
