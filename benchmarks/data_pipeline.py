@@ -16,7 +16,9 @@ subsample of the decoded clip, /255, normalise, short-side scale, crop, flip.
 from __future__ import annotations
 
 import argparse
+import atexit
 import cProfile
+import os
 import pstats
 import statistics
 import tempfile
@@ -72,7 +74,11 @@ def baseline_loader(data: Path, workers: int, batch_size: int) -> DataLoader:
 
     videos = sorted(data.glob("*/*.mp4"))
     labels = sorted({p.parent.name for p in videos})
-    listing = data / "pytorchvideo_paths.txt"  # pytorchvideo's "path label" list format
+    # pytorchvideo's "path label" list format, kept out of the data folder.
+    fd, name = tempfile.mkstemp(prefix="pytorchvideo-paths-", suffix=".txt")
+    os.close(fd)
+    listing = Path(name)
+    atexit.register(listing.unlink, missing_ok=True)
     listing.write_text("".join(f"{p} {labels.index(p.parent.name)}\n" for p in videos))
     ds = labeled_video_dataset(
         str(listing),
@@ -123,7 +129,7 @@ def profile(loader: DataLoader, clips: int, title: str) -> None:
     pstats.Stats(prof).sort_stats("tottime").print_stats(12)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument(
         "--data",
@@ -138,7 +144,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3, help="alternating timing rounds")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")
     p.add_argument("--profile", action="store_true", help="cProfile each pipeline (0 workers)")
-    a = p.parse_args()
+    a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     tmp = None
     if a.data is None:

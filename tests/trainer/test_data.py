@@ -299,3 +299,35 @@ def test_all_training_videos_broken_is_one_clear_error(motion_dataset, tiny_inpu
     with pytest.raises(DataError, match=r"11 videos in a row failed to load \(last: not a read"):
         next(iter(dm.train_dataloader()))
     assert dm.skipped and all("not a readable video" in r for r in dm.skipped.values())
+
+
+def test_benchmark_script_runs_on_tiny_videos(tmp_path, capsys):
+    """benchmarks/data_pipeline.py end to end (both pipelines) on two 2-second videos."""
+    import importlib.util
+    from pathlib import Path
+
+    from trainer.sample_data import make_kinetics_like
+
+    script = Path(__file__).parents[2] / "benchmarks" / "data_pipeline.py"
+    spec = importlib.util.spec_from_file_location("data_pipeline_bench", script)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    make_kinetics_like(tmp_path, 2, ["a", "b"], seconds=2, size=(96, 64))
+    threads = torch.get_num_threads()
+    bench.main(
+        [
+            "--data",
+            str(tmp_path),
+            "--workers",
+            "0",
+            "--clips",
+            "2",
+            "--rounds",
+            "1",
+            "--batch-size",
+            "2",
+        ]
+    )
+    torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert "pytorchvideo LabeledVideoDataset:" in out and "speed-up:" in out
