@@ -129,6 +129,8 @@ class VideoClassifier(pl.LightningModule):
         from trainer.predict import check_checkpoint
 
         check_checkpoint(checkpoint_path)
+        # Our checkpoints hold tensors and plain types only: never unpickle arbitrary objects.
+        kwargs.setdefault("weights_only", True)
         return super().load_from_checkpoint(
             checkpoint_path, map_location=map_location or "cpu", **kwargs
         )

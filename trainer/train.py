@@ -185,10 +185,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ckpt_path = str(resume) if resume else None
         if has_val:
-            trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
+            trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
         else:
             # The data module raises for a split it lacks, and fast_dev_run would ask for val.
-            trainer.fit(model, train_dataloaders=dm.train_dataloader(), ckpt_path=ckpt_path)
+            trainer.fit(
+                model,
+                train_dataloaders=dm.train_dataloader(),
+                ckpt_path=ckpt_path,
+                weights_only=True,
+            )
     except SIGTERMException:
         out.write_metrics()
         print(
@@ -266,7 +271,7 @@ def _limit(value: float) -> int | float:
 def _finish(args, dm, trainer, out) -> int:
     best_path, score = out.finish(trainer)
     if args.test_folder or args.test_csv or "test" in args.kinetics_splits:
-        trainer.test(ckpt_path=str(best_path), datamodule=dm)
+        trainer.test(ckpt_path=str(best_path), datamodule=dm, weights_only=True)
         out.write_metrics()
     if args.predict_folder:
         from trainer.predict import load_model

@@ -196,6 +196,32 @@ def test_download_archive_then_train(motion_dataset, tmp_path, capsys):
     assert capsys.readouterr().err.startswith("error: ")
 
 
+def test_pretrained_x3d_with_frozen_backbone(motion_dataset, tmp_path, monkeypatch, capsys):
+    """--pretrained reads the published file from the hub cache; freeze trains the head only."""
+    import torch
+
+    from trainer.backbones import build_backbone
+    from trainer.train import main
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    cache = tmp_path / "torch" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    published = build_backbone("x3d_xs", 400)
+    torch.save({"model_state": published.state_dict()}, cache / "X3D_XS.pyth")
+    out = tmp_path / "out"
+    flags = ["--train_folder", str(motion_dataset / "train"), "--backbone", "x3d_xs"]
+    flags += ["--crop_size", "64", "--batch_size", "3", "--num_workers", "0", "--no_hflip"]
+    flags += ["--pretrained", "--finetune_strategy", "freeze", "--max_steps", "2"]
+    assert main([*flags, "--output_dir", str(out)]) == 0
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    state = ckpt["state_dict"]
+    key = "blocks.1.res_blocks.0.branch2.conv_b.weight"
+    assert torch.equal(state[f"backbone.{key}"], published.state_dict()[key])  # frozen
+    assert state["backbone.blocks.5.proj.weight"].shape == (3, 2048)
+    assert ckpt["hyper_parameters"]["pretrained"] is True
+    assert "best train_loss=" in capsys.readouterr().out
+
+
 # --- runs -------------------------------------------------------------------------------------
 
 
