@@ -5,7 +5,9 @@ Stored under ``runs/RUN/experiments/EXP/artifacts/`` with the manifest ``artifac
 the files it lists, so a reader never trusts a file that is still being written, and every
 download is checked against it. Shipping is incremental (a file unchanged since it was last
 hashed is not even read again) and mirrors the local folder: files the script deleted (old
-checkpoints) are dropped from storage after the new manifest is written.
+checkpoints) are dropped from storage after the new manifest is written. A file that changes
+while it is read (a checkpoint being written) is not stored half-written: the upload is
+abandoned, the stored copy stays as it was, and the next ship sends it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 
 from launcher.errors import NotFoundError, SpecError
 from launcher.manifest import (
+    FileChanged,
     Progress,
     check_manifest,
     digest,
@@ -69,15 +72,20 @@ def ship_artifacts(storage: Storage, run: str, exp: str, local_dir: str | Path) 
     files = local_files(local_dir)
     remote = read_manifest(storage, run, exp)
 
-    def one(rel: str) -> tuple[str, dict, bool]:
-        local = digest(files[rel])  # cached by size + mtime: unchanged files are not re-read
-        if remote.get(rel) == local:
-            return rel, local, False
-        return rel, upload(storage, files[rel], _exp_key(run, exp, f"artifacts/{rel}")), True
+    def one(rel: str) -> tuple[str, dict | None, bool]:
+        try:
+            local = digest(files[rel])  # cached by size + mtime: unchanged files are not re-read
+            if remote.get(rel) == local:
+                return rel, local, False
+            key = _exp_key(run, exp, f"artifacts/{rel}")
+            return rel, upload(storage, files[rel], key), True
+        except (FileChanged, FileNotFoundError):
+            # being rewritten or replaced right now: keep what is stored, ship it next time
+            return rel, remote.get(rel), False
 
     results = parallel(one, sorted(files), workers_for(storage))
-    manifest = {rel: entry for rel, entry, _ in results}
-    gone = sorted(set(remote) - set(manifest))
+    manifest = {rel: entry for rel, entry, _ in results if entry is not None}
+    gone = sorted(set(remote) - set(files))
     if manifest != remote:
         storage.write_json(_exp_key(run, exp, "artifacts.json"), manifest)
     for rel in gone:
@@ -85,7 +93,7 @@ def ship_artifacts(storage: Storage, run: str, exp: str, local_dir: str | Path) 
     uploaded = [entry for _, entry, sent in results if sent]
     return {
         "uploaded": len(uploaded),
-        "unchanged": len(results) - len(uploaded),
+        "unchanged": len(results) - len(uploaded),  # deferred files (mid-write) included
         "deleted": len(gone),
         "bytes": sum(e["size"] for e in uploaded),
     }

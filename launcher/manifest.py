@@ -144,53 +144,78 @@ def parallel(fn: Callable[[T], Any], items: Iterable[T], workers: int) -> list[A
         return [f.result() for f in futures]
 
 
+class FileChanged(StorageError):
+    """A local file changed (or vanished) while it was being uploaded; nothing was stored."""
+
+
 def upload(
     storage: Storage, local: str | Path, key: str, counter: ByteCounter | None = None
 ) -> Entry:
     """Stream a local file to a key, hashing what is sent; returns its manifest entry.
 
-    On a file root it is written under a temp name and renamed, so a reader never sees half.
+    All or nothing: on a file root the bytes go to a temp name that is renamed at the end; on
+    S3 the object appears only when the upload completes. If the file changes or vanishes while
+    it is read (a checkpoint being rewritten), the upload is abandoned with FileChanged and the
+    stored object, if any, is left as it was.
     """
     path = storage.path(key)
     h = hashlib.sha256()
     size = 0
-    st = os.stat(local)
-    tmp = None
+    try:
+        src = open(local, "rb")  # noqa: SIM115 - closed in the finally below
+    except FileNotFoundError:
+        raise FileChanged(f"{local} vanished before it could be uploaded") from None
+    st = os.fstat(src.fileno())
+    tmp = out = None
     try:
         if storage.protocol == "file":
             os.makedirs(posixpath.dirname(path), exist_ok=True)
             tmp = f"{path}.part-{os.getpid()}-{threading.get_ident()}"
-            out = open(tmp, "wb")  # noqa: SIM115 - closed below, on both paths
+            out = open(tmp, "wb")  # noqa: SIM115 - closed below, on every path
         else:
             out = storage.fs.open(path, "wb")  # an S3 object appears only when closed
-        with open(local, "rb") as src:
-            try:
-                while chunk := src.read(CHUNK):
-                    out.write(chunk)
-                    h.update(chunk)
-                    size += len(chunk)
-                    if counter:
-                        counter.add(len(chunk))
-            except BaseException:
-                if hasattr(out, "discard"):
-                    out.discard()  # abort the multipart upload: nothing is stored
-                else:
-                    out.close()
-                raise
+        while chunk := src.read(CHUNK):
+            out.write(chunk)
+            h.update(chunk)
+            size += len(chunk)
+            if counter:
+                counter.add(len(chunk))
+        if not _same_file(local, st, size):
+            raise FileChanged(f"{local} changed while it was uploaded")
         out.close()
+        out = None
         if tmp is not None:
             os.replace(tmp, path)
             tmp = None
+    except FileChanged:
+        raise
     except Exception as e:  # OSError locally; botocore errors surface as others on S3
         raise StorageError(f"upload {local} -> {storage.url(key)} failed: {e}") from e
     finally:
+        src.close()
+        if out is not None:  # failed or abandoned: store nothing
+            if hasattr(out, "discard"):
+                out.discard()  # s3fs: drop the buffer / abort the multipart upload
+                out.closed = True  # or fsspec's __del__ would try to flush the dropped buffer
+            else:
+                out.close()
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
     sha = h.hexdigest()
-    after = os.stat(local)
-    if (after.st_size, after.st_mtime_ns) == (st.st_size, st.st_mtime_ns) and size == st.st_size:
-        remember(local, st, sha)
+    remember(local, st, sha)
     return {"size": size, "sha256": sha}
+
+
+def _same_file(local: str | Path, st: os.stat_result, size: int) -> bool:
+    try:
+        now = os.stat(local)
+    except FileNotFoundError:
+        return False
+    return (now.st_ino, now.st_size, now.st_mtime_ns) == (
+        st.st_ino,
+        st.st_size,
+        st.st_mtime_ns,
+    ) and (size == st.st_size)
 
 
 def download(

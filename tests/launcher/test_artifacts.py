@@ -201,3 +201,54 @@ def test_bad_names_and_missing_things(run, tmp_path):
     run.write_json(f"runs/{RUN}/experiments/exp-0/artifacts.json", {"a": {"size": "big"}})
     with pytest.raises(StorageError, match="corrupt manifest entry for 'a'"):
         art.list_artifacts(run, RUN)
+
+
+class GrowsOnce:
+    """A progress counter that appends to the file being uploaded, as a writer would."""
+
+    def __init__(self, path):
+        self.path, self.done = path, False
+
+    def add(self, n):
+        if not self.done:
+            self.done = True
+            with open(self.path, "ab") as f:
+                f.write(b"more")
+
+
+@pytest.mark.parametrize("size", [100, 3 * manifest.CHUNK])  # one read, and several
+def test_upload_of_a_file_changing_midway_stores_nothing(storage, tmp_path, size):
+    f = tmp_path / "last.ckpt"
+    f.write_bytes(b"old")
+    manifest.upload(storage, f, "k/last.ckpt")
+    f.write_bytes(b"x" * size)
+    with pytest.raises(manifest.FileChanged, match="changed while it was uploaded"):
+        manifest.upload(storage, f, "k/last.ckpt", GrowsOnce(f))
+    assert storage.read_bytes("k/last.ckpt") == b"old"
+    assert [k for k in storage.walk("k") if k != "last.ckpt"] == []  # no temp files left
+
+
+def test_ship_defers_a_file_being_written(run, outputs, monkeypatch):
+    art.ship_artifacts(run, RUN, "exp-0", outputs)
+    before = run.read_json(f"runs/{RUN}/experiments/exp-0/artifacts.json")
+    ckpt = outputs / "checkpoints" / "last.ckpt"
+    ckpt.write_bytes(b"epoch 2, half written")
+    real = art.upload
+
+    def mid_write(storage, local, key, *a):
+        if key.endswith("last.ckpt"):
+            raise manifest.FileChanged(f"{local} changed while it was uploaded")
+        return real(storage, local, key, *a)
+
+    monkeypatch.setattr(art, "upload", mid_write)
+    (outputs / "new.txt").write_text("x")
+    stats = art.ship_artifacts(run, RUN, "exp-0", outputs)
+    assert (stats["uploaded"], stats["deleted"]) == (1, 0)
+    after = run.read_json(f"runs/{RUN}/experiments/exp-0/artifacts.json")
+    assert after["checkpoints/last.ckpt"] == before["checkpoints/last.ckpt"]  # old copy kept
+    assert "new.txt" in after
+    monkeypatch.setattr(art, "upload", real)
+    assert art.ship_artifacts(run, RUN, "exp-0", outputs)["uploaded"] == 1  # sent next time
+    assert run.read_bytes(f"runs/{RUN}/experiments/exp-0/artifacts/checkpoints/last.ckpt") == (
+        b"epoch 2, half written"
+    )
