@@ -169,7 +169,9 @@ class Agent:
             return outcome
         outcome = self.supervise(claim, proc, log_path, artifacts)
         if outcome.state != "lost":
-            self.ship(claim, log_path, artifacts)
+            problem = self.ship(claim, log_path, artifacts)
+            if problem:
+                outcome.message = "; ".join(m for m in (outcome.message, problem) if m)
         self.finish(claim, outcome)
         return outcome
 
@@ -213,8 +215,27 @@ class Agent:
         if claim.resumed:
             from launcher.artifacts import restore_artifacts
 
-            restore_artifacts(self.storage, self.run, claim.exp, artifacts)
+            try:
+                restore_artifacts(self.storage, self.run, claim.exp, artifacts)
+            except StorageError as e:
+                # A node killed between uploading a file and writing artifacts.json leaves a
+                # manifest older than the files. Each upload is atomic, so the stored files are
+                # whole: take them as they are rather than fail the experiment.
+                self._log_line(claim, f"[launch] {e}; restoring the stored files as they are")
+                self._restore_stored_files(claim, artifacts)
         return artifacts
+
+    def _restore_stored_files(self, claim: cl.Claim, artifacts: Path) -> None:
+        prefix = cl.exp_key(self.run, claim.exp, "artifacts")
+        for rel in self.storage.walk(prefix):
+            parts = Path(rel).parts
+            if Path(rel).is_absolute() or ".." in parts or ".part-" in parts[-1]:
+                continue  # never outside the folder; no upload temp files
+            target = artifacts / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.restore")
+            self.storage.download(f"{prefix}/{rel}", str(tmp))
+            os.replace(tmp, target)
 
     def start(
         self, claim: cl.Claim, code: Path, data: Path | None, artifacts: Path
@@ -286,10 +307,11 @@ class Agent:
                 if now >= next_sync:
                     next_sync = now + self.sync_s
                     self._ship_artifacts(claim, artifacts)
-            except StorageError as e:
-                # a storage hiccup (S3 5xx, network) must not kill a training: retry next beat;
-                # if it lasts past the stale timeout, another node takes over and fences us
-                print(f"[agent] {e}", file=sys.stderr, flush=True)
+            except (StorageError, OSError) as e:
+                # A storage hiccup (S3 5xx, network) or a file the script replaced while it was
+                # being shipped must not kill a training: try again next time. If storage stays
+                # away past the stale timeout, another node takes over and fences this one.
+                print(f"[agent] {type(e).__name__}: {e}", file=sys.stderr, flush=True)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=min(0.2, self.heartbeat_s))
 
@@ -327,9 +349,14 @@ class Agent:
             return Outcome("interrupted", code, "agent terminated; queued again")
         return Outcome("failed", code, f"the script exited with code {code}")
 
-    def ship(self, claim: cl.Claim, log_path: Path, artifacts: Path) -> None:
-        self._ship_log(claim, log_path)
-        self._ship_artifacts(claim, artifacts)
+    def ship(self, claim: cl.Claim, log_path: Path, artifacts: Path) -> str:
+        """The last logs and artifacts; an error message if they could not all be shipped."""
+        try:
+            self._ship_log(claim, log_path)
+            self._ship_artifacts(claim, artifacts)
+        except (StorageError, OSError) as e:
+            return f"shipping the last artifacts failed: {type(e).__name__}: {e}"
+        return ""
 
     def finish(self, claim: cl.Claim, outcome: Outcome) -> None:
         if outcome.state == "lost" or cl.claim_lost(self.storage, claim):

@@ -247,3 +247,51 @@ def test_agent_command_line(home, workdir, tmp_path):
                           "--run", name, "--node", "n", "--interruption", "bogus"],
                          capture_output=True, text=True, timeout=60)  # fmt: skip
     assert bad.returncode != 0 and "imds" in bad.stderr
+
+
+def test_resume_survives_a_manifest_older_than_its_files(home, workdir, tmp_path, monkeypatch):
+    from launcher.artifacts import ship_artifacts
+
+    record = tmp_path / "record.jsonl"
+    name = prepared(["--steps", "6", "--record", str(record)])
+    s = storage()
+    old = tmp_path / "old"
+    (old / "checkpoints").mkdir(parents=True)
+    (old / "checkpoints" / "last.ckpt").write_text(json.dumps({"step": 2}))
+    ship_artifacts(s, name, "exp-0", old)
+    # attempt 1 uploaded step 4, then its node died before rewriting artifacts.json
+    s.write_text(cl.exp_key(name, "exp-0", "artifacts/checkpoints/last.ckpt"), '{"step": 4}')
+    assert cl.try_claim(s, name, "exp-0", "node-a", stale_s=60).attempt == 1
+    cl.write_status(s, name, "exp-0", state="running", attempt=1, node="node-a")
+    monkeypatch.setenv("LAUNCH_STALE_S", "0.1")
+    time.sleep(0.2)
+    agent(name, "node-b", tmp_path).serve()
+    st = cl.read_status(s, name, "exp-0")
+    assert (st["state"], st["attempt"]) == ("succeeded", 2)
+    (start,) = [r for r in read_records(record) if r["event"] == "start"]
+    assert start["step"] == 4
+    assert "restoring the stored files as they are" in read_log(s, name, "exp-0")
+
+
+def test_shipping_errors_while_running_do_not_kill_the_training(
+    home, workdir, tmp_path, monkeypatch
+):
+    import launcher.artifacts as artifacts
+    from launcher.errors import StorageError
+
+    real = artifacts.ship_artifacts
+    errors = [FileNotFoundError("checkpoints/last.tmp vanished"), StorageError("503 Slow Down")]
+    raised = []
+
+    def flaky(*args, **kwargs):
+        if errors:  # a temp file the script renamed away, then an S3 hiccup
+            raised.append(errors.pop(0))
+            raise raised[-1]
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(artifacts, "ship_artifacts", flaky)
+    name = prepared(["--steps", "8", "--sleep", "0.1"])
+    agent(name, tmp=tmp_path).serve()
+    st = cl.read_status(storage(), name, "exp-0")
+    assert st["state"] == "succeeded" and len(raised) == 2
+    assert storage().exists(cl.exp_key(name, "exp-0", "artifacts/checkpoints/best.ckpt"))

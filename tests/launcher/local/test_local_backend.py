@@ -107,7 +107,8 @@ def test_killed_agent_experiment_resumes_from_its_checkpoint(home, workdir, tmp_
     row, (v,) = runs.run_detail(name)
     assert row.message == "restarted 1 agent(s)"
     row, (v,) = runs.wait_run(name, poll=0.2, timeout=90)
-    assert row.status == "succeeded" and v.attempt == 2 and v.node == "node-1"
+    assert row.status == "succeeded", v.message
+    assert v.attempt == 2 and v.node == "node-1"
     starts = [r for r in read_records(record) if r["event"] == "start"]
     assert [s["attempt"] for s in starts] == [1, 2]
     assert starts[1]["step"] == saved > 0  # resumed from the checkpoint, not from 0
@@ -144,7 +145,7 @@ def test_a_dead_agent_is_replaced_while_another_is_still_busy(home, workdir, tmp
     row, _ = runs.run_detail(name)
     assert row.message == "restarted 1 agent(s)"  # not waiting for the busy agent
     row, views = runs.wait_run(name, poll=0.2, timeout=90)
-    assert row.status == "succeeded"
+    assert row.status == "succeeded", [v.message for v in views]
     assert [v.attempt for v in views] == [2, 1]
     assert views[0].node not in (victim, views[1].node)
 

@@ -1,0 +1,151 @@
+"""Launching a run: a spec and a working directory -> a run in storage, indexed, with nodes.
+
+Everything is checked (script, sweep, datastore, snapshot size, name) before the first write;
+the run's name is reserved atomically, and run.json is written last, so a run is either whole or
+absent (a failure in between removes what was written).
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from launcher import claims as cl
+from launcher.errors import NotFoundError, SpecError
+from launcher.store import RunIndex, RunRow
+
+if TYPE_CHECKING:
+    from launcher.backends.base import Backend
+    from launcher.spec import JobSpec
+    from launcher.storage import Storage
+
+RUN_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+def validate_run_name(name: str) -> str:
+    if not RUN_NAME.match(name or ""):
+        raise SpecError(
+            f"invalid run name {name!r}: use 1-63 characters, lower-case letters, digits and '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def new_run_name(script: str) -> str:
+    """``train-1122-2004-3f9a``: the script's stem, the time, a random suffix."""
+    stem = re.sub(r"[^a-z0-9-]+", "-", Path(script).stem.lower()).strip("-")[:30] or "run"
+    return f"{stem}-{time.strftime('%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
+@dataclass
+class Plan:
+    """What ``launch run --dry-run`` shows: nothing is written."""
+
+    spec: JobSpec
+    experiments: list
+    cost: dict
+    files: int
+    size: int
+
+
+def _check_script(spec: JobSpec, workdir: Path) -> None:
+    script = Path(spec.script)
+    if script.is_absolute() or ".." in script.parts:
+        raise SpecError(f"script {spec.script!r} must be a path inside the working directory")
+    if not (workdir / script).is_file():
+        raise NotFoundError(f"script {spec.script!r} not found in {workdir}")
+
+
+def plan_run(spec: JobSpec, workdir: Path | str = ".") -> Plan:
+    """Everything a run would be, without writing anything (``--dry-run``)."""
+    from launcher.catalog import estimate_cost
+    from launcher.snapshot import collect_files
+
+    workdir = Path(workdir).resolve()
+    _check_script(spec, workdir)
+    files = collect_files(workdir)
+    size = sum((workdir / f).stat().st_size for f in files)
+    return Plan(spec, spec.experiments(), estimate_cost(spec), len(files), size)
+
+
+def prepare_run(
+    spec: JobSpec,
+    backend: Backend,
+    *,
+    workdir: Path | str = ".",
+    index: RunIndex | None = None,
+) -> str:
+    """Snapshot the code, write the run to storage, index it, start its nodes; its name."""
+    from launcher.snapshot import make_snapshot
+
+    workdir = Path(workdir).resolve()
+    _check_script(spec, workdir)
+    experiments = spec.experiments()
+    name = validate_run_name(spec.name or new_run_name(spec.script))
+    storage = backend.storage()
+    spec = _pin_datastore(spec, storage)
+    snapshot = make_snapshot(workdir)
+    if spec.script not in snapshot.files:
+        raise SpecError(
+            f"script {spec.script!r} is excluded from the code snapshot by .gitignore or "
+            ".launchignore"
+        )
+    # reserve the name atomically: two `launch run --name X` at once cannot both write run X
+    if not storage.create_exclusive(f"runs/{name}/reserved", str(time.time()).encode()):
+        raise SpecError(f"a run named {name!r} already exists; pick another --name")
+    try:
+        created = _write_run(storage, name, spec, experiments, snapshot.data)
+    except BaseException:
+        storage.delete(f"runs/{name}", recursive=True)  # no half-written run left behind
+        raise
+    index = index or RunIndex()
+    index.upsert(
+        run_row(name, backend, storage, spec.to_dict(), created, "queued", 0, len(experiments))
+    )
+    backend.submit(name, spec)
+    return name
+
+
+def _write_run(storage: Storage, name: str, spec: JobSpec, experiments, code: bytes) -> float:
+    storage.write_bytes(f"runs/{name}/code.tar.gz", code)
+    for e in experiments:
+        storage.write_json(cl.exp_key(name, e.id, "params.json"), e.to_dict())
+        storage.write_json(
+            cl.exp_key(name, e.id, "status.json"),
+            {"state": "queued", "attempt": 0, "exit_code": None, "metrics": {}, "message": ""},
+        )
+    created = time.time()
+    # run.json last: a run without it is incomplete and never claimed
+    storage.write_json(
+        f"runs/{name}/run.json",
+        {"name": name, "created": created, "spec": spec.to_dict(),
+         "experiments": [e.to_dict() for e in experiments]},
+    )  # fmt: skip
+    return created
+
+
+def _pin_datastore(spec: JobSpec, storage: Storage) -> JobSpec:
+    """Resolve ``--datastore NAME`` to its latest version now, so retries see the same data."""
+    if not spec.datastore:
+        return spec
+    from launcher.datastore import resolve_datastore
+    from launcher.spec import JobSpec
+
+    ref = spec.datastore
+    if spec.datastore_version is not None:
+        ref = f"{ref}:{spec.datastore_version}"
+    name, version = resolve_datastore(storage, ref)
+    return JobSpec.from_dict(dict(spec.to_dict(), datastore=name, datastore_version=version))
+
+
+def run_row(name, backend, storage, spec: dict, created, status, done, total) -> RunRow:
+    return RunRow(
+        name=name, backend=backend.name, root=storage.root_url, created=created,
+        instance_type=spec.get("instance_type") or "", gpus=int(spec.get("gpus") or 0),
+        max_nodes=int(spec.get("max_nodes") or 1), spot=bool(spec.get("spot")),
+        status=status, done=done, total=total,
+    )  # fmt: skip
