@@ -138,7 +138,7 @@ def parse_sweep(value: str, arg: str = "argument") -> _Sweep:
     m = _CALL_RE.match(v)
     name = m.group(1) if m else ""
     if name not in FUNCTIONS:
-        close = difflib.get_close_matches(name, FUNCTIONS, n=1)
+        close = difflib.get_close_matches(name, FUNCTIONS, n=1, cutoff=0.75)
         hint = f" (did you mean {close[0]}?)" if close else ""
         raise fail(f"unknown function {name!r}{hint}")
     args = _numeric_args(v, fail)

@@ -159,7 +159,7 @@ def test_looks_like_sweep(value, expected):
         ("range(1, 5, 0)", "step must not be 0"),
         ("range(5, 1)", "range is empty"),
         ("range(100000)", "more than"),
-        ("normal(0, 1, 3)", "unknown function 'normal'"),
+        ("normal(0, 1, 3)", "unknown function 'normal';"),
         ("unifrom(1, 2, 3)", "did you mean uniform"),
         ("uniform(low=1, high=2, n=3)", "positional numeric"),
         ("uniform(a, 2, 3)", "numeric literals"),
