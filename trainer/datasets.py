@@ -65,6 +65,11 @@ class VideoSource:
         An empty class folder is a warning: it only counts as a class if another split has it.
         """
         folder = Path(folder)
+        if folder.exists() and not folder.is_dir():
+            raise DataError(
+                f"data folder {folder} is a file (expected class-per-folder layout: "
+                f"{folder}/<label>/<video>.mp4)"
+            )
         if not folder.is_dir():
             raise DataNotFoundError(
                 f"data folder {folder} does not exist (expected "

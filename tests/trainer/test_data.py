@@ -205,6 +205,9 @@ def test_empty_class_folder_warns_and_counts_only_if_seen_elsewhere(motion_datas
 def test_missing_folder_and_wrong_use_are_clear_errors(tmp_path, tiny_input, motion_dataset):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         VideoDataModule.from_folders(tmp_path / "nope", video_input=tiny_input)
+    (tmp_path / "file.mp4").write_bytes(b"")
+    with pytest.raises(DataError, match="is a file"):
+        VideoDataModule.from_folders(tmp_path / "file.mp4", video_input=tiny_input)
     with pytest.raises(DataError, match="no data given"):
         VideoDataModule(video_input=tiny_input)
     dm = VideoDataModule.from_folders(motion_dataset / "train", video_input=tiny_input)
