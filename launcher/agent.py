@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import json
 import os
 import signal
@@ -39,61 +38,8 @@ from pathlib import Path
 from launcher import claims as cl
 from launcher.config import env_float
 from launcher.errors import StorageError
+from launcher.node import NoInterruption, die_with_parent, interruption_source, latest_metrics
 from launcher.storage import Storage
-
-
-class FileInterruption:
-    """Interruption notice as a file's existence (tests; any scheduler that can touch a file)."""
-
-    def __init__(self, path: str):
-        self.path = Path(path)
-
-    def pending(self) -> bool:
-        return self.path.exists()
-
-
-class NoInterruption:
-    def pending(self) -> bool:
-        return False
-
-
-def interruption_source(spec: str | None):
-    """``imds`` (EC2 spot notice), ``file:PATH``, or nothing."""
-    if not spec:
-        return NoInterruption()
-    if spec == "imds":
-        from launcher.backends.aws.interruption import ImdsInterruption
-
-        return ImdsInterruption()
-    if spec.startswith("file:"):
-        return FileInterruption(spec[5:])
-    raise SystemExit(f"--interruption must be 'imds' or 'file:PATH', not {spec!r}")
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Ask the kernel to SIGKILL the script when the agent dies, however it dies."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
-
-
-def latest_metrics(csv_path: Path) -> dict[str, float]:
-    """The last logged value of each column of a Lightning CSVLogger file (rows have blanks)."""
-    latest: dict[str, float] = {}
-    try:
-        with open(csv_path, newline="") as f:
-            for row in csv.DictReader(f):
-                for k, v in row.items():
-                    if k and v not in (None, ""):
-                        try:
-                            latest[k] = float(v)
-                        except ValueError:
-                            continue
-    except (OSError, csv.Error):
-        return {}
-    return latest
 
 
 @dataclass
@@ -273,7 +219,7 @@ class Agent:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
         now = time.time()
         cl.beat(self.storage, claim)

@@ -14,9 +14,10 @@ from localjob import make_spec, read_records
 
 from launcher import claims as cl
 from launcher import runs
-from launcher.agent import Agent, FileInterruption, latest_metrics
+from launcher.agent import Agent
 from launcher.backends.local import LocalBackend
 from launcher.logs import read_log
+from launcher.node import FileInterruption, latest_metrics
 
 
 class NoAgents(LocalBackend):
