@@ -23,7 +23,8 @@ Flags are ``--name VALUE`` or ``--name=VALUE`` (also ``-n VALUE``); the experime
 ``True``/``False``. ``grid_search`` takes the cartesian product (distributions give their N
 seeded draws); ``random_search`` draws ``trials`` points, each picking from lists and ranges
 and sampling distributions afresh (their N is ignored), seeded so the same spec gives the same
-experiments.
+experiments; when every sweep is a list or range, the points are distinct (sampled without
+replacement).
 """
 
 from __future__ import annotations
@@ -216,6 +217,27 @@ def _find_sweeps(args: list[str]) -> list[tuple[int, str, str, _Sweep]]:
     return out
 
 
+def _random_points(sweeps: list[_Sweep], trials: int, rng: random.Random) -> list[tuple]:
+    """``trials`` points; distinct ones when every sweep is a finite list or range."""
+    if any(s.kind not in ("list", "range") for s in sweeps):
+        return [tuple(s.draw(rng) for s in sweeps) for _ in range(trials)]
+    sizes = [len(s.values) for s in sweeps]
+    space = math.prod(sizes)
+    if trials > space:
+        raise SpecError(
+            f"random_search: trials {trials} is more than the {space} points of the space; "
+            "use fewer trials, or grid_search to run them all"
+        )
+    points = []
+    for index in rng.sample(range(space), trials):  # without replacement: no repeated runs
+        point = []
+        for s, n in zip(reversed(sweeps), reversed(sizes), strict=True):
+            index, i = divmod(index, n)
+            point.append(s.values[i])
+        points.append(tuple(reversed(point)))
+    return points
+
+
 def expand(
     args: list[str],
     strategy: str = "grid_search",
@@ -248,7 +270,7 @@ def expand(
                 "strategy random_search needs at least one sweep in the script args, "
                 f"e.g. --lr 'loguniform(1e-5, 1e-1, 1)'; allowed forms: {ALLOWED_FORMS}"
             )
-        points = [tuple(s.draw(rng) for _, _, _, s in sweeps) for _ in range(trials)]
+        points = _random_points([s for *_, s in sweeps], trials, rng)
     experiments = []
     for n, point in enumerate(points):
         exp_args = list(args)

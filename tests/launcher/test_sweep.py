@@ -192,3 +192,15 @@ def test_swept_twice_and_too_many_points():
         expand(["--lr", "[1, 2]", "--lr=[3]"])
     with pytest.raises(SpecError, match="gives 1024 experiments"):
         expand(["--a", "range(32)", "--b", "range(32)"])
+
+
+def test_random_search_over_finite_space_never_repeats_a_point():
+    args = ["--a", "[1, 2, 3]", "--b", "range(4)", "--c", "['x', 'y']"]
+    exps = expand(args, "random_search", trials=24, seed=5)
+    points = {(e.params["a"], e.params["b"], e.params["c"]) for e in exps}
+    assert len(points) == 24  # the whole 3 x 4 x 2 space, each point once
+    few = expand(args, "random_search", trials=5, seed=5)
+    assert len({tuple(e.args) for e in few}) == 5
+    assert [e.params for e in few] == [e.params for e in expand(args, "random_search", 5, 5)]
+    with pytest.raises(SpecError, match="trials 25 is more than the 24 points of the space"):
+        expand(args, "random_search", trials=25)
