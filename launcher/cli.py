@@ -176,7 +176,9 @@ def run(spec_file, env, dry_run, wait, follow, script, script_args, **flags) -> 
     backend = get_backend(spec.backend)
     spec.check_capabilities(backend.capabilities, backend.name)
     if dry_run:
-        _print_plan(spec)
+        storage = backend.storage()
+        # a local datastore is checked now; a cloud one is not worth a round trip here
+        _print_plan(spec, storage if storage.protocol == "file" else None)
         return
     from launcher.runs import prepare_run
 
@@ -188,11 +190,13 @@ def run(spec_file, env, dry_run, wait, follow, script, script_args, **flags) -> 
         click.secho(f"launch status {name}    launch logs {name} -f", err=True, dim=True)
 
 
-def _print_plan(spec) -> None:
+def _print_plan(spec, storage) -> None:
     from launcher.runs import plan_run
 
-    plan = plan_run(spec)
-    click.echo(f"{len(plan.experiments)} experiment(s) of {spec.script} on {spec.backend}:")
+    plan = plan_run(spec, storage=storage)
+    spec = plan.spec
+    data = f" with datastore {spec.datastore}:{spec.datastore_version}" if spec.datastore else ""
+    click.echo(f"{len(plan.experiments)} experiment(s) of {spec.script} on {spec.backend}{data}:")
     import shlex
 
     table(["id", "args"], [[e.id, shlex.join(e.args)] for e in plan.experiments])
@@ -201,7 +205,15 @@ def _print_plan(spec) -> None:
         f"resources: {spec.max_nodes} x {spec.instance_type}, {spec.gpus} GPU(s) per experiment, "
         f"{spec.disk_size} GiB disk{', spot' if spec.spot else ''}"
     )
-    click.echo(f"cost estimate: {json.dumps(c, sort_keys=True)}")
+    kind = "spot" if spec.spot else "on-demand"
+    line = (f"cost estimate on AWS: ${c['hour']:.3f}/hour {kind} for {c['nodes']} x "
+            f"{c['instance_type']} (on-demand ${c['on_demand_hour']:.3f}, "
+            f"spot ${c['spot_hour']:.3f})")  # fmt: skip
+    if "max_total" in c:
+        line += f", at most ${c['max_total']:.2f} in all with max_runtime"
+    if spec.backend == "local":
+        line += "; on the local backend it costs nothing"
+    click.echo(line)
     click.echo(f"code snapshot: {plan.files} files, {plan.size / 1e6:.1f} MB; nothing launched")
 
 

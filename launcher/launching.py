@@ -60,13 +60,16 @@ def _check_script(spec: JobSpec, workdir: Path) -> None:
         raise NotFoundError(f"script {spec.script!r} not found in {workdir}")
 
 
-def plan_run(spec: JobSpec, workdir: Path | str = ".") -> Plan:
-    """Everything a run would be, without writing anything (``--dry-run``)."""
+def plan_run(spec: JobSpec, workdir: Path | str = ".", storage: Storage | None = None) -> Plan:
+    """Everything a run would be, without writing anything (``--dry-run``). With a storage, the
+    datastore is resolved too (read only), so a missing one shows before launching."""
     from launcher.catalog import estimate_cost
     from launcher.snapshot import collect_files
 
     workdir = Path(workdir).resolve()
     _check_script(spec, workdir)
+    if storage is not None:
+        spec = _pin_datastore(spec, storage)
     files = collect_files(workdir)
     size = sum((workdir / f).stat().st_size for f in files)
     return Plan(spec, spec.experiments(), estimate_cost(spec), len(files), size)

@@ -33,37 +33,55 @@ class Snapshot:
     total_size: int = 0
 
 
-def _load_spec(root: Path):
+def _load_spec(directory: Path, names: tuple[str, ...] = IGNORE_FILES):
     import pathspec
 
     lines: list[str] = []
-    for name in IGNORE_FILES:
-        path = root / name
+    for name in names:
+        path = directory / name
         if path.is_file():
             lines += path.read_text(errors="replace").splitlines()
-    return pathspec.GitIgnoreSpec.from_lines(lines)
+    return pathspec.GitIgnoreSpec.from_lines(lines) if lines else None
 
 
 def collect_files(root: Path | str) -> list[str]:
-    """Relative POSIX paths of the files a snapshot of ``root`` holds, sorted."""
+    """Relative POSIX paths of the files a snapshot of ``root`` holds, sorted.
+
+    The root's ``.gitignore`` and ``.launchignore`` apply everywhere; a ``.gitignore`` in a
+    subfolder applies below it, its patterns relative to that folder, as git reads them.
+    """
     root = Path(root)
-    spec = _load_spec(root)
+    specs: dict[str, object] = {}  # folder ("" or "a/b/") -> its spec
+    root_spec = _load_spec(root)
+    if root_spec is not None:
+        specs[""] = root_spec
+
+    def ignored(rel: str) -> bool:
+        return any(
+            rel.startswith(folder) and spec.match_file(rel[len(folder) :])
+            for folder, spec in specs.items()
+        )
+
     out: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root):
         rel_dir = os.path.relpath(dirpath, root)
         rel_dir = "" if rel_dir == "." else rel_dir.replace(os.sep, "/") + "/"
+        if rel_dir:
+            nested = _load_spec(Path(dirpath), (".gitignore",))
+            if nested is not None:
+                specs[rel_dir] = nested
         # prune in place so ignored trees (node_modules, data/) are never walked
         dirnames[:] = sorted(
             d
             for d in dirnames
             if d not in ALWAYS_EXCLUDED
             and not os.path.islink(os.path.join(dirpath, d))
-            and not spec.match_file(f"{rel_dir}{d}/")
+            and not ignored(f"{rel_dir}{d}/")
         )
         for name in sorted(filenames):
             rel = f"{rel_dir}{name}"
             full = os.path.join(dirpath, name)
-            if name.endswith(".pyc") or spec.match_file(rel):
+            if name.endswith(".pyc") or ignored(rel):
                 continue
             if os.path.islink(full) or not os.path.isfile(full):
                 continue  # links could point outside the snapshot; special files are not code

@@ -32,6 +32,17 @@ def test_ignore_rules_and_always_excluded(project):
     ]  # fmt: skip
 
 
+def test_nested_gitignore_applies_below_its_folder(project):
+    (project / "pkg" / "gen").mkdir()
+    (project / "pkg" / "gen" / "out.py").write_text("")
+    (project / "pkg" / "cache.db").write_text("")
+    (project / "cache.db").write_text("")
+    (project / "pkg" / ".gitignore").write_text("gen/\n*.db\n")
+    files = collect_files(project)
+    assert "pkg/cache.db" not in files and "pkg/gen/out.py" not in files
+    assert "cache.db" in files and "pkg/.gitignore" in files
+
+
 def test_round_trip(project, tmp_path):
     snap = make_snapshot(project)
     assert snap.files == collect_files(project)

@@ -110,7 +110,10 @@ def test_dry_run_shows_the_plan_and_writes_nothing(home, workdir):
     assert r.exit_code == 0, r.output
     assert "4 experiment(s) of job.py on local" in r.stdout
     assert "exp-3" in r.stdout and "--lr 0.01 --bs 16" in r.stdout
-    assert "2 x g4dn.xlarge, 1 GPU(s)" in r.stdout and "cost estimate" in r.stdout
+    assert (
+        "2 x g4dn.xlarge, 1 GPU(s)" in r.stdout
+        and "cost estimate on AWS: $1.052/hour on-demand for 2 x g4dn.xlarge" in r.stdout
+    )
     assert not (home / "store").exists() and not (home / "runs.sqlite3").exists()
 
 

@@ -36,6 +36,7 @@ def one_line_error(result, code: int = 1) -> str:
         (["--instance", "g4dn.xlarge", "--gpus", "4", "job.py"], r"g4dn\.xlarge has 1 GPU"),
         (["nope.py"], r"nope\.py"),
         (["--datastore", "nosuch", *CPU, "job.py"], r"nosuch"),
+        (["--dry-run", "--datastore", "nosuch", *CPU, "job.py"], r"nosuch"),
         (["--spot", *CPU, "job.py"], r"spot"),
         (["--max-nodes", "0", *CPU, "job.py"], r"max_nodes"),
         (["--strategy", "random_search", *CPU, "job.py"], r"trials"),
