@@ -218,3 +218,47 @@ def test_logs_follow_streams_until_the_run_ends(home, workdir):
     assert r.exit_code == 0
     assert r.stdout.index("start_step=0") < r.stdout.index("step 5")
     assert launch("status", "live").stdout.startswith("live: succeeded")
+
+
+@pytest.mark.slow
+def test_real_trainer_killed_mid_run_resumes_from_last_ckpt(home, tmp_path, monkeypatch):
+    """trainer/train.py through `launch run`: its agent is SIGKILLed mid-training, `launch
+    status` starts a replacement, which restores the shipped last.ckpt and finishes the run."""
+    import signal
+    from pathlib import Path
+
+    from localjob import wait_for
+
+    import launcher
+    from launcher.backends.local import LocalBackend
+    from launcher.claims import process_alive, read_status
+
+    repo = Path(launcher.__file__).resolve().parent.parent
+    monkeypatch.chdir(repo)
+    data = tmp_path / "data"
+    make = ["-m", "trainer.sample_data", "--out", str(data), "--kind", "motion"]
+    subprocess.run([sys.executable, *make, "--videos-per-class", "4"], check=True)
+    assert launch("datastore", "create", "--name", "motion", "--source", str(data)).exit_code == 0
+    r = launch("run", *CPU, "--name", "real", "--datastore", "motion", "trainer/train.py",
+               "--backbone", "demo_cnn", "--no-hflip", "--max_epochs", "40", "--batch_size", "4",
+               "--num_workers", "0")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    storage = LocalBackend().storage()
+
+    def epochs_done() -> float:
+        return read_status(storage, "real", "exp-0").get("metrics", {}).get("epoch", -1)
+
+    wait_for(lambda: epochs_done() >= 3, timeout=240, interval=0.5, what="three epochs")
+    (node,) = LocalBackend().nodes("real")
+    os.killpg(node.extra["pid"], signal.SIGKILL)
+    wait_for(lambda: not process_alive(node.extra["pid"]), timeout=10, what="the kill")
+
+    r = launch("status", "real")  # reconciles: a replacement agent
+    assert "restarted 1 agent(s)" in r.stderr
+    r = CliRunner().invoke(cli, ["logs", "real", "-f"])
+    assert r.exit_code == 0
+    assert "resuming from" in r.stdout and "attempt 2" in r.stdout
+    status = launch("status", "real", "--json")
+    exp = json.loads(status.stdout)["experiments"][0]
+    assert exp["state"] == "succeeded" and exp["attempt"] == 2
+    assert exp["metrics"]["epoch"] == 39
