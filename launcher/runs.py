@@ -188,7 +188,7 @@ def list_runs(index: RunIndex | None = None, *, reconcile: bool = True) -> list[
         except NotFoundError:
             row.status, row.message = "missing", "run.json is gone from storage"
             index.upsert(row)
-        except LaunchError as e:  # one unreachable backend must not hide the others
+        except (LaunchError, ImportError) as e:  # one unreachable backend must not hide the rest
             row.message = str(e)
             index.upsert(row)
     return index.list()

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from launcher.config import launch_home
+from launcher.errors import LaunchError
 
 FINISHED = ("succeeded", "failed", "stopped")
 
@@ -75,11 +76,17 @@ class RunIndex:
     def conn(self) -> sqlite3.Connection:
         if self._conn is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            # autocommit mode; `with conn:` blocks below are explicit transactions
-            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.executescript(_SCHEMA)
+            # autocommit mode; upsert_many opens an explicit transaction
+            try:
+                conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.executescript(_SCHEMA)
+            except sqlite3.DatabaseError as e:
+                raise LaunchError(
+                    f"the run index {self.path} is unreadable ({e}); move it away: runs are "
+                    "indexed again from storage as they are named (`launch status RUN`)"
+                ) from e
             self._conn = conn
         return self._conn
 

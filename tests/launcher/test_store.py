@@ -5,6 +5,9 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
+from launcher.errors import LaunchError
 from launcher.store import RunIndex, RunRow
 
 
@@ -61,3 +64,10 @@ def test_thousand_rows_list_fast(tmp_path):
     unfinished = index.list(unfinished_only=True)
     assert len(rows) == 1000 and unfinished == []
     assert time.perf_counter() - t0 < 0.2
+
+
+def test_a_corrupt_index_is_one_clear_error(tmp_path):
+    path = tmp_path / "runs.sqlite3"
+    path.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(LaunchError, match="unreadable"):
+        RunIndex(path).list()
