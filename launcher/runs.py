@@ -87,7 +87,7 @@ class RunContext:
 
         self.index = index or RunIndex()
         run, _, exp = name.partition("/")
-        self.name, self.exp = run, exp or None
+        self.name, self.exp = validate_run_name(run), exp or None
         self.row = self.index.get(run)
         if self.row is None:
             self._adopt()

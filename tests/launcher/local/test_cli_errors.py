@@ -71,6 +71,8 @@ def test_script_excluded_from_the_snapshot(home, workdir):
         (["artifacts", "pull", "nosuch"], "run 'nosuch' not found"),
         (["metrics", "nosuch"], "run 'nosuch' not found"),
         (["datastore", "delete", "nosuch", "--yes"], "nosuch"),
+        (["status", "../../etc"], "invalid run name '..'"),
+        (["logs", "Bad_Run/exp-0"], "invalid run name 'Bad_Run'"),
         (["config", "get", "aws.bucket"], "aws.bucket is not set"),
         (["config", "set", "bucket", "x"], "SECTION.NAME"),
     ],
