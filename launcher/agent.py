@@ -103,6 +103,7 @@ class Agent:
 
     def run_experiment(self, claim: cl.Claim) -> Outcome:
         """One attempt, start to finish."""
+        self._say(f"claimed {claim.exp} attempt {claim.attempt}")
         try:
             code = self.unpack()
             data = self.mount()
@@ -119,6 +120,7 @@ class Agent:
             if problem:
                 outcome.message = "; ".join(m for m in (outcome.message, problem) if m)
         self.finish(claim, outcome)
+        self._say(f"{claim.exp} attempt {claim.attempt}: {outcome.state} {outcome.message}")
         return outcome
 
     # -- the steps --------------------------------------------------------------------------
@@ -324,6 +326,10 @@ class Agent:
         cl.write_status(self.storage, self.run, claim.exp, **fields)
 
     # -- helpers ----------------------------------------------------------------------------
+    def _say(self, message: str) -> None:
+        """A line in the node's own log (the local backend's node-N.log, the instance console)."""
+        print(f"[agent {self.node}] {time.strftime('%H:%M:%S')} {message.strip()}", flush=True)
+
     def _should_exit(self) -> bool:
         return self._terminating or self.interruption.pending() or self._stop_requested(None)
 
