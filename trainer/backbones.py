@@ -60,18 +60,6 @@ class Backbone:
     fixed_frames: bool = False  # positional embeddings fix the clip length
     fixed_crop: bool = False  # ... and the crop size
 
-    def describe_allowed(self) -> str:
-        """What inputs this backbone accepts, for error messages and --help."""
-        d = self.default_input
-        frames = (
-            f"exactly {d.num_frames}"
-            if self.fixed_frames
-            else f">= {self.min_frames}"
-            + (f" and divisible by {self.frames_multiple}" if self.frames_multiple > 1 else "")
-        )
-        crop = f"exactly {d.crop_size}" if self.fixed_crop else f">= {self.min_crop}"
-        return f"num_frames {frames}; crop_size {crop}; short_side >= crop_size"
-
 
 PTV_ZOO = "https://dl.fbaipublicfiles.com/pytorchvideo/model_zoo/kinetics"
 

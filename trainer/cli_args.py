@@ -67,7 +67,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no_hflip", dest="hflip", action="store_false", help=argparse.SUPPRESS)
 
     m = p.add_argument_group("model")
-    m.add_argument("--backbone", default="x3d_xs", help="registry name (see trainer/backbones.py)")
+    from trainer.backbones import REGISTRY  # the table only: no torch
+
+    m.add_argument(
+        "--backbone",
+        default="x3d_xs",
+        choices=sorted(REGISTRY),
+        metavar="NAME",
+        help=f"one of: {', '.join(sorted(REGISTRY))}",
+    )
     m.add_argument(
         "--pretrained", action="store_true", help="start from published Kinetics weights"
     )
