@@ -196,6 +196,54 @@ def test_download_archive_then_train(motion_dataset, tmp_path, capsys):
     assert capsys.readouterr().err.startswith("error: ")
 
 
+def test_kinetics_annotations_source(tmp_path, capsys):
+    import shutil as sh
+
+    from trainer.sample_data import make_kinetics_like
+    from trainer.train import main
+
+    videos = tmp_path / "videos"
+    csv_path = make_kinetics_like(
+        videos, 4, ["abseiling", "archery"], seconds=1, size=(48, 32), fps=15
+    )
+    sh.copy(csv_path, tmp_path / "train.csv")
+    sh.copy(csv_path, tmp_path / "validate.csv")
+    flags = ["--kinetics_annotations", str(tmp_path / "train.csv"), str(tmp_path / "validate.csv")]
+    flags += ["--video_root", str(videos), *TINY, "--fast_dev_run"]
+    assert main([*flags, "--output_dir", str(tmp_path / "out")]) == 0
+    assert "fast_dev_run finished" in capsys.readouterr().out
+    assert (tmp_path / "out" / "labels.txt").read_text().split() == ["abseiling", "archery"]
+
+
+def test_csv_source_and_bad_csv(motion_dataset, tmp_path, capsys):
+    from trainer.train import main
+
+    rows = [
+        f"{p.relative_to(motion_dataset)},{p.parent.name}"
+        for p in sorted((motion_dataset / "train").glob("*/*.mp4"))
+    ]
+    (motion_dataset / "train.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+    flags = ["--train_csv", str(motion_dataset / "train.csv"), *TINY, "--fast_dev_run"]
+    assert main([*flags, "--output_dir", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "labels.txt").read_text().split() == ["left", "right", "up"]
+
+    (tmp_path / "bad.csv").write_text("a.mp4,left,extra\n")
+    assert (
+        main(
+            [
+                "--train_csv",
+                str(tmp_path / "bad.csv"),
+                *TINY,
+                "--output_dir",
+                str(tmp_path / "out2"),
+            ]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: ") and "expected 'path,label'" in err
+
+
 def test_pretrained_x3d_with_frozen_backbone(motion_dataset, tmp_path, monkeypatch, capsys):
     """--pretrained reads the published file from the hub cache; freeze trains the head only."""
     import torch
