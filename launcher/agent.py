@@ -163,27 +163,13 @@ class Agent:
         if claim.resumed:
             from launcher.artifacts import restore_artifacts
 
-            try:
-                restore_artifacts(self.storage, self.run, claim.exp, artifacts)
-            except StorageError as e:
-                # A node killed between uploading a file and writing artifacts.json leaves a
-                # manifest older than the files. Each upload is atomic, so the stored files are
-                # whole: take them as they are rather than fail the experiment.
-                self._log_line(claim, f"[launch] {e}; restoring the stored files as they are")
-                self._restore_stored_files(claim, artifacts)
+            # forgiving: files newer than their manifest are taken as stored, with a warning
+            # (collected first: downloads run on threads, log pieces are numbered in order)
+            warnings: list[str] = []
+            restore_artifacts(self.storage, self.run, claim.exp, artifacts, warn=warnings.append)
+            for msg in warnings:
+                self._log_line(claim, f"[launch] warning: {msg}")
         return artifacts
-
-    def _restore_stored_files(self, claim: cl.Claim, artifacts: Path) -> None:
-        prefix = cl.exp_key(self.run, claim.exp, "artifacts")
-        for rel in self.storage.walk(prefix):
-            parts = Path(rel).parts
-            if Path(rel).is_absolute() or ".." in parts or ".part-" in parts[-1]:
-                continue  # never outside the folder; no upload temp files
-            target = artifacts / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.restore")
-            self.storage.download(f"{prefix}/{rel}", str(tmp))
-            os.replace(tmp, target)
 
     def start(
         self, claim: cl.Claim, code: Path, data: Path | None, artifacts: Path
@@ -255,10 +241,10 @@ class Agent:
                 if now >= next_sync:
                     next_sync = now + self.sync_s
                     self._ship_artifacts(claim, artifacts)
-            except (StorageError, OSError) as e:
-                # A storage hiccup (S3 5xx, network) or a file the script replaced while it was
-                # being shipped must not kill a training: try again next time. If storage stays
-                # away past the stale timeout, another node takes over and fences this one.
+            except StorageError as e:
+                # A storage hiccup (S3 5xx, network) must not kill a training: try again next
+                # time. If storage stays away past the stale timeout, another node takes over and
+                # fences this one. (Files the script replaces mid-ship are ship_artifacts' job.)
                 print(f"[agent] {type(e).__name__}: {e}", file=sys.stderr, flush=True)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=min(0.2, self.heartbeat_s))
@@ -302,7 +288,7 @@ class Agent:
         try:
             self._ship_log(claim, log_path)
             self._ship_artifacts(claim, artifacts)
-        except (StorageError, OSError) as e:
+        except StorageError as e:
             return f"shipping the last artifacts failed: {type(e).__name__}: {e}"
         return ""
 

@@ -12,29 +12,20 @@ abandoned, the stored copy stays as it was, and the next ship sends it.
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from launcher import manifest as mf
 from launcher.errors import NotFoundError, SpecError
-from launcher.manifest import (
-    FileChanged,
-    Progress,
-    check_manifest,
-    digest,
-    local_files,
-    parallel,
-    plan_down,
-    sync_down,
-    upload,
-    workers_for,
-)
 from launcher.storage import Storage
 
 RUN_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 EXP_RE = re.compile(r"^exp-[0-9]{1,6}$")
 DEFAULT_DEST = "launch_artifacts"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -62,28 +53,26 @@ def read_manifest(storage: Storage, run: str, exp: str) -> dict[str, dict[str, A
     """An experiment's artifacts.json (empty if nothing was shipped yet)."""
     _check(run, exp)
     key = _exp_key(run, exp, "artifacts.json")
-    return check_manifest(storage.read_json(key, default={}), storage.url(key))
+    return mf.check_manifest(storage.read_json(key, default={}), storage.url(key))
 
 
 def ship_artifacts(storage: Storage, run: str, exp: str, local_dir: str | Path) -> dict[str, int]:
     """Upload new and changed files of ``local_dir``, then artifacts.json, then drop files no
     longer there. Returns counts: uploaded, unchanged, deleted, and bytes uploaded."""
     _check(run, exp)
-    files = local_files(local_dir)
+    files = mf.local_files(local_dir)
     remote = read_manifest(storage, run, exp)
 
     def one(rel: str) -> tuple[str, dict | None, bool]:
+        key = _exp_key(run, exp, f"artifacts/{rel}")
         try:
-            local = digest(files[rel])  # cached by size + mtime: unchanged files are not re-read
-            if remote.get(rel) == local:
-                return rel, local, False
-            key = _exp_key(run, exp, f"artifacts/{rel}")
-            return rel, upload(storage, files[rel], key), True
-        except (FileChanged, FileNotFoundError):
-            # being rewritten or replaced right now: keep what is stored, ship it next time
+            return (rel, *mf.upload_changed(storage, files[rel], key, remote.get(rel)))
+        except mf.FileChanged:
+            # being rewritten, or renamed away since it was listed (last.tmp -> last.ckpt):
+            # keep what is stored, if anything, and ship the file as it is next time
             return rel, remote.get(rel), False
 
-    results = parallel(one, sorted(files), workers_for(storage))
+    results = mf.parallel(one, sorted(files), mf.workers_for(storage))
     manifest = {rel: entry for rel, entry, _ in results if entry is not None}
     gone = sorted(set(remote) - set(files))
     if manifest != remote:
@@ -99,12 +88,21 @@ def ship_artifacts(storage: Storage, run: str, exp: str, local_dir: str | Path) 
     }
 
 
-def restore_artifacts(storage: Storage, run: str, exp: str, local_dir: str | Path) -> list[Path]:
+def restore_artifacts(
+    storage: Storage, run: str, exp: str, local_dir: str | Path, *, warn: mf.Warn | None = None
+) -> list[Path]:
     """Download an experiment's stored artifacts into ``local_dir`` (before a retried attempt,
-    so the script resumes from its last checkpoint). Verified; files already right are kept."""
+    so the script resumes from its last checkpoint); files already right are kept.
+
+    Forgiving where a pull is strict: a node killed after uploading a file but before rewriting
+    artifacts.json leaves a manifest older than the files. Each upload is whole, so a file whose
+    stored bytes differ from the manifest is taken as stored, and a listed file that is gone is
+    skipped; each is reported to ``warn`` (default: the ``launcher`` logger's warnings).
+    """
     files = read_manifest(storage, run, exp)
     Path(local_dir).mkdir(parents=True, exist_ok=True)
-    return sync_down(storage, plan_down(_exp_key(run, exp, "artifacts"), files, Path(local_dir)))
+    jobs = mf.plan_down(_exp_key(run, exp, "artifacts"), files, Path(local_dir))
+    return mf.sync_down(storage, jobs, warn=warn or log.warning)
 
 
 def experiment_ids(storage: Storage, run: str, experiment: str | None = None) -> list[str]:
@@ -141,7 +139,7 @@ def pull_artifacts(
     *,
     experiment: str | None = None,
     dest: str | Path = DEFAULT_DEST,
-    progress: Progress | None = None,
+    progress: mf.Progress | None = None,
 ) -> list[Path]:
     """Download a run's artifacts to ``dest/RUN/EXP/...``; returns the local paths.
 
@@ -153,5 +151,5 @@ def pull_artifacts(
     jobs = []
     for e in exps:
         files = read_manifest(storage, run, e)
-        jobs += plan_down(_exp_key(run, e, "artifacts"), files, Path(dest) / run / e)
-    return sync_down(storage, jobs, progress)
+        jobs += mf.plan_down(_exp_key(run, e, "artifacts"), files, Path(dest) / run / e)
+    return mf.sync_down(storage, jobs, progress)

@@ -18,7 +18,8 @@ import click
 from launcher.errors import LaunchError
 
 STATE_COLORS = {"succeeded": "green", "failed": "red", "stopped": "yellow", "running": "cyan",
-                "stopping": "yellow", "queued": "white", "missing": "red"}  # fmt: skip
+                "stopping": "yellow", "queued": "white", "missing": "red",
+                "pending": "white", "terminated": "white", "dead": "red"}  # fmt: skip
 
 
 class LaunchGroup(click.Group):
@@ -256,18 +257,46 @@ def status(run: str | None, as_json: bool) -> None:
             colors={3: _state_color},
         )  # fmt: skip
         return
-    row, views = runs.run_detail(run)
+    ctx = runs.RunContext(run)
+    row, views = ctx.refresh()
+    nodes = ctx.backend.nodes(ctx.name)  # live from the backend: only in this one-run view
     if as_json:
         from dataclasses import asdict
 
-        click.echo(json.dumps({"run": asdict(row), "experiments": [asdict(v) for v in views]},
-                              indent=2))  # fmt: skip
+        click.echo(json.dumps({"run": asdict(row), "experiments": [asdict(v) for v in views],
+                               "nodes": [asdict(n) for n in nodes]}, indent=2))  # fmt: skip
         return
+    cost = "" if row.cost is None else f", ${row.cost:.2f} so far"
     click.echo(f"{row.name}: {row.status}, {row.done}/{row.total} done, {row.backend} "
-               f"{row.instance_type}, {age(row.created)} old")  # fmt: skip
+               f"{row.instance_type}, started {age(row.created)} ago{cost}")  # fmt: skip
     if row.message:
         click.secho(row.message, fg="yellow", err=True)
     _print_experiments(views)
+    click.echo()
+    _print_nodes(nodes)
+
+
+def _print_nodes(nodes) -> None:
+    if not nodes:
+        click.echo("nodes: none started")
+        return
+    headers = ["node", "state", "instance", "zone", "spot", "started"]
+    with_cost = any(n.extra.get("cost") is not None for n in nodes)
+    rows = []
+    for n in nodes:
+        cells = [
+            n.node_id,
+            n.state,
+            n.instance_type or "-",
+            n.zone or "-",
+            "yes" if n.spot else "no",
+            f"{age(n.started_at)} ago" if n.started_at else "-",
+        ]
+        if with_cost:
+            c = n.extra.get("cost")
+            cells.append("-" if c is None else f"${c:.2f}")
+        rows.append(cells)
+    table(headers + (["cost"] if with_cost else []), rows, colors={1: _state_color})  # fmt: skip
 
 
 def _print_experiments(views) -> None:

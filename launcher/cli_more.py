@@ -67,13 +67,15 @@ def datastore_list(backend: str | None) -> None:
 
     rows = []
     for d in list_datastores(_storage(backend)):
-        d = d if isinstance(d, dict) else vars(d)
-        size = d.get("size")
-        rows.append([str(d.get("name")), str(d.get("version")), str(d.get("files", "-")),
-                     "-" if size is None else _size(size),
-                     str(d.get("created", "-"))])  # fmt: skip
-
-    table(["name", "version", "files", "size", "created"], rows)
+        if d.complete:
+            rows.append([d.name, str(d.version), str(d.files), _size(d.size), d.created or "-"])
+        else:  # no MANIFEST.json yet: an interrupted (or running) create
+            rows.append([d.name, str(d.version), "incomplete", "-", "-"])
+    if not rows:
+        click.secho("no datastores yet (`launch datastore create` makes one)", err=True, dim=True)
+        return
+    table(["name", "version", "files", "size", "created"], rows,
+          colors={2: lambda c: "yellow" if c == "incomplete" else None})  # fmt: skip
 
 
 @datastore.command("delete")
@@ -152,12 +154,13 @@ def metrics(run: str, metric: str | None, plot: str | None) -> None:
 
     ctx = RunContext(run)
     rows = m.leaderboard(ctx.storage, ctx.name, metric=metric)
-    metric_name = next((r.metric for r in rows if r.metric), metric or "-")
+    metric_name = next((r.metric for r in rows if r.metric), metric)
     table(
-        ["rank", "experiment", "params", "status", f"best {metric_name}", "epoch"],
-        [[str(i), r.experiment, m.label(r.experiment, r.params).partition(": ")[2] or "-",
+        ["rank", "experiment", "params", "status", f"best {metric_name or ''}".strip(), "epoch"],
+        [["-" if r.rank is None else str(r.rank), r.experiment,
+          m.label(r.experiment, r.params).partition(": ")[2] or "-",
           r.status, "-" if r.best is None else f"{r.best:.4g}",
-          "-" if r.epoch is None else str(r.epoch)] for i, r in enumerate(rows, 1)],
+          "-" if r.epoch is None else str(r.epoch)] for r in rows],
     )  # fmt: skip
     if plot:
         m.plot_metrics(ctx.storage, ctx.name, plot, metric=metric)

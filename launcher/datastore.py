@@ -19,20 +19,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from launcher import manifest as mf
 from launcher.errors import NotFoundError, SpecError, StorageError
-from launcher.manifest import (
-    ByteCounter,
-    Progress,
-    Throttle,
-    check_manifest,
-    digest,
-    local_files,
-    parallel,
-    plan_down,
-    sync_down,
-    upload,
-    workers_for,
-)
+from launcher.manifest import Progress
 from launcher.storage import Storage
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
@@ -72,7 +61,7 @@ def _versions(storage: Storage, name: str) -> list[int]:
 def _manifest(storage: Storage, name: str, version: int) -> dict | None:
     data = storage.read_json(_key(name, version, MANIFEST), default=None)
     if data is not None:
-        check_manifest(data.get("files"), storage.url(_key(name, version, MANIFEST)))
+        mf.check_manifest(data.get("files"), storage.url(_key(name, version, MANIFEST)))
     return data
 
 
@@ -93,26 +82,23 @@ def create_datastore(
     src = Path(source)
     if not src.exists():
         raise NotFoundError(f"datastore source not found: {src}")
-    files = {src.name: src} if src.is_file() else local_files(src)
+    files = {src.name: src} if src.is_file() else mf.local_files(src)
     if not files:
         raise SpecError(f"datastore source {src} has no files; nothing to upload")
-    sizes = {rel: p.stat().st_size for rel, p in files.items()}
     version = _open_version(storage, name)
     record_key = _key(name, version, UPLOADING)
     done: dict[str, dict] = dict(storage.read_json(record_key, default={}).get("files") or {})
-    counter = ByteCounter(sum(sizes.values()), progress)
+    counter = mf.ByteCounter(sum(p.stat().st_size for p in files.values()), progress)
 
     def one(rel: str) -> tuple[str, dict]:
-        prev = done.get(rel)
-        if prev and prev["size"] == sizes[rel] and digest(files[rel]) == prev:
-            counter.add(prev["size"])  # stored by the interrupted create: skip
-            return rel, prev
-        entry = upload(storage, files[rel], _key(name, version, f"data/{rel}"), counter)
-        if storage.protocol == "file":
-            os.chmod(storage.path(_key(name, version, f"data/{rel}")), 0o444)
+        key = _key(name, version, f"data/{rel}")
+        # skipped when the interrupted create stored it already
+        entry, sent = mf.upload_changed(storage, files[rel], key, done.get(rel), counter)
+        if sent and storage.protocol == "file":
+            os.chmod(storage.path(key), 0o444)
         return rel, entry
 
-    throttle = Throttle(RECORD_EVERY_S)
+    throttle = mf.Throttle(RECORD_EVERY_S)
     stored: dict[str, dict] = {}
     lock = threading.Lock()
 
@@ -131,7 +117,7 @@ def create_datastore(
             record()
 
     try:
-        parallel(tracked, sorted(files), workers_for(storage))
+        mf.parallel(tracked, sorted(files), mf.workers_for(storage))
     except BaseException:
         record()
         raise
@@ -275,5 +261,6 @@ def mount_datastore(
             raise StorageError(f"datastore {name}:{version} is missing its data folder {data}")
         return data
     Path(mount_dir).mkdir(parents=True, exist_ok=True)
-    sync_down(storage, plan_down(_key(name, version, "data"), files, Path(mount_dir)), progress)
+    jobs = mf.plan_down(_key(name, version, "data"), files, Path(mount_dir))
+    mf.sync_down(storage, jobs, progress)
     return Path(mount_dir)

@@ -7,6 +7,7 @@ absent (a failure in between removes what was written).
 
 from __future__ import annotations
 
+import contextlib
 import re
 import secrets
 import time
@@ -109,8 +110,39 @@ def prepare_run(
     index.upsert(
         run_row(name, backend, storage, spec.to_dict(), created, "queued", 0, len(experiments))
     )
-    backend.submit(name, spec)
+    try:
+        backend.submit(name, spec)
+    except BaseException as e:
+        _submit_failed(name, backend, storage, index, e)
+        raise
     return name
+
+
+def _submit_failed(name: str, backend: Backend, storage: Storage, index: RunIndex, error) -> None:
+    """Undo a run whose nodes could not be started (no AMI, no capacity, bad credentials), so
+    its name is free again and nothing sits queued forever. If some nodes did start before the
+    error, the run is kept, its nodes stopped and its experiments marked failed with the error."""
+    message = f"submit failed: {error}" if str(error) else f"submit failed: {type(error).__name__}"
+    try:
+        started = [n for n in backend.nodes(name) if n.state not in ("terminated", "dead")]
+    except Exception:  # the same bad credentials may fail this too: assume nothing started
+        started = []
+    if not started:
+        with contextlib.suppress(Exception):  # release what submit made (an IAM role...)
+            backend.delete(name)
+        storage.delete(f"runs/{name}", recursive=True)
+        index.delete(name)
+        return
+    with contextlib.suppress(Exception):
+        backend.stop(name)
+    storage.write_text(f"runs/{name}/stop", "")  # a node still booting must not start work
+    now = time.time()
+    for exp in storage.read_json(f"runs/{name}/run.json")["experiments"]:
+        cl.write_status(storage, name, exp["id"], state="failed", ended=now, message=message)
+    row = index.get(name)
+    if row is not None:
+        row.status, row.message, row.done, row.ended = "failed", message, row.total, now
+        index.upsert(row)
 
 
 def _write_run(storage: Storage, name: str, spec: JobSpec, experiments, code: bytes) -> float:

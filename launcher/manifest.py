@@ -160,11 +160,12 @@ def upload(
     """
     path = storage.path(key)
     h = hashlib.sha256()
-    size = 0
     try:
         src = open(local, "rb")  # noqa: SIM115 - closed in the finally below
     except FileNotFoundError:
         raise FileChanged(f"{local} vanished before it could be uploaded") from None
+    except OSError as e:  # unreadable (permissions): one clear error, not a crash mid-ship
+        raise StorageError(f"cannot read {local} to upload it: {e}") from e
     st = os.fstat(src.fileno())
     tmp = out = None
     try:
@@ -174,12 +175,7 @@ def upload(
             out = open(tmp, "wb")  # noqa: SIM115 - closed below, on every path
         else:
             out = storage.fs.open(path, "wb")  # an S3 object appears only when closed
-        while chunk := src.read(CHUNK):
-            out.write(chunk)
-            h.update(chunk)
-            size += len(chunk)
-            if counter:
-                counter.add(len(chunk))
+        size = _copy(src, out, h, counter)
         if not _same_file(local, st, size):
             raise FileChanged(f"{local} changed while it was uploaded")
         out.close()
@@ -218,11 +214,45 @@ def _same_file(local: str | Path, st: os.stat_result, size: int) -> bool:
     ) and (size == st.st_size)
 
 
+def _copy(src, out, h, counter: ByteCounter | None) -> int:
+    """Stream ``src`` to ``out`` in chunks, hashing into ``h`` and counting; bytes copied."""
+    size = 0
+    while chunk := src.read(CHUNK):
+        out.write(chunk)
+        h.update(chunk)
+        size += len(chunk)
+        if counter:
+            counter.add(len(chunk))
+    return size
+
+
+class Mismatch(StorageError):
+    """A stored object's bytes differ from its manifest entry (corrupt, or a newer upload)."""
+
+
+class Missing(StorageError):
+    """An object listed in a manifest is not in storage."""
+
+
+Warn = Callable[[str], None]
+
+
 def download(
-    storage: Storage, key: str, target: Path, entry: Entry, counter: ByteCounter | None = None
+    storage: Storage,
+    key: str,
+    target: Path,
+    entry: Entry,
+    counter: ByteCounter | None = None,
+    *,
+    warn: Warn | None = None,
 ) -> Path:
     """Fetch a key to ``target`` via a temp file, verified against ``entry``; skips a target
-    already there with the right size and sha256. Never leaves a half or corrupt file."""
+    already there with the right size and sha256. Never leaves a half or corrupt file.
+
+    Bytes that differ from ``entry`` raise :class:`Mismatch`, unless ``warn`` is given: then
+    the stored copy is kept as it is (uploads are whole, so it is a newer version of the file
+    than its manifest knows) and ``warn`` is told.
+    """
     if (
         target.is_file()
         and target.stat().st_size == entry["size"]
@@ -234,31 +264,28 @@ def download(
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.part-{os.getpid()}-{threading.get_ident()}")
     h = hashlib.sha256()
-    size = 0
     try:
         with storage.fs.open(storage.path(key), "rb") as src, open(tmp, "wb") as out:
-            while chunk := src.read(CHUNK):
-                out.write(chunk)
-                h.update(chunk)
-                size += len(chunk)
-                if counter:
-                    counter.add(len(chunk))
+            size = _copy(src, out, h, counter)
         if size != entry["size"] or h.hexdigest() != entry["sha256"]:
-            raise StorageError(
-                f"{storage.url(key)} is corrupt: got {size} bytes sha256 {h.hexdigest()[:12]}..., "
-                f"manifest says {entry['size']} bytes sha256 {entry['sha256'][:12]}..."
+            got = (
+                f"got {size} bytes sha256 {h.hexdigest()[:12]}..., manifest says "
+                f"{entry['size']} bytes sha256 {entry['sha256'][:12]}..."
             )
+            if warn is None:
+                raise Mismatch(f"{storage.url(key)} is corrupt: {got}")
+            warn(f"{storage.url(key)} differs from its manifest ({got}); taking the stored copy")
         os.replace(tmp, target)
     except StorageError:
         raise
     except FileNotFoundError as e:
-        raise StorageError(f"{storage.url(key)} is listed in its manifest but missing") from e
+        raise Missing(f"{storage.url(key)} is listed in its manifest but missing") from e
     except Exception as e:
         raise StorageError(f"download {storage.url(key)} -> {target} failed: {e}") from e
     finally:
         if tmp.exists():
             tmp.unlink()
-    remember(target, target.stat(), entry["sha256"])
+    remember(target, target.stat(), h.hexdigest())
     return target
 
 
@@ -279,15 +306,56 @@ def plan_down(prefix: str, files: dict[str, Entry], dest: Path) -> list[Job]:
     return jobs
 
 
-def sync_down(storage: Storage, jobs: list[Job], progress: Progress | None = None) -> list[Path]:
-    """Run download jobs in parallel (verified, idempotent); returns the targets in order."""
+def sync_down(
+    storage: Storage,
+    jobs: list[Job],
+    progress: Progress | None = None,
+    *,
+    warn: Warn | None = None,
+) -> list[Path]:
+    """Run download jobs in parallel (verified, idempotent); returns the targets in order.
+
+    Strict by default. With ``warn``, a file whose stored bytes differ from the manifest is
+    taken as stored and a file missing from storage is skipped, each with a warning.
+    """
     counter = ByteCounter(sum(entry["size"] for _, _, entry in jobs), progress)
 
-    def one(job: Job) -> Path:
+    def one(job: Job) -> Path | None:
         key, target, entry = job
-        return download(storage, key, target, entry, counter)
+        try:
+            return download(storage, key, target, entry, counter, warn=warn)
+        except Missing as e:
+            if warn is None:
+                raise
+            warn(f"{e}; skipped")
+            return None
 
-    return parallel(one, jobs, workers_for(storage))
+    return [p for p in parallel(one, jobs, workers_for(storage)) if p is not None]
+
+
+def upload_changed(
+    storage: Storage,
+    local: Path,
+    key: str,
+    stored: Entry | None,
+    counter: ByteCounter | None = None,
+) -> tuple[Entry, bool]:
+    """Upload ``local`` to ``key`` unless ``stored`` (its entry from a manifest or an
+    interrupted upload's record) already describes it: (its entry, whether it was sent).
+    FileChanged when the file changes or vanishes while it is read."""
+    try:
+        unchanged = (
+            stored is not None
+            and os.stat(local).st_size == stored["size"]
+            and digest(local) == stored  # cached by size + mtime: an unchanged file is not read
+        )
+    except FileNotFoundError:
+        raise FileChanged(f"{local} vanished before it could be uploaded") from None
+    if unchanged:
+        if counter:
+            counter.add(stored["size"])
+        return stored, False
+    return upload(storage, local, key, counter), True
 
 
 class Throttle:

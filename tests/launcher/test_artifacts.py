@@ -46,9 +46,9 @@ def outputs(tmp_path):
 
 def uploads(monkeypatch):
     calls = []
-    real = art.upload
+    real = manifest.upload
     monkeypatch.setattr(
-        art, "upload", lambda s, local, key, *a: calls.append(key) or real(s, local, key, *a)
+        manifest, "upload", lambda s, local, key, *a: calls.append(key) or real(s, local, key, *a)
     )
     return calls
 
@@ -233,22 +233,102 @@ def test_ship_defers_a_file_being_written(run, outputs, monkeypatch):
     before = run.read_json(f"runs/{RUN}/experiments/exp-0/artifacts.json")
     ckpt = outputs / "checkpoints" / "last.ckpt"
     ckpt.write_bytes(b"epoch 2, half written")
-    real = art.upload
+    real = manifest.upload
 
     def mid_write(storage, local, key, *a):
         if key.endswith("last.ckpt"):
             raise manifest.FileChanged(f"{local} changed while it was uploaded")
         return real(storage, local, key, *a)
 
-    monkeypatch.setattr(art, "upload", mid_write)
+    monkeypatch.setattr(manifest, "upload", mid_write)
     (outputs / "new.txt").write_text("x")
     stats = art.ship_artifacts(run, RUN, "exp-0", outputs)
     assert (stats["uploaded"], stats["deleted"]) == (1, 0)
     after = run.read_json(f"runs/{RUN}/experiments/exp-0/artifacts.json")
     assert after["checkpoints/last.ckpt"] == before["checkpoints/last.ckpt"]  # old copy kept
     assert "new.txt" in after
-    monkeypatch.setattr(art, "upload", real)
+    monkeypatch.setattr(manifest, "upload", real)
     assert art.ship_artifacts(run, RUN, "exp-0", outputs)["uploaded"] == 1  # sent next time
     assert run.read_bytes(f"runs/{RUN}/experiments/exp-0/artifacts/checkpoints/last.ckpt") == (
         b"epoch 2, half written"
     )
+
+
+def listing_then(monkeypatch, change):
+    """Make ``change()`` happen right after ship lists the folder, before it hashes anything."""
+    real = manifest.local_files
+
+    def listed_then_changed(root):
+        files = real(root)
+        change()
+        return files
+
+    monkeypatch.setattr(manifest, "local_files", listed_then_changed)
+
+
+def test_ship_skips_a_file_renamed_away_after_listing(run, outputs, monkeypatch):
+    art.ship_artifacts(run, RUN, "exp-0", outputs)
+    ckpt = outputs / "checkpoints" / "last.ckpt"
+    tmp = outputs / "checkpoints" / "last.tmp"
+    tmp.write_bytes(b"epoch 3")
+    # the trainer saves to last.tmp and renames it over last.ckpt while ship runs
+    listing_then(monkeypatch, lambda: os.replace(tmp, ckpt))
+    stats = art.ship_artifacts(run, RUN, "exp-0", outputs)
+    assert stats["uploaded"] == 1  # last.ckpt's new bytes; last.tmp is gone, not an error
+    m = art.read_manifest(run, RUN, "exp-0")
+    assert "checkpoints/last.tmp" not in m
+    assert run.read_bytes(f"runs/{RUN}/experiments/exp-0/artifacts/checkpoints/last.ckpt") == (
+        b"epoch 3"
+    )
+
+
+def test_ship_keeps_the_stored_copy_of_a_vanished_file_and_sends_it_next_time(
+    run, outputs, monkeypatch
+):
+    art.ship_artifacts(run, RUN, "exp-0", outputs)
+    ckpt = outputs / "checkpoints" / "last.ckpt"
+    before = art.read_manifest(run, RUN, "exp-0")["checkpoints/last.ckpt"]
+    listing_then(monkeypatch, ckpt.unlink)  # deleted, about to be written again
+    stats = art.ship_artifacts(run, RUN, "exp-0", outputs)
+    assert (stats["uploaded"], stats["deleted"]) == (0, 0)
+    assert art.read_manifest(run, RUN, "exp-0")["checkpoints/last.ckpt"] == before
+    monkeypatch.undo()
+    ckpt.write_bytes(b"epoch 4")
+    assert art.ship_artifacts(run, RUN, "exp-0", outputs)["uploaded"] == 1
+    assert art.read_manifest(run, RUN, "exp-0")["checkpoints/last.ckpt"]["size"] == 7
+
+
+def test_restore_takes_files_newer_than_their_manifest_with_a_warning(run, outputs, tmp_path):
+    art.ship_artifacts(run, RUN, "exp-0", outputs)
+    prefix = f"runs/{RUN}/experiments/exp-0/artifacts"
+    # a node uploaded a newer last.ckpt, then died before rewriting artifacts.json
+    run.write_bytes(f"{prefix}/checkpoints/last.ckpt", b"epoch 9")
+    run.delete(f"{prefix}/labels.txt")  # and a listed file is gone
+    warnings = []
+    node = tmp_path / "node2"
+    restored = art.restore_artifacts(run, RUN, "exp-0", node, warn=warnings.append)
+    assert sorted(p.relative_to(node).as_posix() for p in restored) == [
+        "checkpoints/best.ckpt",
+        "checkpoints/last.ckpt",
+        "metrics.csv",
+    ]
+    assert (node / "checkpoints/last.ckpt").read_bytes() == b"epoch 9"
+    assert (node / "checkpoints/best.ckpt").read_bytes() == (
+        outputs / "checkpoints/best.ckpt"
+    ).read_bytes()
+    assert len(warnings) == 2
+    assert any("last.ckpt differs from its manifest" in w and "stored copy" in w for w in warnings)
+    assert any("labels.txt is listed in its manifest but missing; skipped" in w for w in warnings)
+    assert not [p for p in node.rglob("*") if ".part-" in p.name]
+    # a pull stays strict: it never hands a user bytes its manifest does not vouch for
+    with pytest.raises(StorageError, match="(last.ckpt is corrupt|labels.txt is listed)"):
+        art.pull_artifacts(run, RUN, experiment="exp-0", dest=tmp_path / "pulled")
+
+
+def test_restore_warns_through_the_launcher_logger_by_default(run, outputs, tmp_path, caplog):
+    art.ship_artifacts(run, RUN, "exp-0", outputs)
+    run.write_bytes(f"runs/{RUN}/experiments/exp-0/artifacts/labels.txt", b"other")
+    with caplog.at_level("WARNING", logger="launcher"):
+        art.restore_artifacts(run, RUN, "exp-0", tmp_path / "node")
+    assert "labels.txt differs from its manifest" in caplog.text
+    assert (tmp_path / "node" / "labels.txt").read_bytes() == b"other"

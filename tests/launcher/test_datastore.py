@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from launcher import datastore as ds
+from launcher import manifest
 from launcher.errors import NotFoundError, SpecError, StorageError
 from launcher.manifest import sha256_file
 
@@ -103,7 +104,7 @@ def test_bad_sources(storage, tmp_path):
 
 def test_interrupted_create_resumes_and_skips_stored_files(storage, source, monkeypatch):
     # an upload that dies after the first file: the version stays incomplete
-    real = ds.upload
+    real = manifest.upload
     calls = []
 
     def flaky(storage_, local, key, counter=None):
@@ -112,8 +113,8 @@ def test_interrupted_create_resumes_and_skips_stored_files(storage, source, monk
             raise StorageError("network down")
         return real(storage_, local, key, counter)
 
-    monkeypatch.setattr(ds, "upload", flaky)
-    monkeypatch.setattr(ds, "workers_for", lambda s: 1)  # deterministic order
+    monkeypatch.setattr(manifest, "upload", flaky)
+    monkeypatch.setattr(manifest, "workers_for", lambda s: 1)  # deterministic order
     with pytest.raises(StorageError, match="network down"):
         ds.create_datastore(storage, "kin", source)
     assert not storage.exists("datastores/kin/1/MANIFEST.json")
@@ -124,7 +125,7 @@ def test_interrupted_create_resumes_and_skips_stored_files(storage, source, monk
         ds.resolve_datastore(storage, "kin:1")
 
     calls.clear()
-    monkeypatch.setattr(ds, "upload", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    monkeypatch.setattr(manifest, "upload", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
     assert ds.create_datastore(storage, "kin", source) == 1  # resumed, not version 2
     assert calls == [
         "datastores/kin/1/data/train/archery/a.mp4",
@@ -134,18 +135,18 @@ def test_interrupted_create_resumes_and_skips_stored_files(storage, source, monk
 
 
 def test_resume_reuploads_a_changed_file_and_drops_strays(storage, source, monkeypatch):
-    monkeypatch.setattr(ds, "workers_for", lambda s: 1)
-    real = ds.upload
+    monkeypatch.setattr(manifest, "workers_for", lambda s: 1)
+    real = manifest.upload
 
     def dies_on_labels(storage_, local, key, counter=None):
         if key.endswith("labels.csv"):
             raise StorageError("killed")
         return real(storage_, local, key, counter)
 
-    monkeypatch.setattr(ds, "upload", dies_on_labels)
+    monkeypatch.setattr(manifest, "upload", dies_on_labels)
     with pytest.raises(StorageError):
         ds.create_datastore(storage, "kin", source)
-    monkeypatch.setattr(ds, "upload", real)
+    monkeypatch.setattr(manifest, "upload", real)
     (source / "empty.txt").write_text("now different")
     (source / "train" / "archery" / "a.mp4").unlink()
     ds.create_datastore(storage, "kin", source)

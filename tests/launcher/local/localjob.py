@@ -9,6 +9,8 @@ import textwrap
 import time
 from pathlib import Path
 
+from launcher.backends.local import LocalBackend
+
 # A stand-in for trainer/train.py with the same contract, fast: it resumes from
 # LAUNCH_ARTIFACTS_DIR/checkpoints/last.ckpt, writes a checkpoint and a metrics.csv row per step,
 # and appends what it did (start step, times, argv) to --record so tests can check it.
@@ -93,3 +95,11 @@ def make_spec(**kw):
 
 
 PYTHON = sys.executable
+
+
+class NoAgents(LocalBackend):
+    """The local backend minus the agents: for checks of what prepare_run writes (tests start
+    agents themselves, or none)."""
+
+    def submit(self, run, spec):
+        return []

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 
-from localjob import make_spec, read_records
+from localjob import NoAgents, make_spec, read_records
 
 from launcher import claims as cl
 from launcher import runs
@@ -18,11 +18,6 @@ from launcher.agent import Agent
 from launcher.backends.local import LocalBackend
 from launcher.logs import read_log
 from launcher.node import FileInterruption, latest_metrics
-
-
-class NoAgents(LocalBackend):
-    def submit(self, run, spec):
-        return []
 
 
 def storage():
@@ -271,7 +266,8 @@ def test_resume_survives_a_manifest_older_than_its_files(home, workdir, tmp_path
     assert (st["state"], st["attempt"]) == ("succeeded", 2)
     (start,) = [r for r in read_records(record) if r["event"] == "start"]
     assert start["step"] == 4
-    assert "restoring the stored files as they are" in read_log(s, name, "exp-0")
+    log = read_log(s, name, "exp-0")
+    assert "[launch] warning:" in log and "last.ckpt differs from its manifest" in log
 
 
 def test_shipping_errors_while_running_do_not_kill_the_training(
@@ -281,11 +277,11 @@ def test_shipping_errors_while_running_do_not_kill_the_training(
     from launcher.errors import StorageError
 
     real = artifacts.ship_artifacts
-    errors = [FileNotFoundError("checkpoints/last.tmp vanished"), StorageError("503 Slow Down")]
+    errors = [StorageError("503 Slow Down"), StorageError("connection reset by peer")]
     raised = []
 
     def flaky(*args, **kwargs):
-        if errors:  # a temp file the script renamed away, then an S3 hiccup
+        if errors:  # S3 hiccups (a file renamed away mid-ship is ship_artifacts' own business)
             raised.append(errors.pop(0))
             raise raised[-1]
         return real(*args, **kwargs)

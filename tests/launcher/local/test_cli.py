@@ -262,3 +262,77 @@ def test_real_trainer_killed_mid_run_resumes_from_last_ckpt(home, tmp_path, monk
     exp = json.loads(status.stdout)["experiments"][0]
     assert exp["state"] == "succeeded" and exp["attempt"] == 2
     assert exp["metrics"]["epoch"] == 39
+
+
+def test_status_of_one_run_shows_its_nodes(home, workdir, monkeypatch):
+    import time
+
+    from launcher.backends.base import NodeInfo
+    from launcher.backends.local import LocalBackend
+
+    assert launch("run", *CPU, "--name", "demo", "--wait", "job.py", "--steps", "1").exit_code == 0
+    out = launch("status", "demo").stdout.splitlines()
+    header = out.index([ln for ln in out if ln.startswith("NODE")][0])
+    assert out[header].split() == ["NODE", "STATE", "INSTANCE", "ZONE", "SPOT", "STARTED"]
+    assert out[header + 1].split()[:5] == ["node-0", "terminated", "local", "-", "no"]
+    assert out[header + 1].endswith("ago")
+
+    # a cloud backend's node: zone, spot, its cost so far (extra), in the table and in --json
+    node = NodeInfo("node-0", "running", "g4dn.xlarge", "us-east-1b", True, time.time() - 600,
+                    extra={"instance_id": "i-0abc", "cost": 0.0263})  # fmt: skip
+    monkeypatch.setattr(LocalBackend, "nodes", lambda self, run: [node])
+    out = launch("status", "demo").stdout.splitlines()
+    header = out.index([ln for ln in out if ln.startswith("NODE")][0])
+    assert out[header].split()[-1] == "COST"
+    assert out[header + 1].split() == ["node-0", "running", "g4dn.xlarge", "us-east-1b", "yes",
+                                       "10m", "ago", "$0.03"]  # fmt: skip
+    (n,) = json.loads(launch("status", "demo", "--json").stdout)["nodes"]
+    assert (n["node_id"], n["zone"], n["spot"], n["extra"]["instance_id"]) == (
+        "node-0", "us-east-1b", True, "i-0abc",
+    )  # fmt: skip
+
+    def no_nodes_here(self, run):
+        raise AssertionError("`launch status` of all runs must not ask for nodes")
+
+    monkeypatch.setattr(LocalBackend, "nodes", no_nodes_here)
+    r = launch("status")
+    assert r.exit_code == 0 and "demo" in r.stdout
+
+
+def test_metrics_before_any_are_logged_shows_dashes_and_params(home, workdir):
+    from localjob import NoAgents, make_spec
+
+    from launcher.artifacts import ship_artifacts
+    from launcher.runs import prepare_run
+
+    name = prepare_run(make_spec(name="lb", script_args=["--lr", "[0.1, 0.01]"]), NoAgents())
+    r = launch("metrics", name)
+    assert r.exit_code == 0 and "None" not in r.stdout
+    rows = [ln.split() for ln in r.stdout.splitlines()[1:]]
+    assert rows == [["-", "exp-0", "lr=0.1", "queued", "-", "-"],
+                    ["-", "exp-1", "lr=0.01", "queued", "-", "-"]]  # fmt: skip
+
+    art = workdir.parent / "art"
+    art.mkdir()
+    (art / "metrics.csv").write_text("epoch,step,val_acc1\n0,9,0.25\n1,19,0.5\n")
+    ship_artifacts(NoAgents().storage(), name, "exp-1", art)
+    r = launch("metrics", name)
+    assert r.stdout.splitlines()[0].split() == ["RANK", "EXPERIMENT", "PARAMS", "STATUS", "BEST",
+                                                "VAL_ACC1", "EPOCH"]  # fmt: skip
+    rows = [ln.split() for ln in r.stdout.splitlines()[1:]]
+    assert rows == [["1", "exp-1", "lr=0.01", "queued", "0.5", "1"],
+                    ["-", "exp-0", "lr=0.1", "queued", "-", "-"]]  # fmt: skip
+
+
+def test_datastore_list_shows_an_incomplete_version(home, tmp_path):
+    from launcher.backends.local import LocalBackend
+
+    src = tmp_path / "data"
+    src.mkdir()
+    (src / "a.txt").write_text("A")
+    assert launch("datastore", "create", "--name", "toy", "--source", str(src)).exit_code == 0
+    # an interrupted create of version 2: its files are there, its MANIFEST.json is not
+    LocalBackend().storage().write_json("datastores/toy/2/UPLOADING.json", {"files": {}})
+    rows = [ln.split() for ln in launch("datastore", "list").stdout.splitlines()[1:]]
+    assert rows[0][:4] == ["toy", "1", "1", "1"]
+    assert rows[1] == ["toy", "2", "incomplete", "-", "-"]

@@ -116,3 +116,25 @@ def test_error_line_and_exit_code_from_a_real_process(home, workdir):
     assert out.returncode == 1
     assert out.stderr.strip() == "error: run 'ghost' not found; no runs yet (see `launch status`)"
     assert out.stdout == ""
+
+
+def test_a_failed_submit_frees_the_name_and_leaves_no_run(home, workdir, monkeypatch):
+    from localjob import NoAgents, make_spec
+
+    from launcher.backends.local import LocalBackend
+    from launcher.errors import CapacityError
+    from launcher.runs import prepare_run
+    from launcher.store import RunIndex
+
+    def no_capacity(self, run, spec):
+        raise CapacityError("no capacity for t3.medium in us-east-1a, us-east-1b")
+
+    with monkeypatch.context() as m:
+        m.setattr(LocalBackend, "submit", no_capacity)
+        r = launch("run", *CPU, "--name", "demo", "job.py")
+    assert one_line_error(r) == "error: no capacity for t3.medium in us-east-1a, us-east-1b"
+    assert r.stdout == ""
+    assert not LocalBackend().storage().exists("runs/demo")
+    assert RunIndex().get("demo") is None
+    assert "demo" not in launch("status").stdout
+    assert prepare_run(make_spec(name="demo"), NoAgents()) == "demo"  # the name is free again

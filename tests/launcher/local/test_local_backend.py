@@ -9,7 +9,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from localjob import make_spec, read_records, wait_for
+from localjob import NoAgents, make_spec, read_records, wait_for
 
 from launcher import claims as cl
 from launcher import runs
@@ -152,10 +152,6 @@ def test_a_dead_agent_is_replaced_while_another_is_still_busy(home, workdir, tmp
 
 def test_concurrent_status_calls_start_one_replacement(home, workdir):
     import threading
-
-    class NoAgents(LocalBackend):
-        def submit(self, run, spec):
-            return []
 
     spec = make_spec(script_args=["--steps", "1000", "--sleep", "0.05"])
     name = runs.prepare_run(spec, NoAgents())

@@ -7,7 +7,7 @@ import json
 import time
 
 import pytest
-from localjob import make_spec, read_records, wait_for
+from localjob import NoAgents, make_spec, read_records, wait_for
 
 from launcher import runs
 from launcher.artifacts import list_artifacts, pull_artifacts
@@ -16,13 +16,6 @@ from launcher.claims import process_alive
 from launcher.errors import NotFoundError, SpecError
 from launcher.logs import read_log
 from launcher.store import RunIndex, RunRow
-
-
-class NoAgents(LocalBackend):
-    """The local backend minus the agents: for checks of what prepare_run writes."""
-
-    def submit(self, run, spec):
-        return []
 
 
 def test_run_status_logs_artifacts_end_to_end(home, workdir, tmp_path):
@@ -209,3 +202,24 @@ def test_two_launches_racing_for_one_name(home, workdir):
         t.join()
     assert results.count("same") == 1
     assert sum(isinstance(r, SpecError) for r in results) == 2
+
+
+def test_a_submit_failing_after_a_node_started_fails_the_run_and_stops_it(home, workdir):
+    from launcher.errors import BackendError
+
+    class OneNodeThenQuota(LocalBackend):
+        def submit(self, run, spec):
+            super().submit(run, spec)
+            raise BackendError("vCPU quota exceeded after 1 node")
+
+    spec = make_spec(name="partial", script_args=["--steps", "1000", "--sleep", "0.05"])
+    with pytest.raises(BackendError, match="quota exceeded"):
+        runs.prepare_run(spec, OneNodeThenQuota())
+    assert [n.state for n in LocalBackend().nodes("partial")] == ["terminated"]
+    row = RunIndex().get("partial")
+    assert row.status == "failed" and "submit failed: vCPU quota exceeded" in row.message
+    row, (v,) = runs.run_detail("partial")
+    assert row.status == "failed"
+    assert (v.state, v.message) == ("failed", "submit failed: vCPU quota exceeded after 1 node")
+    runs.delete_run("partial")
+    assert RunIndex().get("partial") is None
