@@ -15,6 +15,22 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("cosine", "step", "none")
 STRATEGIES = ("no_freeze", "freeze", "freeze_unfreeze")
 SPLIT_WORDS = {"train": "train", "val": "val", "validate": "val", "test": "test"}
+# Lightning's precision values (lightning_fabric.connector._PRECISION_INPUT), listed here so a
+# typo is caught before torch is imported; a test keeps the two lists equal.
+PRECISIONS = (
+    "32-true",
+    "16-mixed",
+    "bf16-mixed",
+    "16-true",
+    "bf16-true",
+    "64-true",
+    "transformer-engine",
+    "transformer-engine-float16",
+    "32",
+    "16",
+    "bf16",
+    "64",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,9 +123,25 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--accelerator", default="auto", help="cpu, gpu, auto, ...")
     t.add_argument("--devices", default="auto", help="a count, a list like 0,1, or auto")
     t.add_argument("--num_nodes", type=int, default=1)
-    t.add_argument("--strategy", default=None, help="default: ddp with more than one device")
-    t.add_argument("--precision", default=None, help="32, 16-mixed, bf16-mixed, ...")
-    t.add_argument("--sync_batchnorm", action="store_true")
+    t.add_argument(
+        "--strategy",
+        default=None,
+        help="a Lightning strategy: ddp, ddp_spawn, fsdp, deepspeed, ... "
+        "(default: ddp with more than one device, else auto)",
+    )
+    t.add_argument(
+        "--precision",
+        default=None,
+        choices=PRECISIONS,
+        metavar="P",
+        help="32-true (default), 16-mixed or bf16-mixed (mixed precision), bf16-true, ...: "
+        f"one of {', '.join(PRECISIONS)}",
+    )
+    t.add_argument(
+        "--sync_batchnorm",
+        action="store_true",
+        help="with several devices, compute BatchNorm statistics over all of them",
+    )
     t.add_argument("--max_epochs", type=int, default=10)
     t.add_argument("--max_steps", type=int, default=-1)
     t.add_argument(

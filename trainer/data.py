@@ -69,18 +69,23 @@ def _summarise(name: str, total: int, skipped: dict[str, str]) -> None:
 
 
 def resolve(
-    source: VideoSource, cache_dir: str | Path | None, allow_empty: bool = False
+    source: VideoSource,
+    cache_dir: str | Path | None,
+    allow_empty: bool = False,
+    summarise: bool = True,
 ) -> tuple[list, dict[str, str]]:
     """Probe (or read cached metadata of) every video of ``source``.
 
     Returns ``([(path, label, meta)], skipped)``; raises :class:`DataError` if nothing is left
-    (with ``allow_empty``, only if the source listed no file at all).
+    (with ``allow_empty``, only if the source listed no file at all). ``summarise`` warns with
+    a count of the skipped files (callers that report each file themselves turn it off).
     """
     metas, errors = scan([p for p, _ in source.items], source.root, cache_dir)
     skipped = dict(source.skipped)
     skipped.update({str(p): r for p, r in errors.items()})
     usable = [(p, label, metas[p]) for p, label in source.items if p in metas]
-    _summarise(source.name, len(source.items) + len(source.skipped), skipped)
+    if summarise:
+        _summarise(source.name, len(source.items) + len(source.skipped), skipped)
     if not usable and not (allow_empty and skipped):
         raise DataError(source.empty_message or f"no usable videos in {source.name}")
     return usable, skipped
@@ -124,10 +129,7 @@ class VideoDataModule(pl.LightningDataModule):
         self.batch_size, self.num_workers = batch_size, num_workers
         self.clips_per_video, self.hflip, self.seed = clips_per_video, hflip, seed
         self._scan_skipped: dict[str, str] = {}
-        fd, log_path = tempfile.mkstemp(prefix="video-failures-", suffix=".log")
-        os.close(fd)
-        self._failures = FailureLog(log_path)
-        weakref.finalize(self, _unlink, log_path)
+        self._failures = _temp_failure_log()
 
         resolved: dict[str, list] = {}
         declared: set[str] = set()
@@ -236,14 +238,11 @@ class VideoDataModule(pl.LightningDataModule):
             generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
         )
 
-    def _split(self, split: str) -> list[VideoItem]:
-        if split not in self.items:
-            raise DataError(f"no {split} data: give a {split} folder, CSV or annotations")
-        return self.items[split]
-
     def train_dataloader(self) -> DataLoader:
+        if "train" not in self.items:
+            raise DataError("no train data: give a train folder, CSV or annotations")
         ds = ClipDataset(
-            self._split("train"),
+            self.items["train"],
             self.video_input,
             train_transform(self.video_input, hflip=self.hflip),
             self._failures,
@@ -251,31 +250,82 @@ class VideoDataModule(pl.LightningDataModule):
         collate = ClipCollate(self.video_input, None, ["label"])
         return self._loader(ds, True, collate, self.batch_size)
 
-    def _eval_loader(self, split: str) -> DataLoader:
+    def _eval_loader(self, split: str) -> DataLoader | list:
+        if split not in self.items:
+            return []  # Lightning's "no such split": the loop is skipped, not an error
         ds = MultiClipDataset(
-            self._split(split),
+            self.items[split],
             self.video_input,
             eval_transform(self.video_input),
             self._failures,
             clips=self.clips_per_video,
         )
         collate = ClipCollate(self.video_input, self.clips_per_video, ["label", "index"])
-        return self._loader(ds, False, collate, self.batch_size)
+        loader = self._loader(ds, False, collate, self.batch_size)
+        return _unpadded(loader, self.trainer, f"{split} data")
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader | list:
+        """Every val video once (an empty list when there is no val split)."""
         return self._eval_loader("val")
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> DataLoader | list:
+        """Every test video once (an empty list when there is no test split)."""
         return self._eval_loader("test")
 
     def predict_dataloader(self) -> DataLoader:
         if self._predict is None:
             raise DataError("no predict data: give predict= (a folder or a list of videos)")
         loader, skipped = predict_loader(
-            self._predict, self.video_input, self.clips_per_video, self.batch_size, self.num_workers
+            self._predict,
+            self.video_input,
+            self.clips_per_video,
+            self.batch_size,
+            self.num_workers,
+            failures=self._failures,
         )
         self._scan_skipped.update(skipped)
+        return _unpadded(loader, self.trainer, "videos to predict")
+
+
+def unpadded_sampler(dataset, num_replicas: int, rank: int, what: str = "data"):
+    """A distributed sampler that gives each of ``num_replicas`` processes a disjoint share of
+    ``dataset`` (sizes differ by at most one), in order.
+
+    PyTorch's DistributedSampler pads the dataset to a multiple of the process count by
+    repeating items, which would count some videos twice in video-level accuracy; torchmetrics
+    sums the per-process counts, so unequal shares are exact. Every process must get at least
+    one item (a process with no batch would leave the others waiting for its metrics), so with
+    fewer items than processes this falls back to padding, with a warning.
+    """
+    from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
+    from torch.utils.data import DistributedSampler
+
+    if len(dataset) < num_replicas:
+        warnings.warn(
+            f"{what}: {len(dataset)} video(s) on {num_replicas} processes; some are counted "
+            "twice in the metrics",
+            DataWarning,
+            stacklevel=2,
+        )
+        return DistributedSampler(dataset, num_replicas, rank, shuffle=False)
+    return UnrepeatedDistributedSampler(dataset, num_replicas, rank, shuffle=False)
+
+
+def _unpadded(loader: DataLoader, trainer, what: str) -> DataLoader:
+    """``loader`` with an :func:`unpadded_sampler` when ``trainer`` runs several processes
+    (Lightning keeps a DistributedSampler it finds instead of adding its padding one)."""
+    if trainer is None or trainer.world_size <= 1:
         return loader
+    sampler = unpadded_sampler(loader.dataset, trainer.world_size, trainer.global_rank, what)
+    return DataLoader(
+        loader.dataset,
+        batch_size=loader.batch_size,
+        sampler=sampler,
+        num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn,
+        pin_memory=loader.pin_memory,
+        persistent_workers=loader.persistent_workers,
+    )
 
 
 def predict_loader(
@@ -285,24 +335,29 @@ def predict_loader(
     batch_size: int = 4,
     num_workers: int = 0,
     cache_dir: str | Path | None = None,
+    failures: FailureLog | None = None,
+    summarise: bool = True,
 ) -> tuple[DataLoader, dict[str, str]]:
     """A loader of ``{"video": [B, N, C, T, H, W], "index", "path"}`` over videos to classify,
-    and the ``{path: reason}`` of the ones skipped (missing, not a video, undecodable). If every
-    file is bad the loader is empty; only a folder or list holding no file at all is an error.
+    and the ``{path: reason}`` of the ones the metadata scan skipped (missing, not a video).
+    If every file is bad the loader is empty; only a folder or list holding no file at all is
+    an error. A file that fails to decode while loading is left out of its batch and recorded
+    in ``failures`` (a fresh log by default): read it with ``loader.dataset.failures.read()``.
+    ``summarise=False`` leaves out the warning that counts the skipped files.
     """
     from trainer.meta_cache import user_cache_dir
 
     source = VideoSource.from_paths(paths_or_folder)
     # Videos to classify are the user's own files: cache their metadata out of their folders.
-    usable, skipped = resolve(source, cache_dir or user_cache_dir(), allow_empty=True)
+    usable, skipped = resolve(
+        source, cache_dir or user_cache_dir(), allow_empty=True, summarise=summarise
+    )
     items = [VideoItem(p, -1, meta) for p, _, meta in usable]
-    fd, log_path = tempfile.mkstemp(prefix="video-failures-", suffix=".log")
-    os.close(fd)
     ds = MultiClipDataset(
         items,
         video_input,
         eval_transform(video_input),
-        FailureLog(log_path),
+        failures or _temp_failure_log(),
         clips=clips_per_video,
         with_label=False,
         with_path=True,
@@ -313,8 +368,16 @@ def predict_loader(
         num_workers=num_workers,
         collate_fn=ClipCollate(video_input, clips_per_video, ["index", "path"]),
     )
-    weakref.finalize(loader, _unlink, log_path)
     return loader, skipped
+
+
+def _temp_failure_log() -> FailureLog:
+    """A FailureLog in a temporary file, removed when the log object is collected."""
+    fd, log_path = tempfile.mkstemp(prefix="video-failures-", suffix=".log")
+    os.close(fd)
+    log = FailureLog(log_path)
+    weakref.finalize(log, _unlink, log_path)
+    return log
 
 
 def _unlink(path: str) -> None:

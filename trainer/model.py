@@ -144,7 +144,8 @@ class VideoClassifier(pl.LightningModule):
     def video_probs(self, video: Video) -> Tensor:
         """Video-level class probabilities: softmax of each of the N clips, averaged."""
         clips, b, n = _merge_clips(video)
-        return F.softmax(self(clips), dim=-1).view(b, n, -1).mean(dim=1)
+        # Sized explicitly: a batch whose every video failed to decode has b == 0.
+        return F.softmax(self(clips), dim=-1).view(b, n, len(self.labels)).mean(dim=1)
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         logits = self(batch["video"])
@@ -159,8 +160,10 @@ class VideoClassifier(pl.LightningModule):
         return loss
 
     def _eval_step(self, batch: dict, stage: str) -> None:
-        probs = self.video_probs(batch["video"])
         y = batch["label"]
+        if y.numel() == 0:  # every video of the batch failed to decode (listed in .skipped)
+            return
+        probs = self.video_probs(batch["video"])
         loss = F.nll_loss(probs.clamp_min(1e-8).log(), y)
         acc1, acc5 = getattr(self, f"{stage}_acc1"), getattr(self, f"{stage}_acc5")
         acc1(probs, y)
@@ -252,6 +255,7 @@ class VideoClassifier(pl.LightningModule):
             clips_per_video=self.hparams.clips_per_video,
             batch_size=batch_size,
             num_workers=num_workers,
+            summarise=False,  # every skipped file is returned, with its reason
         )
         was_training = self.training
         self.eval()
@@ -269,7 +273,10 @@ class VideoClassifier(pl.LightningModule):
                     out.append((str(path), self.decode(p, top_k)))
         finally:
             self.train(was_training)
-        return out, {str(k): v for k, v in skipped.items()}
+        # Files that passed the metadata scan but failed to decode were left out of their batch.
+        wanted = {str(item.path) for item in loader.dataset.items}
+        failed = {p: why for p, why in loader.dataset.failures.read().items() if p in wanted}
+        return out, {**{str(k): v for k, v in skipped.items()}, **failed}
 
     def decode(self, probs: Tensor, top_k: int | None = None):
         """One video's probabilities -> its label, or the ``top_k`` (label, prob) pairs."""

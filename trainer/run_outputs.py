@@ -1,8 +1,9 @@
 """What a training run leaves in its output dir, and the callbacks that keep it current.
 
-Lightning's CSVLogger writes one ``logs/version_N/metrics.csv`` per attempt (a resumed run is a
-new version); ``metrics.csv`` at the top merges them into one flat table, one row per
-(epoch, step), so a run interrupted and resumed still reads as one history.
+Lightning's CSVLogger writes this attempt's metrics to a scratch folder outside the output dir;
+``metrics.csv`` at the top is the one table users read, one row per (epoch, step): the history
+of earlier attempts (a run interrupted and resumed) merged with this attempt's rows. So the
+output dir holds a single metrics.csv and a single hparams.yaml.
 """
 
 from __future__ import annotations
@@ -10,10 +11,14 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import tempfile
+import weakref
 from pathlib import Path
 
 from pytorch_lightning import Callback
 from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+Rows = dict[tuple[int, int], dict[str, str]]
 
 
 class RunOutputs:
@@ -25,7 +30,23 @@ class RunOutputs:
         self.last_ckpt = self.ckpt_dir / "last.ckpt"
         self.best_ckpt = self.ckpt_dir / "best.ckpt"
         self.metrics_csv = self.root / "metrics.csv"
-        self.logs = self.root / "logs"
+        self._history: Rows = {}
+        self._columns: list[str] = ["epoch", "step"]
+        self._log_dir: Path | None = None
+
+    def logger(self, resume: bool):
+        """A CSVLogger for this attempt, writing to a scratch folder removed at exit. With
+        ``resume`` the rows already in metrics.csv are kept as history; otherwise a fresh run
+        replaces them."""
+        from pytorch_lightning.loggers import CSVLogger
+
+        if resume and self.metrics_csv.is_file():
+            self._history = _read_rows(self.metrics_csv, self._columns)
+        scratch = tempfile.mkdtemp(prefix="train-logs-")
+        weakref.finalize(self, shutil.rmtree, scratch, True)
+        logger = CSVLogger(scratch, name="", version=0)
+        self._log_dir = Path(logger.log_dir)
+        return logger
 
     def write_run_info(self, args, labels: list[str], model) -> None:
         """labels.txt and args.json (the flags, resolved input included)."""
@@ -39,30 +60,14 @@ class RunOutputs:
         flat["backbone_params"] = sum(p.numel() for p in model.parameters())
         (self.root / "args.json").write_text(json.dumps(flat, indent=2, default=str) + "\n")
 
-    def _versions(self) -> list[Path]:
-        def number(p: Path) -> int:
-            return int(p.name.split("_")[-1]) if p.name.split("_")[-1].isdigit() else -1
-
-        return sorted((p for p in self.logs.glob("version_*") if p.is_dir()), key=number)
-
     def write_metrics(self) -> None:
-        """Merge every attempt's metrics into metrics.csv; copy the latest hparams.yaml."""
-        rows: dict[tuple[int, int], dict[str, str]] = {}
-        columns: list[str] = ["epoch", "step"]
-        versions = self._versions()
-        for version in versions:
-            f = version / "metrics.csv"
-            if not f.is_file():
-                continue
-            with f.open(newline="") as fh:
-                for row in csv.DictReader(fh):
-                    key = (int(row.get("epoch") or 0), int(row.get("step") or 0))
-                    merged = rows.setdefault(key, {"epoch": str(key[0]), "step": str(key[1])})
-                    for k, v in row.items():
-                        if v not in (None, ""):
-                            merged[k] = v
-                            if k not in columns:
-                                columns.append(k)
+        """Write metrics.csv (history plus this attempt) and hparams.yaml from the logger."""
+        columns = list(self._columns)
+        rows = {k: dict(v) for k, v in self._history.items()}
+        log = self._log_dir / "metrics.csv" if self._log_dir else None
+        if log is not None and log.is_file():
+            for key, row in _read_rows(log, columns).items():
+                rows.setdefault(key, {}).update(row)
         if rows:
             self.root.mkdir(parents=True, exist_ok=True)
             with self.metrics_csv.open("w", newline="") as fh:
@@ -70,10 +75,8 @@ class RunOutputs:
                 w.writeheader()
                 for key in sorted(rows):
                     w.writerow(rows[key])
-        for version in reversed(versions):
-            if (version / "hparams.yaml").is_file():
-                shutil.copyfile(version / "hparams.yaml", self.root / "hparams.yaml")
-                break
+        if self._log_dir is not None and (self._log_dir / "hparams.yaml").is_file():
+            shutil.copyfile(self._log_dir / "hparams.yaml", self.root / "hparams.yaml")
 
     def finish(self, trainer) -> tuple[Path, float | None]:
         """The best checkpoint (last.ckpt when none was kept) and its val_acc1, if any."""
@@ -91,6 +94,22 @@ class RunOutputs:
             w.writerows(results)
             for path, why in skipped.items():
                 w.writerow([path, f"SKIPPED: {why}"])
+
+
+def _read_rows(path: Path, columns: list[str]) -> Rows:
+    """Rows of a metrics CSV keyed by (epoch, step), empty cells dropped; new column names are
+    appended to ``columns``."""
+    rows: Rows = {}
+    with path.open(newline="") as fh:
+        for row in csv.DictReader(fh):
+            key = (int(row.get("epoch") or 0), int(row.get("step") or 0))
+            merged = rows.setdefault(key, {"epoch": str(key[0]), "step": str(key[1])})
+            for k, v in row.items():
+                if v not in (None, ""):
+                    merged[k] = v
+                    if k not in columns:
+                        columns.append(k)
+    return rows
 
 
 class MetricsCsv(Callback):

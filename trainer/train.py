@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
 
     import pytorch_lightning as pl
+    from lightning_fabric.utilities.exceptions import MisconfigurationException
 
     from trainer.model import VideoClassifier
     from trainer.run_outputs import RunOutputs
@@ -176,24 +177,22 @@ def main(argv: list[str] | None = None) -> int:
         clips_per_video=args.clips_per_video,
         load_weights=resume is None,  # the checkpoint holds the weights
     )
-    has_val = bool(args.val_folder or args.val_csv or "val" in args.kinetics_splits)
-    trainer = pl.Trainer(**_trainer_kwargs(args, out, has_val))
+    try:
+        trainer = pl.Trainer(
+            **_trainer_kwargs(args, out, has_val="val" in dm.items),
+            logger=out.logger(resume=resume is not None),
+        )
+    except (MisconfigurationException, ValueError, ImportError) as e:
+        # Lightning's checks of --accelerator/--devices/--strategy/--precision together.
+        print(f"error: {_first_line(e)}", file=sys.stderr)
+        return 2
     out.write_run_info(args, dm.labels, model)
 
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
     try:
         ckpt_path = str(resume) if resume else None
-        if has_val:
-            trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
-        else:
-            # The data module raises for a split it lacks, and fast_dev_run would ask for val.
-            trainer.fit(
-                model,
-                train_dataloaders=dm.train_dataloader(),
-                ckpt_path=ckpt_path,
-                weights_only=True,
-            )
+        trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
     except SIGTERMException:
         out.write_metrics()
         print(
@@ -214,7 +213,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _trainer_kwargs(args, out, has_val: bool) -> dict:
     from pytorch_lightning.callbacks import ModelCheckpoint
-    from pytorch_lightning.loggers import CSVLogger
 
     from trainer.finetune import VideoFinetuning
     from trainer.run_outputs import MetricsCsv, SigtermCheckpoint
@@ -248,7 +246,6 @@ def _trainer_kwargs(args, out, has_val: bool) -> dict:
         max_steps=args.max_steps,
         fast_dev_run=args.fast_dev_run,
         default_root_dir=str(out.root),
-        logger=CSVLogger(str(out.root), name="logs"),
         callbacks=callbacks,
         log_every_n_steps=args.log_every_n_steps,
         enable_progress_bar=sys.stderr.isatty(),
@@ -259,9 +256,12 @@ def _trainer_kwargs(args, out, has_val: bool) -> dict:
         kw["limit_train_batches"] = _limit(args.limit_train_batches)
     if args.limit_val_batches is not None:
         kw["limit_val_batches"] = _limit(args.limit_val_batches)
-    if not has_val:
-        kw["limit_val_batches"] = 0  # the data module has no val loader to give
     return kw
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _limit(value: float) -> int | float:
@@ -270,7 +270,7 @@ def _limit(value: float) -> int | float:
 
 def _finish(args, dm, trainer, out) -> int:
     best_path, score = out.finish(trainer)
-    if args.test_folder or args.test_csv or "test" in args.kinetics_splits:
+    if "test" in dm.items:
         trainer.test(ckpt_path=str(best_path), datamodule=dm, weights_only=True)
         out.write_metrics()
     if args.predict_folder:

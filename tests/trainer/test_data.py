@@ -210,9 +210,9 @@ def test_missing_folder_and_wrong_use_are_clear_errors(tmp_path, tiny_input, mot
         VideoDataModule.from_folders(tmp_path / "file.mp4", video_input=tiny_input)
     with pytest.raises(DataError, match="no data given"):
         VideoDataModule(video_input=tiny_input)
-    dm = VideoDataModule.from_folders(motion_dataset / "train", video_input=tiny_input)
-    with pytest.raises(DataError, match="no val data"):
-        dm.val_dataloader()
+    dm = VideoDataModule.from_folders(val_folder=motion_dataset / "val", video_input=tiny_input)
+    with pytest.raises(DataError, match="no train data"):
+        dm.train_dataloader()
     with pytest.raises(DataError, match="not among the 2 given labels"):
         VideoDataModule.from_folders(
             motion_dataset / "train", video_input=tiny_input, labels=["left", "right"]
@@ -334,3 +334,22 @@ def test_benchmark_script_runs_on_tiny_videos(tmp_path, capsys):
     torch.set_num_threads(threads)
     out = capsys.readouterr().out
     assert "pytorchvideo LabeledVideoDataset:" in out and "speed-up:" in out
+
+
+def test_missing_eval_split_is_an_empty_loader_lightning_skips(motion_dataset, tiny_input):
+    """Lightning asks for val whenever validation_step exists (fast_dev_run included): a split
+    that was not given is an empty list, Lightning's "no such split", not an error."""
+    import pytorch_lightning as pl
+
+    from trainer.model import VideoClassifier
+
+    dm = VideoDataModule.from_folders(motion_dataset / "train", video_input=tiny_input)
+    assert dm.val_dataloader() == [] and dm.test_dataloader() == []
+    model = VideoClassifier("demo_cnn", labels=dm.labels, video_input=tiny_input.to_dict())
+    trainer = pl.Trainer(
+        fast_dev_run=True, accelerator="cpu", logger=False, enable_progress_bar=False
+    )
+    trainer.fit(model, datamodule=dm)
+    assert "train_loss" in trainer.callback_metrics
+    assert "val_acc1" not in trainer.callback_metrics
+    assert trainer.test(model, datamodule=dm) == []

@@ -4,6 +4,8 @@ one-line errors for files that are not our checkpoints."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -82,6 +84,33 @@ def test_skipped_file_is_reported(checkpoint, _motion_master, corrupt_video):
     with pytest.warns(UserWarning, match=r"skipped 1 video\(s\): .*corrupt\.mp4"):
         result = model.predict(videos)
     assert result[0] in model.labels and result[1] is None
+
+
+def test_decode_failure_after_the_scan_is_reported(checkpoint, _motion_master, tmp_path, capsys):
+    """A file whose metadata scan passed (here: cached, the file then rewritten in place with
+    its size and mtime kept) but which fails to decode gives None, a warning naming it and
+    why, and a `skipped` entry, like a file the scan rejected."""
+    model = load_model(checkpoint)
+    good, broken = tmp_path / "good.mp4", tmp_path / "broken.mp4"
+    shutil.copyfile(_videos(_motion_master)[0], good)
+    shutil.copyfile(_videos(_motion_master)[1], broken)
+    assert None not in model.predict([good, broken])  # scanned, metadata cached
+    stat = broken.stat()
+    data = broken.read_bytes()
+    start, end = data.index(b"mdat") + 4, data.index(b"moov")  # the frames, not the index
+    assert start < end
+    broken.write_bytes(data[:start] + bytes(end - start) + data[end:])
+    os.utime(broken, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+    with pytest.warns(UserWarning, match=r"skipped 1 video\(s\): \S*broken\.mp4 \(\w+"):
+        result = model.predict([good, broken, good])
+    assert result[0] in model.labels and result[1] is None and result[2] == result[0]
+    got, skipped = model.predict_paths([broken])
+    assert got == [] and list(skipped) == [str(broken)]
+
+    assert main([str(checkpoint), str(broken), "--json"]) == 1
+    out = json.loads(capsys.readouterr().out)
+    assert out["predictions"] == {} and list(out["skipped"]) == [str(broken)]
 
 
 def test_not_a_checkpoint(tmp_path, text_file):
