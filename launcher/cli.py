@@ -86,6 +86,15 @@ def age(t: float | None) -> str:
     return f"{int(s)}s"
 
 
+def size(n: float) -> str:
+    """Bytes for people: 512 B, 4.1 KB, 2.3 GB."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
 def _state_color(state: str) -> str:
     return STATE_COLORS.get(state.strip(), "white")
 
@@ -140,7 +149,11 @@ def _parse_env(values: tuple[str, ...]) -> dict[str, str] | None:
     help="Spot instances (aws).",
 )
 @click.option("--name", help="Run name; generated when omitted.")
-@click.option("--backend", type=click.Choice(["local", "aws"]), help="Where to run (local).")
+@click.option(
+    "--backend",
+    type=click.Choice(["local", "aws"]),
+    help="Where to run (default: config defaults.backend, else local).",
+)
 @click.option("--spec", "spec_file", metavar="FILE", help="YAML job spec; flags override it.")
 @click.option("--env", "env", multiple=True, metavar="KEY=VALUE", help="Environment (repeatable).")
 @click.option("--retries", type=int, help="Times a failed experiment is run again.")
@@ -173,6 +186,10 @@ def run(spec_file, env, dry_run, wait, follow, script, script_args, **flags) -> 
         raise click.UsageError("missing SCRIPT (or --spec FILE)")
     if script is not None:
         flags.update(script=script, script_args=list(script_args))
+    if flags["backend"] is None and not _sets_backend(spec_file):
+        from launcher.config import get_setting
+
+        flags["backend"] = get_setting("defaults.backend")  # None: the spec's default (local)
     spec = JobSpec.load(spec_file, env=_parse_env(env), **flags)
     backend = get_backend(spec.backend)
     spec.check_capabilities(backend.capabilities, backend.name)
@@ -189,6 +206,20 @@ def run(spec_file, env, dry_run, wait, follow, script, script_args, **flags) -> 
         _wait_and_exit(name, follow)
     else:
         click.secho(f"launch status {name}    launch logs {name} -f", err=True, dim=True)
+
+
+def _sets_backend(spec_file: str | None) -> bool:
+    """Whether a spec file names its backend (it then wins over config defaults.backend)."""
+    if spec_file is None:
+        return False
+    import yaml
+
+    try:
+        with open(spec_file) as f:
+            data = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError):
+        return False  # JobSpec.load reports it properly
+    return isinstance(data, dict) and "backend" in data
 
 
 def _print_plan(spec, storage) -> None:
@@ -215,7 +246,7 @@ def _print_plan(spec, storage) -> None:
     if spec.backend == "local":
         line += "; on the local backend it costs nothing"
     click.echo(line)
-    click.echo(f"code snapshot: {plan.files} files, {plan.size / 1e6:.1f} MB; nothing launched")
+    click.echo(f"code snapshot: {plan.files} file(s), {size(plan.size)}; nothing launched")
 
 
 def _wait_and_exit(name: str, follow: bool) -> None:
@@ -266,9 +297,12 @@ def status(run: str | None, as_json: bool) -> None:
         click.echo(json.dumps({"run": asdict(row), "experiments": [asdict(v) for v in views],
                                "nodes": [asdict(n) for n in nodes]}, indent=2))  # fmt: skip
         return
+    when = f"started {age(row.created)} ago"
+    if row.ended and row.status in ("succeeded", "failed", "stopped"):
+        when += f", ended {age(row.ended)} ago"
     cost = "" if row.cost is None else f", ${row.cost:.2f} so far"
     click.echo(f"{row.name}: {row.status}, {row.done}/{row.total} done, {row.backend} "
-               f"{row.instance_type}, started {age(row.created)} ago{cost}")  # fmt: skip
+               f"{row.instance_type}, {when}{cost}")  # fmt: skip
     if row.message:
         click.secho(row.message, fg="yellow", err=True)
     _print_experiments(views)
@@ -319,7 +353,7 @@ def _latest_metric(metrics: dict) -> str:
 
 
 # -- logs, stop, delete ----------------------------------------------------------------------
-@cli.command()
+@cli.command(short_help="Print or follow experiments' output.")
 @click.argument("target", metavar="RUN[/EXP]")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing until the experiments end.")
 def logs(target: str, follow: bool) -> None:
@@ -341,19 +375,28 @@ def logs(target: str, follow: bool) -> None:
         click.echo(read_log(ctx.storage, ctx.name, exp), nl=False)
 
 
-@cli.command()
+@cli.command(short_help="Stop a run or one experiment.")
 @click.argument("target", metavar="RUN[/EXP]")
 def stop(target: str) -> None:
     """Stop a run or one experiment (SIGTERM, then SIGKILL after a grace period)."""
     from launcher.runs import RunContext, stop_run
+    from launcher.store import FINISHED
 
-    RunContext(target).experiment_ids()  # NotFoundError before anything else
-    click.secho(f"stopping {target}...", err=True, dim=True)
+    ctx = RunContext(target)
+    ids = ctx.experiment_ids()  # NotFoundError before anything else
+    row, views = ctx.refresh(reconcile=False)
+    states = {v.id: v.state for v in views}
+    if all(states[e] in FINISHED for e in ids):
+        what = states[ctx.exp] if ctx.exp else row.status
+        click.echo(f"{target} already {what}; nothing to stop")
+        return
+    click.secho(f"stopping {target} (agents finish at their next heartbeat)...", err=True,
+                dim=True)  # fmt: skip
     row = stop_run(target)
     click.echo(f"{row.name}: {row.status}, {row.done}/{row.total} done")
 
 
-@cli.command()
+@cli.command(short_help="Delete a run: nodes, logs, artifacts, index entry.")
 @click.argument("run")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 def delete(run: str, yes: bool) -> None:

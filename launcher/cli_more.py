@@ -21,12 +21,14 @@ def _storage(backend: str | None):
 
 
 _backend_option = click.option(
-    "--backend", type=click.Choice(["local", "aws"]), help="Whose storage (default: local)."
+    "--backend",
+    type=click.Choice(["local", "aws"]),
+    help="Whose storage (default: config defaults.backend, else local).",
 )
 
 
 # -- datastore -------------------------------------------------------------------------------
-@click.group()
+@click.group(short_help="Versioned, immutable data sets that runs mount.")
 def datastore() -> None:
     """Versioned, immutable data sets that runs mount."""
 
@@ -37,6 +39,7 @@ def datastore() -> None:
 @_backend_option
 def datastore_create(name: str, source: str, backend: str | None) -> None:
     """Upload SOURCE as the next version of datastore NAME (resumable)."""
+    from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
     from launcher.datastore import create_datastore
@@ -48,6 +51,7 @@ def datastore_create(name: str, source: str, backend: str | None) -> None:
         DownloadColumn(),
         TimeRemainingColumn(),
         transient=True,
+        console=Console(stderr=True),  # stdout holds only the result: NAME:VERSION
     ) as bar:
         task = bar.add_task(f"uploading {name}", total=None)
 
@@ -62,13 +66,13 @@ def datastore_create(name: str, source: str, backend: str | None) -> None:
 @_backend_option
 def datastore_list(backend: str | None) -> None:
     """Datastores and their versions."""
-    from launcher.cli import table
+    from launcher.cli import size, table
     from launcher.datastore import list_datastores
 
     rows = []
     for d in list_datastores(_storage(backend)):
         if d.complete:
-            rows.append([d.name, str(d.version), str(d.files), _size(d.size), d.created or "-"])
+            rows.append([d.name, str(d.version), str(d.files), size(d.size), d.created or "-"])
         else:  # no MANIFEST.json yet: an interrupted (or running) create
             rows.append([d.name, str(d.version), "incomplete", "-", "-"])
     if not rows:
@@ -96,7 +100,7 @@ def datastore_delete(ref: str, yes: bool, backend: str | None) -> None:
 
 
 # -- artifacts -------------------------------------------------------------------------------
-@click.group()
+@click.group(short_help="List and pull what experiments saved.")
 def artifacts() -> None:
     """What experiments wrote to LAUNCH_ARTIFACTS_DIR: checkpoints, metrics, labels."""
 
@@ -106,36 +110,34 @@ def artifacts() -> None:
 def artifacts_list(target: str) -> None:
     """Artifacts of a run's experiments, with sizes."""
     from launcher.artifacts import list_artifacts
-    from launcher.cli import table
+    from launcher.cli import size, table
     from launcher.runs import RunContext
 
     ctx = RunContext(target)
     ctx.experiment_ids()  # NotFoundError for an unknown experiment
-    rows = [[a.experiment, a.path, _size(a.size)]
+    rows = [[a.experiment, a.path, size(a.size)]
             for a in list_artifacts(ctx.storage, ctx.name, ctx.exp)]  # fmt: skip
+    if not rows:
+        click.secho(f"{target} has no artifacts yet", err=True, dim=True)
+        return
     table(["experiment", "path", "size"], rows)
 
 
-def _size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return str(n)
-
-
 @artifacts.command("pull")
-@click.argument("run")
-@click.option("--experiment", "-e", help="Only this experiment (default: all).")
+@click.argument("target", metavar="RUN[/EXP]")
+@click.option("--experiment", "-e", help="Only this experiment (same as RUN/EXP).")
 @click.option("--dest", default="launch_artifacts", show_default=True, help="Local folder.")
-def artifacts_pull(run: str, experiment: str | None, dest: str) -> None:
+def artifacts_pull(target: str, experiment: str | None, dest: str) -> None:
     """Download artifacts (sha256-verified) to DEST/RUN/EXP/..."""
     from launcher.artifacts import pull_artifacts
     from launcher.runs import RunContext
 
-    ctx = RunContext(run if experiment is None else f"{run}/{experiment}")
-    ctx.experiment_ids()
-    paths = pull_artifacts(ctx.storage, ctx.name, experiment=experiment, dest=dest)
+    ctx = RunContext(target)
+    if experiment and ctx.exp and experiment != ctx.exp:
+        raise click.UsageError(f"{target} and --experiment {experiment} name different experiments")
+    ctx.exp = ctx.exp or experiment
+    ctx.experiment_ids()  # NotFoundError for an unknown experiment
+    paths = pull_artifacts(ctx.storage, ctx.name, experiment=ctx.exp, dest=dest)
     for p in paths:
         click.echo(str(p))
     click.secho(f"{len(paths)} file(s) under {dest}", err=True, dim=True)
@@ -167,7 +169,7 @@ def metrics(run: str, metric: str | None, plot: str | None) -> None:
         click.secho(f"plot written to {plot}", err=True, dim=True)
 
 
-@click.command()
+@click.command(short_help="Classify videos with a checkpoint or a run's best one.")
 @click.argument("source", metavar="RUN|CHECKPOINT")
 @click.argument("videos", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option(
@@ -225,12 +227,15 @@ def best_checkpoint(run: str, *, metric: str | None = None, dest: str = "launch_
 
 # -- instances and config --------------------------------------------------------------------
 @click.command()
-@click.option("--gpus", type=int, help="Only types with at least this many GPUs.")
+@click.option("--gpus", type=click.IntRange(min=0), help="Only types with at least this many GPUs.")
 def instances(gpus: int | None) -> None:
     """Instance types a run can ask for, with prices."""
     from launcher.catalog import list_instances
     from launcher.cli import table
 
+    if not list_instances(gpus=gpus):
+        most = max(i.gpus for i in list_instances())
+        raise NotFoundError(f"no instance type has {gpus} or more GPUs; the most is {most}")
     table(
         ["name", "gpus", "gpu", "gpu mem", "vcpus", "memory", "$/h", "spot $/h"],
         [[i.name, str(i.gpus), i.gpu_model or "-", f"{i.gpu_memory_gib} GiB" if i.gpus else "-",
@@ -239,37 +244,77 @@ def instances(gpus: int | None) -> None:
     )  # fmt: skip
 
 
-@click.group()
+@click.group(short_help="Get and set settings (aws.bucket, aws.region...).")
 def config() -> None:
     """Settings in $LAUNCH_HOME/config.yaml (aws.bucket, aws.region, aws.prefix, ...)."""
+
+
+def _check_setting(key: str, value: str | None = None) -> None:
+    from launcher.backends.base import BACKENDS
+    from launcher.config import SETTINGS, ConfigError, get_setting
+
+    get_setting(key, config={})  # the key's form first: SECTION.NAME
+    if key not in SETTINGS:
+        raise ConfigError(f"unknown setting {key!r}; settings: {', '.join(sorted(SETTINGS))}")
+    if key == "defaults.backend" and value is not None and value not in BACKENDS:
+        raise ConfigError(f"defaults.backend must be one of: {', '.join(sorted(BACKENDS))}")
+
+
+def _show(value) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 @config.command("set")
 @click.argument("key")
 @click.argument("value")
 def config_set(key: str, value: str) -> None:
-    from launcher.config import set_setting
+    """Set KEY to VALUE (`launch config list` shows the settings)."""
+    from launcher.config import get_setting, set_setting
 
+    _check_setting(key, value)
     set_setting(key, value)
+    click.echo(f"{key} = {_show(get_setting(key))}")
 
 
 @config.command("get")
 @click.argument("key")
 def config_get(key: str) -> None:
+    """Print KEY's value; exit 1 when it is not set."""
     from launcher.config import get_setting
 
+    _check_setting(key)
     value = get_setting(key)
     if value is None:
-        raise NotFoundError(f"{key} is not set (see `launch config list`)")
-    click.echo(value)
+        raise NotFoundError(f"{key} is not set (`launch config set {key} VALUE`)")
+    click.echo(_show(value))
+
+
+@config.command("unset")
+@click.argument("key")
+def config_unset(key: str) -> None:
+    """Remove KEY, so its default applies again."""
+    from launcher.config import unset_setting
+
+    if not unset_setting(key):  # any key that is set can go, even one the launcher ignores
+        _check_setting(key)
+        raise NotFoundError(f"{key} is not set")
+    click.echo(f"{key} unset")
 
 
 @config.command("list")
 def config_list() -> None:
-    from launcher.config import flatten, load_config
+    """Every setting: its value, or (unset) with what it is for."""
+    from launcher.config import SETTINGS, flatten, load_config
 
-    for key, value in flatten(load_config()).items():
-        click.echo(f"{key} = {json.dumps(value) if not isinstance(value, str) else value}")
+    values = flatten(load_config())
+    for key in sorted(set(SETTINGS) | set(values)):
+        if key in values:
+            unknown = (
+                "" if key in SETTINGS else click.style("  (not read by the launcher)", dim=True)
+            )
+            click.echo(f"{key} = {_show(values[key])}{unknown}")
+        else:
+            click.secho(f"{key} (unset): {SETTINGS[key]}", dim=True)
 
 
 def register(cli: click.Group) -> None:

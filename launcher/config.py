@@ -17,6 +17,16 @@ from launcher.errors import LaunchError
 _KEY = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
 
 
+# The settings the launcher reads (`launch config set` refuses others: a typo would be ignored).
+SETTINGS = {
+    "aws.bucket": "S3 bucket holding runs and datastores (or LAUNCH_AWS_BUCKET)",
+    "aws.prefix": "folder in the bucket (default: launch)",
+    "aws.region": "AWS region of the nodes (default: the AWS CLI's)",
+    "aws.ami": "node image: an ami-... id (default: the AWS Deep Learning base AMI)",
+    "defaults.backend": "local or aws: where `launch run` and `launch datastore` go by default",
+}
+
+
 class ConfigError(LaunchError):
     """A config key or value is invalid, or config.yaml cannot be read."""
 

@@ -128,6 +128,8 @@ def test_stop_a_running_experiment(home, workdir):
     assert r.exit_code == 0
     r = launch("stop", "long")
     assert r.exit_code == 0 and "long: stopped" in r.stdout
+    r = launch("stop", "long")  # again: nothing left to stop, and no wait for agents
+    assert r.exit_code == 0 and r.stdout == "long already stopped; nothing to stop\n"
 
 
 def test_datastore_commands_and_a_run_that_mounts_one(home, workdir, tmp_path):
@@ -136,7 +138,7 @@ def test_datastore_commands_and_a_run_that_mounts_one(home, workdir, tmp_path):
     (src / "train" / "a.txt").write_text("A")
     (src / "b.txt").write_text("BB")
     r = launch("datastore", "create", "--name", "toy", "--source", str(src))
-    assert r.exit_code == 0 and r.stdout.strip() == "toy:1"
+    assert r.exit_code == 0 and r.stdout == "toy:1\n"  # the progress bar is on stderr
     r = launch("datastore", "list")
     assert r.stdout.splitlines()[1].split()[:3] == ["toy", "1", "2"]
 
@@ -180,9 +182,43 @@ def test_instances_and_config(home):
     r = launch("instances", "--gpus", "4")
     names = [ln.split()[0] for ln in r.stdout.splitlines()[1:]]
     assert "g4dn.12xlarge" in names and "g4dn.xlarge" not in names
-    assert launch("config", "set", "aws.bucket", "my-bucket").exit_code == 0
+    r = launch("config", "set", "aws.bucket", "my-bucket")
+    assert r.exit_code == 0 and r.stdout == "aws.bucket = my-bucket\n"
     assert launch("config", "get", "aws.bucket").stdout == "my-bucket\n"
-    assert "aws.bucket = my-bucket" in launch("config", "list").stdout
+    listing = launch("config", "list").stdout.splitlines()
+    assert "aws.bucket = my-bucket" in listing
+    assert any(ln.startswith("aws.region (unset): ") for ln in listing)  # what can be set
+    assert launch("config", "unset", "aws.bucket").stdout == "aws.bucket unset\n"
+    assert launch("config", "get", "aws.bucket").exit_code == 1
+
+
+def test_config_defaults_backend_applies_to_run_unless_a_flag_or_spec_says(home, workdir):
+    monkey_env = {"LAUNCH_AWS_BUCKET": ""}  # no bucket anywhere: choosing aws is an error
+    assert launch("config", "set", "defaults.backend", "aws").exit_code == 0
+    r = CliRunner(env=monkey_env).invoke(cli, ["run", "--dry-run", *CPU, "job.py"])
+    assert r.exit_code == 1 and "bucket" in r.stderr
+    r = launch("run", "--dry-run", "--backend", "local", *CPU, "job.py")
+    assert r.exit_code == 0 and "of job.py on local" in r.stdout
+    (workdir / "spec.yaml").write_text("backend: local\nscript: job.py\ninstance_type: t3.medium\n")
+    r = launch("run", "--dry-run", "--spec", "spec.yaml")
+    assert r.exit_code == 0 and "of job.py on local" in r.stdout
+
+
+def test_artifacts_pull_takes_run_slash_exp_and_list_says_when_empty(home, workdir, tmp_path):
+    r = launch("run", *CPU, "--name", "two", "--wait", "job.py", "--steps", "[1, 2]")
+    assert r.exit_code == 0, r.output
+    r = launch("artifacts", "pull", "two/exp-1", "--dest", str(tmp_path / "d"))
+    assert r.exit_code == 0
+    assert {p.split("/two/")[1].split("/")[0] for p in r.stdout.split()} == {"exp-1"}
+    r = launch("artifacts", "pull", "two/exp-1", "-e", "exp-0")
+    assert r.exit_code == 2 and "different experiments" in r.stderr
+    from localjob import NoAgents, make_spec
+
+    from launcher.runs import prepare_run
+
+    prepare_run(make_spec(name="quiet"), NoAgents())  # queued: nothing shipped yet
+    r = launch("artifacts", "list", "quiet")
+    assert (r.exit_code, r.stdout, r.stderr) == (0, "", "quiet has no artifacts yet\n")
 
 
 def _imported(args: list[str], env: dict) -> set[str]:

@@ -75,6 +75,10 @@ def test_script_excluded_from_the_snapshot(home, workdir):
         (["logs", "Bad_Run/exp-0"], "invalid run name 'Bad_Run'"),
         (["config", "get", "aws.bucket"], "aws.bucket is not set"),
         (["config", "set", "bucket", "x"], "SECTION.NAME"),
+        (["config", "set", "aws.buckt", "x"], "unknown setting 'aws.buckt'; settings: aws.ami"),
+        (["config", "set", "defaults.backend", "gcp"], "must be one of: aws, local"),
+        (["config", "unset", "aws.region"], "aws.region is not set"),
+        (["instances", "--gpus", "9"], "no instance type has 9 or more GPUs; the most is 8"),
     ],
 )
 def test_unknown_names(home, args, expected):
@@ -96,6 +100,8 @@ def test_unknown_experiment_lists_the_real_ones(home, workdir):
         ["run", "--gpus", "many", "job.py"],
         ["run", "--strategy", "bayes", "job.py"],
         ["run"],  # no script
+        ["instances", "--gpus", "-1"],
+        ["datastore", "delete", "toy:x", "--yes"],
         ["nosuchcommand"],
     ],
 )
