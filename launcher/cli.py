@@ -390,8 +390,7 @@ def stop(target: str) -> None:
         what = states[ctx.exp] if ctx.exp else row.status
         click.echo(f"{target} already {what}; nothing to stop")
         return
-    click.secho(f"stopping {target} (agents finish at their next heartbeat)...", err=True,
-                dim=True)  # fmt: skip
+    click.secho(f"stopping {target}...", err=True, dim=True)
     row = stop_run(target)
     click.echo(f"{row.name}: {row.status}, {row.done}/{row.total} done")
 

@@ -213,6 +213,9 @@ def stop_run(name: str, *, index: RunIndex | None = None, wait: float | None = N
         if cl.read_status(ctx.storage, ctx.name, e)["state"] == "queued":
             cl.write_status(ctx.storage, ctx.name, e, state="stopped", ended=now,
                             message="stopped before it started")  # fmt: skip
+    if not ctx.exp and ctx.backend.capabilities.graceful_stop:
+        ctx.backend.stop(ctx.name)  # returns once the agents have wound down
+        wait = 0.0 if wait is None else wait
     if wait is None:
         from launcher.config import env_float
 

@@ -33,6 +33,9 @@ class Capabilities:
     # `launch status`/`--wait` may start replacement nodes for an unfinished run with no live node
     # (cheap and safe locally; a cloud backend relies on its own recovery instead)
     reconcile: bool = False
+    # stop() itself lets agents end gracefully (SIGTERM: the script is stopped, its last logs and
+    # artifacts shipped), so `launch stop` need not wait for them to notice at a heartbeat
+    graceful_stop: bool = False
 
 
 @dataclass

@@ -60,7 +60,7 @@ class LocalBackend(Backend):
 
     name = "local"
     capabilities = Capabilities(spot=False, multi_node=True, stop=True, gpus=True, cost=False,
-                                reconcile=True)  # fmt: skip
+                                reconcile=True, graceful_stop=True)  # fmt: skip
 
     def __init__(self, home: Path | str | None = None):
         self.home = Path(home) if home else launch_home()

@@ -78,6 +78,17 @@ def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1, what: str 
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def at_once(fn, times: int) -> None:
+    """Call ``fn`` from ``times`` threads started together; returns when all have finished."""
+    import threading
+
+    threads = [threading.Thread(target=fn) for _ in range(times)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 def read_records(path: Path) -> list[dict]:
     if not path.exists():
         return []

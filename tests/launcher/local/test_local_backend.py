@@ -9,7 +9,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from localjob import NoAgents, make_spec, read_records, wait_for
+from localjob import NoAgents, at_once, make_spec, read_records, wait_for
 
 from launcher import claims as cl
 from launcher import runs
@@ -161,10 +161,6 @@ def test_concurrent_status_calls_start_one_replacement(home, workdir):
         barrier.wait()
         runs.run_detail(name)
 
-    threads = [threading.Thread(target=look) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    at_once(look, 4)
     assert len(LocalBackend().nodes(name)) == 1  # max_nodes, however many looked at once
     runs.stop_run(name)

@@ -7,7 +7,7 @@ import json
 import time
 
 import pytest
-from localjob import NoAgents, make_spec, read_records, wait_for
+from localjob import NoAgents, at_once, make_spec, read_records, wait_for
 
 from launcher import runs
 from launcher.artifacts import list_artifacts, pull_artifacts
@@ -135,6 +135,24 @@ def test_stop_run_kills_the_script_and_marks_it_stopped(home, workdir, tmp_path)
     wait_for(lambda: not process_alive(start["pid"]), timeout=10, what="the script to die")
 
 
+def test_stop_does_not_wait_for_a_heartbeat_on_the_local_backend(
+    home, workdir, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("LAUNCH_HEARTBEAT_S", "30")  # agents would notice the stop file late
+    record = tmp_path / "record.jsonl"
+    args = ["--steps", "1000", "--sleep", "0.1", "--record", str(record)]
+    name = runs.prepare_run(make_spec(script_args=args), LocalBackend())
+    wait_for(lambda: read_records(record), what="the script to start")
+    time.sleep(0.5)  # a few steps: checkpoints to ship at the end
+    started = time.time()
+    row = runs.stop_run(name)
+    assert time.time() - started < 10
+    _, (v,) = runs.run_detail(name)
+    assert row.status == "stopped" and v.message == "stopped by the user"
+    assert "checkpoints/last.ckpt" in {a.path for a in list_artifacts(LocalBackend().storage(),
+                                                                      name)}  # fmt: skip
+
+
 def test_stop_queued_experiments_never_start(home, workdir):
     name = runs.prepare_run(make_spec(script_args=["--lr", "[1, 2, 3]"]), NoAgents())
     row = runs.stop_run(name, wait=0)
@@ -185,8 +203,6 @@ def test_listing_reads_storage_only_for_unfinished_runs(home, workdir):
 
 
 def test_two_launches_racing_for_one_name(home, workdir):
-    import threading
-
     results = []
 
     def launch_it():
@@ -195,11 +211,7 @@ def test_two_launches_racing_for_one_name(home, workdir):
         except SpecError as e:
             results.append(e)
 
-    threads = [threading.Thread(target=launch_it) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    at_once(launch_it, 3)
     assert results.count("same") == 1
     assert sum(isinstance(r, SpecError) for r in results) == 2
 
