@@ -47,7 +47,20 @@ def parse_args(argv: list[str] | None = None):
     except BackboneError as e:
         parser.error(str(e))
     args.accelerator, args.devices = _hardware(parser, args)
+    if args.sync_batchnorm and _on_cpu(args.accelerator):
+        parser.error(
+            "--sync_batchnorm: PyTorch's SyncBatchNorm runs on GPUs only; drop it to train on "
+            "the CPU"
+        )
     return args
+
+
+def _on_cpu(accelerator: str) -> bool:
+    if accelerator == "auto":
+        import torch
+
+        return not torch.cuda.is_available()
+    return accelerator == "cpu"
 
 
 def _hardware(parser, args) -> tuple[str, int | str | list[int]]:
@@ -184,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     except (MisconfigurationException, ValueError, ImportError) as e:
         # Lightning's checks of --accelerator/--devices/--strategy/--precision together.
-        print(f"error: {_first_line(e)}", file=sys.stderr)
+        print(f"error: {_hardware_flags(args)}: {_first_line(e)}", file=sys.stderr)
         return 2
     out.write_run_info(args, dm.labels, model)
 
@@ -202,13 +215,11 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         return SIGTERM_EXIT
-    if trainer.global_rank != 0:
-        return 0
-    out.write_metrics()
     if args.fast_dev_run:
-        print("fast_dev_run finished (no checkpoints are written)")
+        if trainer.is_global_zero:
+            print("fast_dev_run finished (no checkpoints are written)")
         return 0
-    return _finish(args, dm, trainer, out)
+    return _finish(args, dm, model, trainer, out)
 
 
 def _trainer_kwargs(args, out, has_val: bool) -> dict:
@@ -259,6 +270,13 @@ def _trainer_kwargs(args, out, has_val: bool) -> dict:
     return kw
 
 
+def _hardware_flags(args) -> str:
+    """The hardware flags as given, for an error Lightning raises about their combination."""
+    flags = [f"--accelerator {args.accelerator}", f"--devices {args.devices}"]
+    flags += [f"--{k} {getattr(args, k)}" for k in ("strategy", "precision") if getattr(args, k)]
+    return " ".join(flags)
+
+
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
@@ -268,16 +286,21 @@ def _limit(value: float) -> int | float:
     return int(value) if value >= 1 and value == int(value) else value
 
 
-def _finish(args, dm, trainer, out) -> int:
+def _finish(args, dm, model, trainer, out) -> int:
+    """Test the best checkpoint (every process takes part), then on the main process write
+    metrics.csv, predict --predict_folder and print the best score."""
     best_path, score = out.finish(trainer)
     if "test" in dm.items:
-        trainer.test(ckpt_path=str(best_path), datamodule=dm, weights_only=True)
-        out.write_metrics()
+        _load_best_weights(trainer, model, best_path)
+        trainer.test(model, datamodule=dm)
+    if not trainer.is_global_zero:
+        return 0
+    out.write_metrics()
     if args.predict_folder:
         from trainer.predict import load_model
 
-        model = load_model(best_path)
-        results, skipped = model.predict_paths(
+        best = load_model(best_path)
+        results, skipped = best.predict_paths(
             args.predict_folder, batch_size=args.batch_size, num_workers=args.num_workers
         )
         out.write_predictions(results, skipped)
@@ -285,6 +308,18 @@ def _finish(args, dm, trainer, out) -> int:
     value = score if score is not None else trainer.callback_metrics.get("train_loss")
     print(f"best {metric}={float(value):.4f} checkpoint={best_path}", flush=True)
     return 0
+
+
+def _load_best_weights(trainer, model, best_path: Path) -> None:
+    """Load the best checkpoint's weights into ``model`` on every process. The file is read
+    by the main process only and its weights broadcast: on several nodes without a shared
+    file system only the main node has it."""
+    import torch
+
+    state = None
+    if trainer.is_global_zero:
+        state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
+    model.load_state_dict(trainer.strategy.broadcast(state, src=0))
 
 
 if __name__ == "__main__":

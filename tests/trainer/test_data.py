@@ -353,3 +353,32 @@ def test_missing_eval_split_is_an_empty_loader_lightning_skips(motion_dataset, t
     assert "train_loss" in trainer.callback_metrics
     assert "val_acc1" not in trainer.callback_metrics
     assert trainer.test(model, datamodule=dm) == []
+
+
+def test_unpadded_sampler_gives_each_process_a_disjoint_share():
+    from trainer.data import unpadded_sampler
+
+    shares = [list(unpadded_sampler(range(9), 2, rank)) for rank in (0, 1)]
+    assert shares == [[0, 2, 4, 6, 8], [1, 3, 5, 7]]  # 9 videos, none twice
+    assert [len(unpadded_sampler(range(9), 2, rank)) for rank in (0, 1)] == [5, 4]
+    shares = [list(unpadded_sampler(range(10), 4, rank)) for rank in range(4)]
+    assert sorted(i for share in shares for i in share) == list(range(10))
+    # Fewer videos than processes: every process still needs a batch, so padding, with a warning.
+    with pytest.warns(DataWarning, match="1 video\\(s\\) on 2 processes; some are counted twice"):
+        assert [list(unpadded_sampler(range(1), 2, rank, "val")) for rank in (0, 1)] == [[0], [0]]
+
+
+def test_eval_loaders_use_the_unpadded_sampler_under_ddp(motion_dataset, tiny_input):
+    from types import SimpleNamespace
+
+    dm = VideoDataModule.from_folders(
+        motion_dataset / "train",
+        motion_dataset / "val",
+        video_input=tiny_input,
+        batch_size=2,
+        clips_per_video=1,
+    )
+    dm.trainer = SimpleNamespace(world_size=2, global_rank=1)  # what Lightning attaches
+    loader = dm.val_dataloader()
+    assert list(loader.sampler) == [1, 3, 5, 7]
+    assert [b["index"].tolist() for b in loader] == [[1, 3], [5, 7]]

@@ -86,6 +86,10 @@ def test_help_from_unpacked_copy_uses_that_copy(tmp_path):
         (["--batch_size", "0"], "--batch_size 0: must be >= 1"),
         (["--gpus", "-1"], "--gpus -1: must be >= 0"),
         (["--devices", "two"], "--devices two: a count"),
+        (
+            ["--precision", "fp8"],
+            r"--precision: invalid choice: 'fp8' \(choose from '32-true', '16-mixed'",
+        ),
     ],
 )
 def test_bad_flags_are_one_line_errors(flags, message, motion_dataset, capsys):
@@ -270,6 +274,48 @@ def test_pretrained_x3d_with_frozen_backbone(motion_dataset, tmp_path, monkeypat
     assert "best train_loss=" in capsys.readouterr().out
 
 
+def test_precision_choices_are_lightnings():
+    from typing import get_args
+
+    from lightning_fabric.connector import _PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS
+
+    from trainer.cli_args import PRECISIONS
+
+    assert set(PRECISIONS) == set(
+        get_args(_PRECISION_INPUT_STR) + get_args(_PRECISION_INPUT_STR_ALIAS)
+    )
+
+
+def test_bf16_mixed_fast_dev_run_on_cpu(motion_dataset, tmp_path, capsys, caplog):
+    from trainer.train import main
+
+    flags = ["--train_folder", str(motion_dataset / "train"), *TINY, "--precision", "bf16-mixed"]
+    assert main([*flags, "--fast_dev_run", "--output_dir", str(tmp_path / "out")]) == 0
+    assert "fast_dev_run finished" in capsys.readouterr().out
+    assert "bfloat16 Automatic Mixed Precision" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--strategy", "ddp_typo"], "--strategy ddp_typo: You selected an invalid strategy"),
+        (["--accelerator", "tpu"], "--accelerator tpu --devices auto: .*torch_xla"),
+    ],
+)
+def test_hardware_flags_lightning_rejects_are_one_line_errors(
+    flags, message, motion_dataset, tmp_path, capsys
+):
+    from trainer.train import main
+
+    base = ["--train_folder", str(motion_dataset / "train"), *TINY, "--fast_dev_run"]
+    assert main([*base, *flags, "--output_dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    import re
+
+    assert len(err) == 1 and err[0].startswith("error: ") and re.search(message, err[0]), err
+    assert not (tmp_path / "out" / "checkpoints").exists()  # stopped before training
+
+
 # --- runs -------------------------------------------------------------------------------------
 
 
@@ -301,6 +347,9 @@ def test_resume_continues_from_last_epoch(motion_dataset, tmp_path):
         assert (out / name).is_file(), name
     assert (out / "labels.txt").read_text().split() == ["left", "right", "up"]
     assert "best val_acc1=" in first.stdout.strip().splitlines()[-1]
+    # One copy of each: nothing for `launch artifacts pull` to bring twice.
+    assert [p.name for p in out.rglob("*.csv")] == ["metrics.csv"]
+    assert [p.name for p in out.rglob("*.yaml")] == ["hparams.yaml"]
 
     second = run_script(str(SCRIPT), *data, "--max_epochs", "2")
     assert second.returncode == 0, second.stderr
@@ -308,6 +357,8 @@ def test_resume_continues_from_last_epoch(motion_dataset, tmp_path):
     rows = [r for r in metrics(out) if r["val_acc1"]]
     assert [r["epoch"] for r in rows] == ["0", "1"]  # epoch 1 trained, epoch 0 not redone
     assert all(r["train_loss"] for r in rows)
+    assert any(r["test_acc1"] for r in metrics(out))  # the first attempt's history is kept
+    assert [p.name for p in out.rglob("*.csv")] == ["metrics.csv"]
     import torch
 
     last = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
@@ -360,13 +411,18 @@ def test_sigterm_saves_last_and_rerun_resumes(motion_dataset, tmp_path):
 
 @pytest.mark.slow
 def test_ddp_on_two_cpu_processes(motion_dataset, tmp_path):
+    """The 9 test videos are split 5 + 4 between the 2 processes, none counted twice, so
+    test_acc1 equals the best checkpoint's accuracy computed in one process."""
     out = tmp_path / "out"
+    val = motion_dataset / "val"
     done = run_script(
         str(SCRIPT),
         "--train_folder",
         str(motion_dataset / "train"),
         "--val_folder",
-        str(motion_dataset / "val"),
+        str(val),
+        "--test_folder",
+        str(val),
         *TINY,
         "--accelerator",
         "cpu",
@@ -381,6 +437,14 @@ def test_ddp_on_two_cpu_processes(motion_dataset, tmp_path):
     assert "Starting with 2 processes" in done.stderr + done.stdout
     assert (out / "checkpoints" / "best.ckpt").is_file()
     assert metrics(out)[0]["val_acc1"]
+
+    from trainer import VideoClassifier
+
+    model = VideoClassifier.load_from_checkpoint(out / "checkpoints" / "best.ckpt")
+    videos = sorted(val.glob("*/*.mp4"))
+    predicted = model.predict(videos, batch_size=3)
+    right = sum(p == v.parent.name for p, v in zip(predicted, videos, strict=True))
+    assert float(metrics(out)[-1]["test_acc1"]) == pytest.approx(right / len(videos))
 
 
 @pytest.mark.slow
