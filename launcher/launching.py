@@ -2,12 +2,15 @@
 
 Everything is checked (script, sweep, datastore, snapshot size, name) before the first write;
 the run's name is reserved atomically, and run.json is written last, so a run is either whole or
-absent (a failure in between removes what was written).
+absent (a failure in between removes what was written). A submit that fails (no capacity, no
+image, bad credentials) removes the run again, or, if some nodes did start, stops them and marks
+the run failed with the error.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import secrets
 import time
@@ -24,6 +27,7 @@ if TYPE_CHECKING:
     from launcher.spec import JobSpec
     from launcher.storage import Storage
 
+log = logging.getLogger(__name__)
 RUN_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
 
@@ -113,7 +117,10 @@ def prepare_run(
     try:
         backend.submit(name, spec)
     except BaseException as e:
-        _submit_failed(name, backend, storage, index, e)
+        try:
+            _submit_failed(name, backend, storage, index, e)
+        except Exception as cleanup:  # storage down too: the submit's error is the one to show
+            log.warning("run %s could not be cleaned up after its failed submit: %s", name, cleanup)
         raise
     return name
 
@@ -123,6 +130,8 @@ def _submit_failed(name: str, backend: Backend, storage: Storage, index: RunInde
     its name is free again and nothing sits queued forever. If some nodes did start before the
     error, the run is kept, its nodes stopped and its experiments marked failed with the error."""
     message = f"submit failed: {error}" if str(error) else f"submit failed: {type(error).__name__}"
+    # first: a node that did boot must take no work, and no backend may start replacements
+    storage.write_text(f"runs/{name}/stop", "")
     try:
         started = [n for n in backend.nodes(name) if n.state not in ("terminated", "dead")]
     except Exception:  # the same bad credentials may fail this too: assume nothing started
@@ -135,10 +144,10 @@ def _submit_failed(name: str, backend: Backend, storage: Storage, index: RunInde
         return
     with contextlib.suppress(Exception):
         backend.stop(name)
-    storage.write_text(f"runs/{name}/stop", "")  # a node still booting must not start work
     now = time.time()
     for exp in storage.read_json(f"runs/{name}/run.json")["experiments"]:
-        cl.write_status(storage, name, exp["id"], state="failed", ended=now, message=message)
+        if cl.read_status(storage, name, exp["id"])["state"] != "succeeded":
+            cl.write_status(storage, name, exp["id"], state="failed", ended=now, message=message)
     row = index.get(name)
     if row is not None:
         row.status, row.message, row.done, row.ended = "failed", message, row.total, now

@@ -235,3 +235,19 @@ def test_a_submit_failing_after_a_node_started_fails_the_run_and_stops_it(home, 
     assert (v.state, v.message) == ("failed", "submit failed: vCPU quota exceeded after 1 node")
     runs.delete_run("partial")
     assert RunIndex().get("partial") is None
+
+
+def test_bad_credentials_at_submit_remove_the_run_and_keep_the_error(home, workdir):
+    from launcher.errors import BackendError
+
+    class BadCredentials(LocalBackend):
+        def submit(self, run, spec):
+            raise BackendError("AWS credentials are invalid (InvalidClientTokenId)")
+
+        def nodes(self, run):  # the same credentials fail here too
+            raise BackendError("AWS credentials are invalid (InvalidClientTokenId)")
+
+    with pytest.raises(BackendError, match="InvalidClientTokenId"):
+        runs.prepare_run(make_spec(name="creds"), BadCredentials())
+    assert not LocalBackend().storage().exists("runs/creds")
+    assert RunIndex().get("creds") is None
