@@ -338,10 +338,24 @@ def _print_experiments(views) -> None:
     for v in views:
         params = " ".join(f"{k}={val}" for k, val in v.params.items()) or "-"
         metric = _latest_metric(v.metrics)
-        code = "-" if v.exit_code is None else str(v.exit_code)
+        code = _exit_code(v.exit_code)
         rows.append([v.id, params, v.state, code, str(v.attempt), metric, v.message or ""])
     table(["id", "params", "status", "exit", "attempt", "metric", "message"], rows,
           colors={2: _state_color})  # fmt: skip
+
+
+def _exit_code(code: int | None) -> str:
+    """``0``, ``3``, or the signal that ended the script (``SIGTERM`` rather than ``-15``)."""
+    if code is None:
+        return "-"
+    if code < 0:
+        import signal
+
+        try:
+            return signal.Signals(-code).name
+        except ValueError:
+            pass
+    return str(code)
 
 
 def _latest_metric(metrics: dict) -> str:

@@ -124,12 +124,17 @@ def test_failed_run_with_wait_exits_non_zero(home, workdir):
 
 
 def test_stop_a_running_experiment(home, workdir):
+    from localjob import wait_for
+
     r = launch("run", *CPU, "--name", "long", "job.py", "--steps", "1000", "--sleep", "0.05")
     assert r.exit_code == 0
+    wait_for(lambda: "step 1" in launch("logs", "long").stdout, what="the script to run")
     r = launch("stop", "long")
     assert r.exit_code == 0 and "long: stopped" in r.stdout
     r = launch("stop", "long")  # again: nothing left to stop, and no wait for agents
     assert r.exit_code == 0 and r.stdout == "long already stopped; nothing to stop\n"
+    row = [ln for ln in launch("status", "long").stdout.splitlines() if ln.startswith("exp-0")]
+    assert row[0].split()[2:4] == ["stopped", "SIGTERM"]  # the signal, not -15
 
 
 def test_datastore_commands_and_a_run_that_mounts_one(home, workdir, tmp_path):
