@@ -251,26 +251,14 @@ def resolve_input(
         if value is not None and value < 1:
             raise BackboneError(f"--{flag} {value}: must be a positive integer")
     if num_frames is not None:
-        if b.fixed_frames and num_frames != d.num_frames:
-            raise BackboneError(
-                f"--num_frames {num_frames}: {name} takes exactly {d.num_frames} frames "
-                "(its positional embeddings are sized for them)"
-            )
-        if num_frames < b.min_frames:
-            raise BackboneError(f"--num_frames {num_frames}: {name} needs >= {b.min_frames}")
+        _check_size(name, "num_frames", num_frames, b.fixed_frames, d.num_frames, b.min_frames)
         if num_frames % b.frames_multiple:
             raise BackboneError(
                 f"--num_frames {num_frames}: {name} needs a multiple of {b.frames_multiple} "
                 f"(its slow pathway takes every {b.frames_multiple}th frame)"
             )
     if crop_size is not None:
-        if b.fixed_crop and crop_size != d.crop_size:
-            raise BackboneError(
-                f"--crop_size {crop_size}: {name} takes exactly {d.crop_size} "
-                "(its positional embeddings are sized for it)"
-            )
-        if crop_size < b.min_crop:
-            raise BackboneError(f"--crop_size {crop_size}: {name} needs >= {b.min_crop}")
+        _check_size(name, "crop_size", crop_size, b.fixed_crop, d.crop_size, b.min_crop)
         if short_side is None:
             short_side = round(crop_size * d.short_side / d.crop_size)
     vi = d.with_overrides(
@@ -285,6 +273,19 @@ def resolve_input(
             "(frames are resized to short_side, then cropped)"
         )
     return vi
+
+
+def _check_size(name: str, flag: str, value: int, fixed: bool, default: int, least: int) -> None:
+    """An overridden clip length or crop: exactly ``default`` when the backbone's positional
+    embeddings fix it, else at least ``least``."""
+    if fixed and value != default:
+        unit = " frames" if flag == "num_frames" else ""
+        raise BackboneError(
+            f"--{flag} {value}: {name} takes exactly {default}{unit} "
+            "(its positional embeddings are sized for it)"
+        )
+    if value < least:
+        raise BackboneError(f"--{flag} {value}: {name} needs >= {least}")
 
 
 def check_input(name: str, video_input: VideoInput) -> None:

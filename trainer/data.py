@@ -177,10 +177,7 @@ class VideoDataModule(pl.LightningDataModule):
         **kw,
     ) -> VideoDataModule:
         """Class-per-folder layout: ``FOLDER/<label>/<video>`` for each split given."""
-        src = {
-            k: VideoSource.from_folder(f) if f is not None else None
-            for k, f in (("train", train_folder), ("val", val_folder), ("test", test_folder))
-        }
+        src = _sources(VideoSource.from_folder, train_folder, val_folder, test_folder)
         return cls(**src, predict=predict_folder, **kw)
 
     @classmethod
@@ -193,10 +190,7 @@ class VideoDataModule(pl.LightningDataModule):
         **kw,
     ) -> VideoDataModule:
         """CSVs of ``path,label`` rows; paths relative to ``root`` or to each CSV's folder."""
-        src = {
-            k: VideoSource.from_csv(f, root) if f is not None else None
-            for k, f in (("train", train_csv), ("val", val_csv), ("test", test_csv))
-        }
+        src = _sources(lambda f: VideoSource.from_csv(f, root), train_csv, val_csv, test_csv)
         return cls(**src, **kw)
 
     @classmethod
@@ -285,6 +279,12 @@ class VideoDataModule(pl.LightningDataModule):
         )
         self._scan_skipped.update(skipped)
         return _unpadded(loader, self.trainer, "videos to predict")
+
+
+def _sources(make, train, val, test) -> dict[str, VideoSource | None]:
+    """``{"train": make(train), ...}`` for the splits given, None for the others."""
+    given = {"train": train, "val": val, "test": test}
+    return {split: make(f) if f is not None else None for split, f in given.items()}
 
 
 def unpadded_sampler(dataset, num_replicas: int, rank: int, what: str = "data"):

@@ -233,7 +233,20 @@ def _failure_reason(e: Exception) -> str:
     return f"failed to load ({type(e).__name__}: {e})"
 
 
-class ClipDataset(Dataset):
+class _VideoDataset(Dataset):
+    """Videos with their metadata, the clip geometry, a transform with a ``crop`` half, and the
+    log that decode failures go to."""
+
+    def __init__(
+        self, items: list[VideoItem], vi: VideoInput, transform: Callable, failures: FailureLog
+    ):
+        self.items, self.vi, self.transform, self.failures = items, vi, transform, failures
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+class ClipDataset(_VideoDataset):
     """Training: one random clip (random start = temporal jitter) per video per epoch."""
 
     def __init__(
@@ -244,11 +257,8 @@ class ClipDataset(Dataset):
         failures: FailureLog,
         retries: int = 10,
     ):
-        self.items, self.vi, self.transform = items, vi, transform
-        self.failures, self.retries = failures, retries
-
-    def __len__(self) -> int:
-        return len(self.items)
+        super().__init__(items, vi, transform, failures)
+        self.retries = retries
 
     def __getitem__(self, i: int) -> dict:
         reason = ""
@@ -269,7 +279,7 @@ class ClipDataset(Dataset):
         )
 
 
-class MultiClipDataset(Dataset):
+class MultiClipDataset(_VideoDataset):
     """Evaluation/prediction: one item per video, ``clips`` uniformly spaced clips stacked
     (``N x C x T x H x W``, or ``[slow, fast]`` of such), to average the clip logits."""
 
@@ -283,11 +293,8 @@ class MultiClipDataset(Dataset):
         with_label: bool = True,
         with_path: bool = False,
     ):
-        self.items, self.vi, self.transform, self.failures = items, vi, transform, failures
+        super().__init__(items, vi, transform, failures)
         self.clips, self.with_label, self.with_path = clips, with_label, with_path
-
-    def __len__(self) -> int:
-        return len(self.items)
 
     def __getitem__(self, i: int) -> dict | None:
         item = self.items[i]

@@ -28,6 +28,26 @@ if not sys.path or sys.path[0] != _REPO:
 from trainer.cli_args import build_parser, validate  # noqa: E402
 
 SIGTERM_EXIT = 143  # 128 + SIGTERM, what a shell reports for a process it terminated
+# Flags passed to VideoClassifier under their own names (and so saved in every checkpoint).
+MODEL_FLAGS = (
+    "backbone",
+    "lr",
+    "optimizer",
+    "weight_decay",
+    "momentum",
+    "lr_scheduler",
+    "warmup_epochs",
+    "finetune_strategy",
+    "unfreeze_epoch",
+    "pretrained",
+    "weights",
+    "clips_per_video",
+)
+
+
+def _flags(args, *names: str) -> dict:
+    """``{name: args.name}`` for keyword arguments named like the flags."""
+    return {name: getattr(args, name) for name in names}
 
 
 def parse_args(argv: list[str] | None = None):
@@ -91,14 +111,8 @@ def make_datamodule(args):
     """The VideoDataModule for the chosen data source."""
     from trainer.data import VideoDataModule
 
-    common = dict(
-        video_input=args.video_input,
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-        clips_per_video=args.clips_per_video,
-        hflip=args.hflip,
-        seed=args.seed,
-    )
+    common = _flags(args, "batch_size", "num_workers", "clips_per_video", "hflip", "seed")
+    common["video_input"] = args.video_input
     if args.kinetics_splits:
         return VideoDataModule.from_kinetics(
             annotations=args.kinetics_splits, video_root=args.video_root, **common
@@ -174,21 +188,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"resuming from {resume}", flush=True)
 
     model = VideoClassifier(
-        backbone=args.backbone,
         labels=dm.labels,
         video_input=args.video_input.to_dict(),
-        lr=args.lr,
-        optimizer=args.optimizer,
-        weight_decay=args.weight_decay,
-        momentum=args.momentum,
-        lr_scheduler=args.lr_scheduler,
-        warmup_epochs=args.warmup_epochs,
-        finetune_strategy=args.finetune_strategy,
-        unfreeze_epoch=args.unfreeze_epoch,
-        pretrained=args.pretrained,
-        weights=args.weights,
-        clips_per_video=args.clips_per_video,
         load_weights=resume is None,  # the checkpoint holds the weights
+        **_flags(args, *MODEL_FLAGS),
     )
     try:
         trainer = pl.Trainer(

@@ -82,7 +82,32 @@ def pack_pathways(clip: torch.Tensor, slowfast_alpha: int | None) -> Clip:
     return [clip[..., ::slowfast_alpha, :, :].contiguous(), clip]
 
 
-class TrainTransform:
+class _ClipTransform:
+    """What both presets share: a ``crop`` (uint8 geometry, defined by each preset) followed by
+    normalisation and, for SlowFast, the split into pathways."""
+
+    def __init__(
+        self,
+        crop_size: int,
+        short_side: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        slowfast_alpha: int | None,
+    ):
+        self.crop_size = crop_size
+        self.short_side = short_side
+        self.slowfast_alpha = slowfast_alpha
+        self.normalize = Normalize(mean, std)
+
+    def __call__(self, frames: torch.Tensor) -> Clip:
+        return pack_pathways(self.normalize(self.crop(frames)), self.slowfast_alpha)
+
+    def crop(self, frames: torch.Tensor) -> torch.Tensor:
+        """The geometric part alone: uint8 ``T x H x W x 3`` -> uint8 ``T x 3 x S x S``."""
+        raise NotImplementedError
+
+
+class TrainTransform(_ClipTransform):
     """Random short-side scale in ``[short_side, max_short_side]``, random ``crop_size`` crop,
     optional horizontal flip, normalise. Turn ``hflip`` off for data whose label depends on
     left/right (flipping a "moving left" clip makes it "moving right")."""
@@ -98,18 +123,11 @@ class TrainTransform:
         hflip: bool = True,
         slowfast_alpha: int | None = None,
     ):
-        self.crop_size = crop_size
-        self.short_side = short_side
+        super().__init__(crop_size, short_side, mean, std, slowfast_alpha)
         self.max_short_side = max_short_side or int(round(short_side * 1.25))
         self.hflip = hflip
-        self.slowfast_alpha = slowfast_alpha
-        self.normalize = Normalize(mean, std)
-
-    def __call__(self, frames: torch.Tensor) -> Clip:
-        return pack_pathways(self.normalize(self.crop(frames)), self.slowfast_alpha)
 
     def crop(self, frames: torch.Tensor) -> torch.Tensor:
-        """The geometric part alone: uint8 ``T x H x W x 3`` -> uint8 ``T x 3 x S x S``."""
         t, h, w, _ = frames.shape
         short = torch.randint(self.short_side, self.max_short_side + 1, ()).item()
         fy, fx = torch.rand(2).tolist()
@@ -126,7 +144,7 @@ class TrainTransform:
         )
 
 
-class EvalTransform:
+class EvalTransform(_ClipTransform):
     """Resize the short side to ``short_side``, take the centre ``crop_size`` crop, normalise."""
 
     def __init__(
@@ -138,16 +156,9 @@ class EvalTransform:
         std: Sequence[float] = (0.225, 0.225, 0.225),
         slowfast_alpha: int | None = None,
     ):
-        self.crop_size = crop_size
-        self.short_side = short_side
-        self.slowfast_alpha = slowfast_alpha
-        self.normalize = Normalize(mean, std)
-
-    def __call__(self, frames: torch.Tensor) -> Clip:
-        return pack_pathways(self.normalize(self.crop(frames)), self.slowfast_alpha)
+        super().__init__(crop_size, short_side, mean, std, slowfast_alpha)
 
     def crop(self, frames: torch.Tensor) -> torch.Tensor:
-        """The geometric part alone: uint8 ``T x H x W x 3`` -> uint8 ``T x 3 x S x S``."""
         t, h, w, _ = frames.shape
         box = _source_box(h, w, self.short_side, self.crop_size, 0.5, 0.5)
         return crop_resize(frames, box, self.crop_size)

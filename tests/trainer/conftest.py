@@ -85,3 +85,55 @@ def index_video(tmp_path_factory) -> Path:
 def frame_index():
     """Reads back the index a frame of :func:`index_video` encodes."""
     return lambda frame: int(round(float(np.asarray(frame).mean()) / 4))
+
+
+@pytest.fixture
+def motion_dm(motion_dataset):
+    """Builds a VideoDataModule over this test's ``motion_dataset`` train/ and val/ folders."""
+    from trainer.data import VideoDataModule
+
+    def make(video_input: VideoInput = TINY_INPUT, **kw):
+        return VideoDataModule.from_folders(
+            motion_dataset / "train", motion_dataset / "val", video_input=video_input, **kw
+        )
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def quiet_trainer():
+    """Builds a CPU ``pl.Trainer`` with no logger, checkpoints, progress bar or summary."""
+    import pytorch_lightning as pl
+
+    def make(**kw) -> pl.Trainer:
+        quiet = dict(
+            accelerator="cpu",
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
+        return pl.Trainer(**{**quiet, **kw})
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def lightning_predict():
+    """``(model, folder) -> probabilities [videos, classes]`` from Lightning's Trainer.predict
+    over a predict-only VideoDataModule built from what the model's checkpoint carries."""
+    import pytorch_lightning as pl
+    import torch
+
+    from trainer.data import VideoDataModule
+
+    def run(model, folder: Path) -> torch.Tensor:
+        dm = VideoDataModule.from_folders(
+            predict_folder=str(folder),
+            video_input=model.video_input,
+            labels=model.labels,
+            clips_per_video=model.hparams.clips_per_video,
+        )
+        return torch.cat(pl.Trainer(accelerator="cpu", logger=False).predict(model, datamodule=dm))
+
+    return run

@@ -11,15 +11,8 @@ from trainer.data import DataError, DataWarning, VideoDataModule, predict_loader
 from trainer.video_input import VideoInput
 
 
-def test_folders_batches_have_the_documented_shapes(motion_dataset, tiny_input):
-    dm = VideoDataModule.from_folders(
-        motion_dataset / "train",
-        motion_dataset / "val",
-        video_input=tiny_input,
-        batch_size=4,
-        clips_per_video=3,
-        hflip=False,
-    )
+def test_folders_batches_have_the_documented_shapes(motion_dm):
+    dm = motion_dm(batch_size=4, clips_per_video=3, hflip=False)
     assert dm.labels == ["left", "right", "up"] and dm.num_classes == 3
     assert dm.skipped == {}
     batches = list(dm.train_dataloader())
@@ -33,17 +26,11 @@ def test_folders_batches_have_the_documented_shapes(motion_dataset, tiny_input):
     assert v["label"].tolist() == [0, 0, 0, 1]
 
 
-def test_slowfast_batches_are_slow_fast_lists(motion_dataset):
+def test_slowfast_batches_are_slow_fast_lists(motion_dm):
     vi = VideoInput(
         num_frames=8, sampling_rate=2, crop_size=32, short_side=32, fps=15, slowfast_alpha=4
     )
-    dm = VideoDataModule.from_folders(
-        motion_dataset / "train",
-        motion_dataset / "val",
-        video_input=vi,
-        batch_size=2,
-        clips_per_video=2,
-    )
+    dm = motion_dm(vi, batch_size=2, clips_per_video=2)
     slow, fast = next(iter(dm.train_dataloader()))["video"]
     assert slow.shape == (2, 3, 2, 32, 32) and fast.shape == (2, 3, 8, 32, 32)
     assert torch.equal(slow, fast[:, :, ::4])
@@ -153,15 +140,9 @@ def test_unwritable_cache_dir_falls_back(motion_dataset, tiny_input, monkeypatch
 
 @pytest.mark.parametrize("workers", [0, 1])
 def test_decode_failure_while_loading_is_counted_not_fatal(
-    motion_dataset, tiny_input, corrupt_video, workers
+    motion_dataset, motion_dm, corrupt_video, workers
 ):
-    dm = VideoDataModule.from_folders(
-        motion_dataset / "train",
-        motion_dataset / "val",
-        video_input=tiny_input,
-        batch_size=3,
-        num_workers=workers,
-    )
+    dm = motion_dm(batch_size=3, num_workers=workers)
     # Broken after the metadata scan (a truncated upload, a flaky mount).
     broken_train = motion_dataset / "train" / "left" / "1.mp4"
     broken_val = motion_dataset / "val" / "up" / "2.mp4"
@@ -368,16 +349,10 @@ def test_unpadded_sampler_gives_each_process_a_disjoint_share():
         assert [list(unpadded_sampler(range(1), 2, rank, "val")) for rank in (0, 1)] == [[0], [0]]
 
 
-def test_eval_loaders_use_the_unpadded_sampler_under_ddp(motion_dataset, tiny_input):
+def test_eval_loaders_use_the_unpadded_sampler_under_ddp(motion_dm):
     from types import SimpleNamespace
 
-    dm = VideoDataModule.from_folders(
-        motion_dataset / "train",
-        motion_dataset / "val",
-        video_input=tiny_input,
-        batch_size=2,
-        clips_per_video=1,
-    )
+    dm = motion_dm(batch_size=2, clips_per_video=1)
     dm.trainer = SimpleNamespace(world_size=2, global_rank=1)  # what Lightning attaches
     loader = dm.val_dataloader()
     assert list(loader.sampler) == [1, 3, 5, 7]

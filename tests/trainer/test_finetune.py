@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import pytorch_lightning as pl
 from pytorch_lightning import Callback
 from torch.utils.data import DataLoader
 
@@ -11,8 +10,18 @@ from tests.trainer.test_model import Clips, make_model
 from trainer.finetune import VideoFinetuning, backbone_modules
 
 
-def run(strategy: str, tmp_path, epochs: int = 2, unfreeze_epoch: int = 1):
-    """Train on noise; record per epoch which parameters train and the optimizer's groups."""
+@pytest.fixture
+def run(quiet_trainer, tmp_path):
+    """``run(strategy, epochs, unfreeze_epoch)`` trains on noise and returns the model and,
+    per epoch, which parameters train and the optimizer's groups."""
+
+    def train(strategy: str, epochs: int = 2, unfreeze_epoch: int = 1):
+        return _run(quiet_trainer, tmp_path, strategy, epochs, unfreeze_epoch)
+
+    return train
+
+
+def _run(quiet_trainer, tmp_path, strategy: str, epochs: int, unfreeze_epoch: int):
     seen: list[dict] = []
 
     class Record(Callback):
@@ -30,14 +39,9 @@ def run(strategy: str, tmp_path, epochs: int = 2, unfreeze_epoch: int = 1):
             )
 
     model = make_model(finetune_strategy=strategy, unfreeze_epoch=unfreeze_epoch)
-    trainer = pl.Trainer(
+    trainer = quiet_trainer(
         default_root_dir=tmp_path,
         max_epochs=epochs,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         callbacks=[VideoFinetuning(strategy, unfreeze_epoch), Record()],
     )
     trainer.fit(model, DataLoader(Clips(), batch_size=3))
@@ -61,22 +65,22 @@ def test_backbone_modules_exclude_nested_head():
     assert len(params) == sum(1 for _ in x3d.parameters()) - 2
 
 
-def test_no_freeze_trains_everything(tmp_path):
-    model, seen = run("no_freeze", tmp_path, epochs=1)
+def test_no_freeze_trains_everything(run):
+    model, seen = run("no_freeze", epochs=1)
     everything = {n for n, _ in model.named_parameters()}
     assert seen[0]["grad"] == everything
     assert seen[0]["groups"] == [everything]
 
 
-def test_freeze_trains_only_the_head(tmp_path):
-    _, seen = run("freeze", tmp_path)
+def test_freeze_trains_only_the_head(run):
+    _, seen = run("freeze")
     for epoch in seen:
         assert epoch["grad"] == HEAD
         assert epoch["groups"] == [HEAD]
 
 
-def test_freeze_unfreeze_adds_backbone_group_at_unfreeze_epoch(tmp_path):
-    model, seen = run("freeze_unfreeze", tmp_path, epochs=3, unfreeze_epoch=1)
+def test_freeze_unfreeze_adds_backbone_group_at_unfreeze_epoch(run):
+    model, seen = run("freeze_unfreeze", epochs=3, unfreeze_epoch=1)
     everything = {n for n, _ in model.named_parameters()}
     assert seen[0]["grad"] == HEAD and seen[0]["groups"] == [HEAD]
     for epoch in seen[1:]:

@@ -36,22 +36,20 @@ class Clips(Dataset):
         return {"video": torch.randn(self.clips, *shape), "label": i % 3, "index": i}
 
 
-def fit(model, tmp_path, **kw) -> pl.Trainer:
-    trainer = pl.Trainer(
-        default_root_dir=tmp_path,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        **{"max_epochs": 1, **kw},
-    )
-    trainer.fit(model, DataLoader(Clips(), batch_size=3), DataLoader(Clips(2), batch_size=3))
-    return trainer
+@pytest.fixture
+def fit(quiet_trainer, tmp_path):
+    """Fits a model for one epoch (unless told otherwise) on noise, with noise validation."""
+
+    def run(model, **kw) -> pl.Trainer:
+        trainer = quiet_trainer(default_root_dir=tmp_path, **{"max_epochs": 1, **kw})
+        trainer.fit(model, DataLoader(Clips(), batch_size=3), DataLoader(Clips(2), batch_size=3))
+        return trainer
+
+    return run
 
 
-def test_logs_the_named_metrics(tmp_path):
-    trainer = fit(make_model(), tmp_path)
+def test_logs_the_named_metrics(fit):
+    trainer = fit(make_model())
     for name in ("train_loss", "train_acc1", "val_loss", "val_acc1", "val_acc5"):
         assert name in trainer.callback_metrics, name
     assert trainer.callback_metrics["val_acc5"] == 1.0  # 3 classes: always in the top 3
@@ -84,8 +82,8 @@ def test_video_level_accuracy_counts_videos_not_clips():
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
-def test_optimizers(tmp_path, optimizer):
-    trainer = fit(make_model(optimizer=optimizer, lr=0.01), tmp_path, max_steps=1)
+def test_optimizers(fit, optimizer):
+    trainer = fit(make_model(optimizer=optimizer, lr=0.01), max_steps=1)
     opt = trainer.optimizers[0]
     assert type(opt).__name__.lower() == optimizer
     assert opt.param_groups[0]["weight_decay"] == 5e-5
@@ -101,8 +99,8 @@ def test_schedules():
     assert _schedule("none", warmup=0, total=10)(5) == 1.0
 
 
-def test_cosine_schedule_runs_per_step(tmp_path):
-    trainer = fit(make_model(lr=0.1), tmp_path, max_epochs=2)  # 2 batches per epoch
+def test_cosine_schedule_runs_per_step(fit):
+    trainer = fit(make_model(lr=0.1), max_epochs=2)  # 2 batches per epoch
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-9)
 
 
@@ -123,11 +121,11 @@ def test_bad_arguments(kw, message):
         VideoClassifier(**args)
 
 
-def test_checkpoint_carries_labels_and_preprocessing(tmp_path):
+def test_checkpoint_carries_labels_and_preprocessing(fit, tmp_path):
     weights = tmp_path / "w.pth"
     torch.save(make_model().backbone.state_dict(), weights)
     model = make_model(weights=str(weights))
-    trainer = fit(model, tmp_path, max_steps=1)
+    trainer = fit(model, max_steps=1)
     path = tmp_path / "m.ckpt"
     trainer.save_checkpoint(path)
     weights.unlink()  # loading must not need the original weights file

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import pytorch_lightning as pl
 import torch
 
 from trainer.data import VideoDataModule
@@ -22,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def checkpoint(_motion_master, tiny_input, tmp_path_factory) -> Path:
+def checkpoint(_motion_master, tiny_input, tmp_path_factory, quiet_trainer) -> Path:
     """A demo_cnn checkpoint after a few steps on the tiny motion videos."""
     dm = VideoDataModule.from_folders(
         train_folder=_motion_master / "train", video_input=tiny_input, batch_size=3, hflip=False
@@ -31,16 +30,7 @@ def checkpoint(_motion_master, tiny_input, tmp_path_factory) -> Path:
         "demo_cnn", labels=dm.labels, video_input=tiny_input.to_dict(), clips_per_video=2
     )
     out = tmp_path_factory.mktemp("ckpt")
-    trainer = pl.Trainer(
-        default_root_dir=out,
-        max_steps=2,
-        limit_val_batches=0,  # no val data here
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer(default_root_dir=out, max_steps=2)
     trainer.fit(model, datamodule=dm)
     trainer.save_checkpoint(out / "best.ckpt")
     return out / "best.ckpt"
@@ -63,17 +53,9 @@ def test_predict_labels_and_top_k(checkpoint, _motion_master):
     assert model.predict(_motion_master / "val" / "left") == labels[:3]
 
 
-def test_predict_agrees_with_trainer_predict(checkpoint, _motion_master):
+def test_predict_agrees_with_trainer_predict(checkpoint, _motion_master, lightning_predict):
     model = VideoClassifier.load_from_checkpoint(checkpoint)
-    from trainer.video_input import VideoInput
-
-    dm = VideoDataModule.from_folders(
-        predict_folder=str(_motion_master / "val"),
-        video_input=VideoInput.from_dict(model.hparams.video_input),
-        labels=model.labels,
-        clips_per_video=model.hparams.clips_per_video,
-    )
-    probs = torch.cat(pl.Trainer(accelerator="cpu", logger=False).predict(model, datamodule=dm))
+    probs = lightning_predict(model, _motion_master / "val")
     assert probs.shape == (len(_videos(_motion_master)), len(model.labels))
     assert [model.labels[i] for i in probs.argmax(1)] == model.predict(_motion_master / "val")
 

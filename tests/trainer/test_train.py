@@ -463,7 +463,7 @@ def test_fast_dev_run(motion_dataset, tmp_path):
 
 
 @pytest.mark.slow
-def test_trains_to_high_accuracy_and_predicts(tmp_path):
+def test_trains_to_high_accuracy_and_predicts(tmp_path, lightning_predict):
     """Classes differ only by motion direction: 90% means the model learned motion."""
     from trainer.sample_data import make_motion_dataset
 
@@ -499,12 +499,7 @@ def test_trains_to_high_accuracy_and_predicts(tmp_path):
     best = max(float(r["val_acc1"]) for r in metrics(out) if r["val_acc1"])
     assert best >= 0.9
 
-    import pytorch_lightning as pl
-    import torch
-
     from trainer import VideoClassifier
-    from trainer.data import VideoDataModule
-    from trainer.video_input import VideoInput
 
     model = VideoClassifier.load_from_checkpoint(out / "checkpoints" / "best.ckpt")
     videos = sorted((data / "val").glob("*/*.mp4"))
@@ -513,13 +508,7 @@ def test_trains_to_high_accuracy_and_predicts(tmp_path):
     agree = sum(p == t for p, t in zip(predicted, truth, strict=True)) / len(videos)
     assert agree >= 0.9
 
-    dm = VideoDataModule.from_folders(
-        predict_folder=str(data / "val"),
-        video_input=VideoInput.from_dict(model.hparams.video_input),
-        labels=model.labels,
-        clips_per_video=model.hparams.clips_per_video,
-    )
-    probs = torch.cat(pl.Trainer(accelerator="cpu", logger=False).predict(model, datamodule=dm))
+    probs = lightning_predict(model, data / "val")
     assert [model.labels[i] for i in probs.argmax(1)] == predicted
     with (out / "predictions.csv").open() as fh:
         rows = list(csv.DictReader(fh))
