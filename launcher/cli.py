@@ -23,7 +23,8 @@ STATE_COLORS = {"succeeded": "green", "failed": "red", "stopped": "yellow", "run
 
 
 class LaunchGroup(click.Group):
-    """Turns LaunchError into one red line and exit code 1, unless --debug."""
+    """Turns LaunchError (and, as a last resort, any other error) into one red line and exit
+    code 1, unless --debug."""
 
     def invoke(self, ctx: click.Context):
         try:
@@ -32,6 +33,15 @@ class LaunchGroup(click.Group):
             if ctx.meta.get("launch.debug"):
                 raise
             click.secho(f"error: {e}", fg="red", err=True)
+            ctx.exit(1)
+        except (click.exceptions.ClickException, click.exceptions.Abort, click.exceptions.Exit):
+            raise  # usage errors, --help, a declined confirmation: click reports them
+        except Exception as e:
+            # a bug or an error no layer translated (a cloud SDK's): still one line by default
+            if ctx.meta.get("launch.debug"):
+                raise
+            click.secho(f"error: {type(e).__name__}: {e} (unexpected; `launch --debug ...` "
+                        "shows the traceback)", fg="red", err=True)  # fmt: skip
             ctx.exit(1)
 
 

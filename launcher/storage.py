@@ -72,7 +72,10 @@ class Storage:
 
     # -- reads ------------------------------------------------------------------------------
     def exists(self, key: str) -> bool:
-        return self.fs.exists(self.path(key))
+        try:
+            return self.fs.exists(self.path(key))
+        except Exception as e:  # network, credentials: one clear error, not a botocore trace
+            raise self._wrap("check", key, e) from e
 
     def read_bytes(self, key: str) -> bytes:
         try:
@@ -97,11 +100,14 @@ class Storage:
     def list(self, prefix: str) -> list[str]:
         """Names (not keys) directly under a prefix; empty if it does not exist."""
         try:
-            entries = self.fs.ls(self.path(prefix), detail=False, refresh=True)
+            try:
+                entries = self.fs.ls(self.path(prefix), detail=False, refresh=True)
+            except TypeError:  # filesystems without `refresh`
+                entries = self.fs.ls(self.path(prefix), detail=False)
         except FileNotFoundError:
             return []
-        except TypeError:  # filesystems without `refresh`
-            entries = self.fs.ls(self.path(prefix), detail=False)
+        except Exception as e:
+            raise self._wrap("list", prefix, e) from e
         return sorted(posixpath.basename(e.rstrip("/")) for e in entries)
 
     def walk(self, prefix: str) -> dict[str, int]:
@@ -111,6 +117,8 @@ class Storage:
             found = self.fs.find(base, detail=True)
         except FileNotFoundError:
             return {}
+        except Exception as e:
+            raise self._wrap("list", prefix, e) from e
         return {
             posixpath.relpath(p, base): int(info.get("size") or 0)
             for p, info in found.items()
@@ -123,6 +131,8 @@ class Storage:
             info = self.fs.info(self.path(key))
         except FileNotFoundError:
             return None
+        except Exception as e:
+            raise self._wrap("check", key, e) from e
         m = info.get("mtime") or info.get("LastModified") or info.get("last_modified")
         if m is None:
             return None

@@ -144,3 +144,16 @@ def test_a_failed_submit_frees_the_name_and_leaves_no_run(home, workdir, monkeyp
     assert RunIndex().get("demo") is None
     assert "demo" not in launch("status").stdout
     assert prepare_run(make_spec(name="demo"), NoAgents()) == "demo"  # the name is free again
+
+
+def test_an_unexpected_error_is_one_line_too(home, monkeypatch):
+    import launcher.catalog
+
+    def broken(gpus=None):
+        raise RuntimeError("catalog exploded")
+
+    monkeypatch.setattr(launcher.catalog, "list_instances", broken)
+    line = one_line_error(launch("instances"))
+    assert line.startswith("error: RuntimeError: catalog exploded (unexpected; `launch --debug")
+    r = CliRunner().invoke(cli, ["--debug", "instances"])
+    assert isinstance(r.exception, RuntimeError)
