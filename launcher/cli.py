@@ -291,6 +291,9 @@ def status(run: str | None, as_json: bool) -> None:
 
             click.echo(json.dumps([asdict(r) for r in rows], indent=2))
             return
+        if not rows:
+            click.secho("no runs yet (`launch run SCRIPT` starts one)", err=True, dim=True)
+            return
         table(
             ["name", "backend", "instance", "status", "done", "age", "cost"],
             [[r.name, r.backend, r.instance_type or "-", r.status, f"{r.done}/{r.total}",

@@ -142,7 +142,8 @@ def test_a_failed_submit_frees_the_name_and_leaves_no_run(home, workdir, monkeyp
     assert r.stdout == ""
     assert not LocalBackend().storage().exists("runs/demo")
     assert RunIndex().get("demo") is None
-    assert "demo" not in launch("status").stdout
+    r = launch("status")
+    assert (r.stdout, r.stderr) == ("", "no runs yet (`launch run SCRIPT` starts one)\n")
     assert prepare_run(make_spec(name="demo"), NoAgents()) == "demo"  # the name is free again
 
 
