@@ -88,15 +88,21 @@ def datastore_list(backend: str | None) -> None:
 @_backend_option
 def datastore_delete(ref: str, yes: bool, backend: str | None) -> None:
     """Delete a datastore version (or all its versions)."""
-    from launcher.datastore import delete_datastore
+    from launcher.datastore import delete_datastore, list_datastores
 
     name, _, version = ref.partition(":")
     if version and not version.isdigit():
         raise click.BadParameter(f"{ref!r}: VERSION must be a number", param_hint="NAME[:VERSION]")
+    storage = _storage(backend)
     if not yes:
-        click.confirm(f"delete datastore {ref}?", abort=True)
-    delete_datastore(_storage(backend), name, int(version) if version else None)
-    click.echo(f"deleted {ref}")
+        there = [d.version for d in list_datastores(storage, name)]
+        if there and not version:  # say what "all" means before anything is gone
+            what = f"{name} (versions {', '.join(map(str, there))})" if len(there) > 1 else ref
+            click.confirm(f"delete datastore {what}?", abort=True)
+        elif there and int(version) in there:
+            click.confirm(f"delete datastore {ref}?", abort=True)
+    deleted = delete_datastore(storage, name, int(version) if version else None)  # NotFoundError
+    click.echo(f"deleted {', '.join(f'{name}:{v}' for v in deleted)}")
 
 
 # -- artifacts -------------------------------------------------------------------------------

@@ -377,3 +377,17 @@ def test_datastore_list_shows_an_incomplete_version(home, tmp_path):
     rows = [ln.split() for ln in launch("datastore", "list").stdout.splitlines()[1:]]
     assert rows[0][:4] == ["toy", "1", "1", "1"]
     assert rows[1] == ["toy", "2", "incomplete", "-", "-"]
+
+
+def test_datastore_delete_asks_naming_the_versions_and_checks_first(home, tmp_path):
+    src = tmp_path / "data"
+    src.mkdir()
+    (src / "a.txt").write_text("A")
+    for _ in range(2):
+        assert launch("datastore", "create", "--name", "toy", "--source", str(src)).exit_code == 0
+    r = launch("datastore", "delete", "toy", input="n\n")
+    assert r.exit_code == 1 and "delete datastore toy (versions 1, 2)?" in r.stdout
+    r = launch("datastore", "delete", "nosuch")  # no question about a thing that is not there
+    assert r.exit_code == 1 and "?" not in r.stdout and "nosuch" in r.stderr
+    r = launch("datastore", "delete", "toy", input="y\n")
+    assert r.exit_code == 0 and r.stdout.splitlines()[-1] == "deleted toy:1, toy:2"
