@@ -399,7 +399,13 @@ def logs(target: str, follow: bool) -> None:
     for exp in ids:
         if len(ids) > 1:
             click.secho(f"==> {exp} <==", bold=True)
-        click.echo(read_log(ctx.storage, ctx.name, exp), nl=False)
+        text = read_log(ctx.storage, ctx.name, exp)
+        if not text:
+            from launcher.claims import read_status
+
+            state = read_status(ctx.storage, ctx.name, exp)["state"]
+            click.secho(f"(no output yet; {exp} is {state})", err=True, dim=True)
+        click.echo(text, nl=False)
 
 
 @cli.command(short_help="Stop a run or one experiment.")

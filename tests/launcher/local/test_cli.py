@@ -391,3 +391,13 @@ def test_datastore_delete_asks_naming_the_versions_and_checks_first(home, tmp_pa
     assert r.exit_code == 1 and "?" not in r.stdout and "nosuch" in r.stderr
     r = launch("datastore", "delete", "toy", input="y\n")
     assert r.exit_code == 0 and r.stdout.splitlines()[-1] == "deleted toy:1, toy:2"
+
+
+def test_logs_of_an_experiment_without_output_say_so(home, workdir):
+    from localjob import NoAgents, make_spec
+
+    from launcher.runs import prepare_run
+
+    prepare_run(make_spec(name="idle"), NoAgents())
+    r = launch("logs", "idle")
+    assert (r.exit_code, r.stdout, r.stderr) == (0, "", "(no output yet; exp-0 is queued)\n")
