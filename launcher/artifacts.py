@@ -6,8 +6,13 @@ the files it lists, so a reader never trusts a file that is still being written,
 download is checked against it. Shipping is incremental (a file unchanged since it was last
 hashed is not even read again) and mirrors the local folder: files the script deleted (old
 checkpoints) are dropped from storage after the new manifest is written. A file that changes
-while it is read (a checkpoint being written) is not stored half-written: the upload is
-abandoned, the stored copy stays as it was, and the next ship sends it.
+while it is read (a checkpoint being written), or vanishes after it was listed (``last.tmp``
+renamed over ``last.ckpt``), is not stored half-written: the upload is abandoned, the stored
+copy stays as it was, and the next ship sends it.
+
+A pull is strict (every byte checked against the manifest); a restore before a retried attempt
+is forgiving, because a node can die after uploading a file but before rewriting the manifest:
+uploads are whole, so the stored copy is taken, with a warning.
 """
 
 from __future__ import annotations
