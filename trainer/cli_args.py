@@ -36,8 +36,10 @@ PRECISIONS = (
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="train.py",
+        usage="%(prog)s [--data_dir DIR | --train_folder DIR | --train_csv CSV | "
+        "--kinetics_annotations CSV...] [options]",
         description="Train a video classifier on Kinetics-format data with PyTorch Lightning.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     d = p.add_argument_group("data (one source: folders, CSVs or Kinetics annotations)")
     d.add_argument(
@@ -47,12 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: $LAUNCH_DATASTORE_DIR)",
     )
     d.add_argument("--train_folder", help="folder of CLASS/VIDEO files")
-    d.add_argument("--val_folder")
-    d.add_argument("--test_folder")
+    d.add_argument(
+        "--val_folder", help="validated every epoch; best.ckpt is the epoch with the best val_acc1"
+    )
+    d.add_argument("--test_folder", help="tested with best.ckpt after training")
     d.add_argument("--predict_folder", help="videos to classify with the best model after training")
     d.add_argument("--train_csv", help="CSV of video path,label rows")
-    d.add_argument("--val_csv")
-    d.add_argument("--test_csv")
+    d.add_argument("--val_csv", help="like --val_folder, as a CSV")
+    d.add_argument("--test_csv", help="like --test_folder, as a CSV")
     d.add_argument(
         "--kinetics_annotations",
         nargs="+",
@@ -72,8 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=4,
         help="clips averaged per video at validation, test and prediction",
     )
-    d.add_argument("--batch_size", type=int, default=8)
-    d.add_argument("--num_workers", type=int, default=2)
+    d.add_argument("--batch_size", type=int, default=8, help="videos per batch, per device")
+    d.add_argument(
+        "--num_workers", type=int, default=2, help="data loader processes per device (0: none)"
+    )
     d.add_argument(
         "--hflip",
         action=argparse.BooleanOptionalAction,
@@ -102,13 +108,26 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--short_side", type=int, help="override the resize before cropping")
 
     o = p.add_argument_group("optimisation")
-    o.add_argument("--lr", type=float, default=0.1)
-    o.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd")
-    o.add_argument("--weight_decay", type=float, default=5e-5)
-    o.add_argument("--momentum", type=float, default=0.9)
-    o.add_argument("--lr_scheduler", choices=SCHEDULERS, default="cosine")
-    o.add_argument("--warmup_epochs", type=float, default=0.0)
-    o.add_argument("--finetune_strategy", choices=STRATEGIES, default="no_freeze")
+    o.add_argument("--lr", type=float, default=0.1, help="peak learning rate")
+    o.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd", help="optimizer")
+    o.add_argument("--weight_decay", type=float, default=5e-5, help="L2 penalty")
+    o.add_argument("--momentum", type=float, default=0.9, help="with sgd")
+    o.add_argument(
+        "--lr_scheduler",
+        choices=SCHEDULERS,
+        default="cosine",
+        help="per step: cosine decays to 0 by the end; step multiplies by 0.1 at 50%% and 75%%",
+    )
+    o.add_argument(
+        "--warmup_epochs", type=float, default=0.0, help="linear warmup first (fractions allowed)"
+    )
+    o.add_argument(
+        "--finetune_strategy",
+        choices=STRATEGIES,
+        default="no_freeze",
+        help="with --pretrained/--weights: freeze trains the new head only; freeze_unfreeze "
+        "adds the backbone at --unfreeze_epoch",
+    )
     o.add_argument(
         "--unfreeze_epoch",
         type=int,
@@ -122,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--accelerator", default="auto", help="cpu, gpu, auto, ...")
     t.add_argument("--devices", default="auto", help="a count, a list like 0,1, or auto")
-    t.add_argument("--num_nodes", type=int, default=1)
+    t.add_argument("--num_nodes", type=int, default=1, help="machines taking part (DDP)")
     t.add_argument(
         "--strategy",
         default=None,
@@ -142,8 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with several devices, compute BatchNorm statistics over all of them",
     )
-    t.add_argument("--max_epochs", type=int, default=10)
-    t.add_argument("--max_steps", type=int, default=-1)
+    t.add_argument("--max_epochs", type=int, default=10, help="-1: no limit")
+    t.add_argument(
+        "--max_steps", type=int, default=-1, help="stop after this many steps (-1: no limit)"
+    )
     t.add_argument(
         "--fast_dev_run",
         type=int,
@@ -152,10 +173,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="run N batches of train/val/test as a smoke test (no checkpoints)",
     )
-    t.add_argument("--limit_train_batches", type=float, default=None)
-    t.add_argument("--limit_val_batches", type=float, default=None)
-    t.add_argument("--log_every_n_steps", type=int, default=10)
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument(
+        "--limit_train_batches",
+        type=float,
+        default=None,
+        help="batches per epoch: a fraction (0.25) or a count (10)",
+    )
+    t.add_argument("--limit_val_batches", type=float, default=None, help="the same for validation")
+    t.add_argument("--log_every_n_steps", type=int, default=10, help="Lightning's logging interval")
+    t.add_argument(
+        "--seed", type=int, default=0, help="seeds data order, augmentation and initial weights"
+    )
     t.add_argument(
         "--output_dir",
         default=os.environ.get("LAUNCH_ARTIFACTS_DIR") or "outputs",
@@ -169,6 +197,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="start afresh even if output_dir holds a last.ckpt",
     )
     return p
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Shows a flag's default where it says something: not for switches, unset (None)
+    defaults, or help that already names its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            action.default in (None, argparse.SUPPRESS)
+            or action.nargs == 0  # a switch
+            or "default" in text
+            or not action.option_strings
+        ):
+            return text
+        return f"{text} (default: %(default)s)".lstrip()
 
 
 def _download_cache(url: str) -> Path:
@@ -224,12 +268,13 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argpa
     ]
     if len(sources) > 1:
         parser.error(f"data given as {' and '.join(sources)}: choose one source")
-    if args.data_dir and not sources and not args.download:
+    if args.data_dir and sources in ([], ["folders"]) and not args.download:
         root = Path(args.data_dir)
         if not root.is_dir():
             parser.error(f"--data_dir {args.data_dir}: no such folder")
+        # Folders given explicitly win; the data dir's own split folders fill in the rest.
         for split in ("train", "val", "test"):
-            if (root / split).is_dir():
+            if getattr(args, f"{split}_folder") is None and (root / split).is_dir():
                 setattr(args, f"{split}_folder", str(root / split))
     for flag in ("train_folder", "val_folder", "test_folder", "predict_folder", "video_root"):
         value = getattr(args, flag)

@@ -221,6 +221,8 @@ class VideoClassifier(pl.LightningModule):
         For a list of paths the results follow its order; a file that cannot be decoded gives
         ``None`` and a warning naming it and why. For a folder, the videos found in it, sorted.
         """
+        if isinstance(paths_or_folder, str | Path) and not Path(paths_or_folder).is_dir():
+            paths_or_folder = [paths_or_folder]  # one file: [result], [None] if it is unusable
         results, skipped = self.predict_paths(paths_or_folder, top_k, batch_size, num_workers)
         if skipped:
             warnings.warn(

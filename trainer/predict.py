@@ -36,9 +36,10 @@ def check_checkpoint(path: str | Path) -> dict:
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle, zip and torch errors all mean "not a checkpoint"
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({first[:200]})") from None
+    except Exception:  # pickle, zip and torch errors all mean "not a checkpoint"
+        # Their text is noise here (KeyError('105') for random bytes) or advice to unpickle
+        # with weights_only=False, which must not be taken for an unknown file.
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint") from None
     hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or not isinstance(hp, dict):
         raise CheckpointError(
@@ -74,13 +75,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("videos", nargs="+", help="video files and/or folders of videos")
     parser.add_argument("--top_k", type=int, default=None, help="print the K best labels")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--batch_size", type=int, default=4)
-    parser.add_argument("--num_workers", type=int, default=0)
+    parser.add_argument("--batch_size", type=int, default=4, help="videos per batch")
+    parser.add_argument("--num_workers", type=int, default=0, help="data loader processes")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     args = parser.parse_args(argv)
     if args.top_k is not None and args.top_k < 1:
         parser.error(f"--top_k {args.top_k}: must be >= 1")
     from trainer.data import DataError
+
+    # Run as ``python -m trainer.predict`` this file is __main__, but the model raises the
+    # CheckpointError of the module trainer.predict: catch that one.
+    from trainer.predict import CheckpointError, load_model
 
     try:
         model = load_model(args.checkpoint, device=args.device)

@@ -12,6 +12,7 @@ import csv
 import json
 import shutil
 import tempfile
+import time
 import weakref
 from pathlib import Path
 
@@ -30,6 +31,7 @@ class RunOutputs:
         self.last_ckpt = self.ckpt_dir / "last.ckpt"
         self.best_ckpt = self.ckpt_dir / "best.ckpt"
         self.metrics_csv = self.root / "metrics.csv"
+        self.predictions_csv = self.root / "predictions.csv"
         self._history: Rows = {}
         self._columns: list[str] = ["epoch", "step"]
         self._log_dir: Path | None = None
@@ -88,7 +90,7 @@ class RunOutputs:
         return path, (float(score) if score is not None else None)
 
     def write_predictions(self, results: list[tuple[str, object]], skipped: dict) -> None:
-        with (self.root / "predictions.csv").open("w", newline="") as fh:
+        with self.predictions_csv.open("w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(["path", "label"])
             w.writerows(results)
@@ -122,6 +124,28 @@ class MetricsCsv(Callback):
         if trainer.is_global_zero and trainer.logger is not None:
             trainer.logger.save()
             self.outputs.write_metrics()
+
+
+class EpochLine(Callback):
+    """Print one line per finished epoch (for logs, where there is no progress bar): its
+    metrics and how long it took."""
+
+    KEYS = ("train_loss", "train_acc1", "val_loss", "val_acc1", "val_acc5", "lr")
+
+    def __init__(self) -> None:
+        self.started: float | None = None  # unknown for an epoch resumed mid-way
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.started = time.monotonic()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero:
+            return
+        m = trainer.callback_metrics
+        values = " ".join(f"{k}={float(m[k]):.4g}" for k in self.KEYS if k in m)
+        last = f"/{trainer.max_epochs - 1}" if (trainer.max_epochs or -1) > 0 else ""
+        took = f" ({time.monotonic() - self.started:.1f}s)" if self.started is not None else ""
+        print(f"epoch {trainer.current_epoch}{last}: {values}{took}", flush=True)
 
 
 class SigtermCheckpoint(Callback):

@@ -149,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from trainer.data import DataError
 
+    _quiet_lightning()
+
     if args.download:
         try:
             _download(args)
@@ -229,7 +231,7 @@ def _trainer_kwargs(args, out, has_val: bool) -> dict:
     from pytorch_lightning.callbacks import ModelCheckpoint
 
     from trainer.finetune import VideoFinetuning
-    from trainer.run_outputs import MetricsCsv, SigtermCheckpoint
+    from trainer.run_outputs import EpochLine, MetricsCsv, SigtermCheckpoint
 
     best = ModelCheckpoint(
         dirpath=out.ckpt_dir,
@@ -239,12 +241,15 @@ def _trainer_kwargs(args, out, has_val: bool) -> dict:
         save_last=True,
         enable_version_counter=False,  # a resumed run overwrites best.ckpt, not best-v1.ckpt
     )
+    progress_bar = sys.stderr.isatty()
     callbacks = [
         best,
         VideoFinetuning(args.finetune_strategy, args.unfreeze_epoch),
         SigtermCheckpoint(out.last_ckpt),
         MetricsCsv(out),
     ]
+    if not progress_bar:  # a log file: one line per epoch instead of a progress bar
+        callbacks.append(EpochLine())
     multi = args.num_nodes > 1 or (
         args.devices not in ("auto", 1, 0, [0])
         and not (isinstance(args.devices, list) and len(args.devices) == 1)
@@ -262,7 +267,7 @@ def _trainer_kwargs(args, out, has_val: bool) -> dict:
         default_root_dir=str(out.root),
         callbacks=callbacks,
         log_every_n_steps=args.log_every_n_steps,
-        enable_progress_bar=sys.stderr.isatty(),
+        enable_progress_bar=progress_bar,
     )
     if args.precision:
         kw["precision"] = args.precision
@@ -271,6 +276,39 @@ def _trainer_kwargs(args, out, has_val: bool) -> dict:
     if args.limit_val_batches is not None:
         kw["limit_val_batches"] = _limit(args.limit_val_batches)
     return kw
+
+
+def _quiet_lightning() -> None:
+    """Drop Lightning messages a user of this script cannot act on, and show the data's own
+    warnings as one ``warning: ...`` line (not with the source line that raised them)."""
+    import logging
+
+    from trainer.data import DataWarning
+
+    show = warnings.showwarning
+
+    def one_line(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, DataWarning):
+            print(f"warning: {message}", file=sys.stderr, flush=True)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = one_line
+
+    for message in (
+        r".*isinstance\(treespec, LeafSpec\)",  # Lightning's own use of a torch API
+        # Metrics are logged per epoch, so the logging interval does not matter.
+        r"The number of training batches .* logging interval",
+        # No val/test split given is a choice, not a mistake.
+        r"You defined a `validation_step` but have no `val_dataloader`",
+        r"Total length of `list` across ranks is zero",
+        # A run resumed after SIGTERM mid-epoch finishes that epoch with a fresh data order.
+        r"You're resuming from a checkpoint that ended before the epoch ended",
+    ):
+        warnings.filterwarnings("ignore", message=message)
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
+        lambda record: not record.getMessage().startswith("💡 Tip")  # advertising
+    )
 
 
 def _hardware_flags(args) -> str:
@@ -307,6 +345,7 @@ def _finish(args, dm, model, trainer, out) -> int:
             args.predict_folder, batch_size=args.batch_size, num_workers=args.num_workers
         )
         out.write_predictions(results, skipped)
+        print(f"predicted {len(results)} video(s) ({len(skipped)} skipped): {out.predictions_csv}")
     metric = "val_acc1" if score is not None else "train_loss"
     value = score if score is not None else trainer.callback_metrics.get("train_loss")
     print(f"best {metric}={float(value):.4f} checkpoint={best_path}", flush=True)

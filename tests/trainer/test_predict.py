@@ -66,6 +66,10 @@ def test_skipped_file_is_reported(checkpoint, _motion_master, corrupt_video):
     with pytest.warns(UserWarning, match=r"skipped 1 video\(s\): .*corrupt\.mp4"):
         result = model.predict(videos)
     assert result[0] in model.labels and result[1] is None
+    # One path gives one result, like a list of one: None (and the warning) if unusable.
+    with pytest.warns(UserWarning, match=r"nowhere\.mp4 \(file not found\)"):
+        assert model.predict("nowhere.mp4") == [None]
+    assert model.predict(str(videos[0])) == result[:1]
 
 
 def test_decode_failure_after_the_scan_is_reported(checkpoint, _motion_master, tmp_path, capsys):
@@ -150,3 +154,15 @@ def test_cli_as_module(checkpoint, _motion_master):
     assert done.returncode == 0, done.stderr
     path, label = done.stdout.strip().split("\t")
     assert path == str(video) and label in load_model(checkpoint).labels
+
+
+def test_cli_as_module_bad_checkpoint_is_one_line(text_file, _motion_master):
+    done = subprocess.run(
+        [sys.executable, "-m", "trainer.predict", str(text_file), str(_videos(_motion_master)[0])],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip() == f"error: {text_file}: not a PyTorch checkpoint"

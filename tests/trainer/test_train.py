@@ -52,6 +52,12 @@ def test_help_from_repo_root_imports_no_torch():
     assert "--kinetics_annotations" in done.stdout and "--finetune_strategy" in done.stdout
     imported = {line.split("|")[-1].strip() for line in done.stderr.splitlines()}
     assert "torch" not in imported
+    help_text = " ".join(done.stdout.split())
+    # Defaults are shown where they say something, once, and never for switches.
+    assert "--lr LR peak learning rate (default: 0.1)" in help_text
+    assert "--batch_size BATCH_SIZE videos per batch, per device (default: 8)" in help_text
+    assert "(default: None)" not in help_text and "(default: False)" not in help_text
+    assert done.stdout.startswith("usage: train.py [--data_dir DIR | --train_folder DIR")
 
 
 def test_help_from_unpacked_copy_uses_that_copy(tmp_path):
@@ -137,6 +143,32 @@ def test_kinetics_split_from_file_name(tmp_path, capsys):
     with pytest.raises(SystemExit):
         parse_args(["--kinetics_annotations", str(tmp_path / "other.csv"), "--video_root", "."])
     assert "cannot tell its split" in capsys.readouterr().err
+
+
+def test_data_dir_fills_the_splits_not_given(motion_dataset, tmp_path, monkeypatch):
+    monkeypatch.delenv("LAUNCH_DATASTORE_DIR", raising=False)
+    other = tmp_path / "holdout"
+    shutil.copytree(motion_dataset / "val", other)
+    args = parse_args(["--data_dir", str(motion_dataset), "--test_folder", str(other)])
+    assert args.train_folder == str(motion_dataset / "train")
+    assert args.val_folder == str(motion_dataset / "val")
+    assert args.test_folder == str(other)
+
+
+def test_data_warnings_are_one_line(motion_dataset, tmp_path, capsys):
+    from trainer.train import main
+
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    shutil.copy(motion_dataset / "train" / "up" / "0.mp4", flat)
+    assert main(["--train_folder", str(flat), *TINY, "--output_dir", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"warning: {flat}: skipped 1 of 1 files (1 not inside a class folder); see .skipped "
+        "for the list",
+        f"error: no videos in {flat} (expected class-per-folder layout: {flat}/<label>/"
+        "<video>.mp4)",
+    ]
 
 
 def test_launcher_variables_are_defaults(motion_dataset, tmp_path, monkeypatch):
@@ -347,6 +379,10 @@ def test_resume_continues_from_last_epoch(motion_dataset, tmp_path):
         assert (out / name).is_file(), name
     assert (out / "labels.txt").read_text().split() == ["left", "right", "up"]
     assert "best val_acc1=" in first.stdout.strip().splitlines()[-1]
+    # A log, not a terminal: one line per epoch, and none of Lightning's noise.
+    assert "epoch 0/0: train_loss=" in first.stdout and " val_acc1=" in first.stdout
+    for noise in ("LeafSpec", "litlogger", "logging interval", "Total length of"):
+        assert noise not in first.stdout + first.stderr, noise
     # One copy of each: nothing for `launch artifacts pull` to bring twice.
     assert [p.name for p in out.rglob("*.csv")] == ["metrics.csv"]
     assert [p.name for p in out.rglob("*.yaml")] == ["hparams.yaml"]
