@@ -142,7 +142,10 @@ class EpochLine(Callback):
         if not trainer.is_global_zero:
             return
         m = trainer.callback_metrics
-        values = " ".join(f"{k}={float(m[k]):.4g}" for k in self.KEYS if k in m)
+        # Top-5 accuracy says nothing with 5 classes or fewer (it is always 1).
+        few = len(getattr(pl_module, "labels", ())) <= 5
+        keys = [k for k in self.KEYS if k in m and not (few and k.endswith("acc5"))]
+        values = " ".join(f"{k}={float(m[k]):.4g}" for k in keys)
         last = f"/{trainer.max_epochs - 1}" if (trainer.max_epochs or -1) > 0 else ""
         took = f" ({time.monotonic() - self.started:.1f}s)" if self.started is not None else ""
         print(f"epoch {trainer.current_epoch}{last}: {values}{took}", flush=True)

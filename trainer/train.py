@@ -212,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         ckpt_path = str(resume) if resume else None
         trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
     except SIGTERMException:
-        out.write_metrics()
+        if trainer.is_global_zero:  # the other processes have no metrics of their own
+            out.write_metrics()
         print(
             f"stopped by SIGTERM; saved {out.last_ckpt}: rerun with the same --output_dir "
             "to resume",
