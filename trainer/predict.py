@@ -61,6 +61,21 @@ def load_model(path: str | Path, device: str = "cpu") -> VideoClassifier:
     return model.eval()
 
 
+def _device_problem(device: str) -> str | None:
+    """Why ``device`` cannot be used here, or None."""
+    import torch
+
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        return "not a device (cpu, cuda, cuda:1, mps, ...)"
+    if kind == "cuda" and not torch.cuda.is_available():
+        return "no CUDA GPU here; use --device cpu"
+    if kind == "mps" and not torch.backends.mps.is_available():
+        return "no Apple GPU (MPS) here; use --device cpu"
+    return None
+
+
 def _format(result) -> str:
     if isinstance(result, list):
         return ",".join(f"{label}:{prob:.4f}" for label, prob in result)
@@ -81,6 +96,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.top_k is not None and args.top_k < 1:
         parser.error(f"--top_k {args.top_k}: must be >= 1")
+    problem = _device_problem(args.device)
+    if problem:
+        parser.error(f"--device {args.device}: {problem}")
     from trainer.data import DataError
 
     # Run as ``python -m trainer.predict`` this file is __main__, but the model raises the

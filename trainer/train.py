@@ -305,6 +305,7 @@ def _quiet_lightning() -> None:
         r"Total length of `list` across ranks is zero",
         # A run resumed after SIGTERM mid-epoch finishes that epoch with a fresh data order.
         r"You're resuming from a checkpoint that ended before the epoch ended",
+        r"Checkpoint directory .* exists and is not empty",  # resuming: it holds last.ckpt
     ):
         warnings.filterwarnings("ignore", message=message)
     logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(

@@ -134,6 +134,15 @@ def test_cli_lines_json_and_errors(checkpoint, _motion_master, text_file, capsys
     assert "skipped nowhere.mp4: no such file or folder" in err
     assert f"skipped {text_file}: " in err
 
+    bad_devices = {"banana": "not a device"}
+    if not torch.cuda.is_available():
+        bad_devices["cuda"] = "no CUDA GPU here; use --device cpu"
+    for device, why in bad_devices.items():
+        with pytest.raises(SystemExit) as e:
+            main([str(checkpoint), str(folder), "--device", device])
+        assert e.value.code == 2
+        assert f"error: --device {device}: {why}" in capsys.readouterr().err
+
     with pytest.raises(SystemExit) as e:
         main([str(text_file), str(folder)])
     assert e.value.code == 2

@@ -390,6 +390,7 @@ def test_resume_continues_from_last_epoch(motion_dataset, tmp_path):
     second = run_script(str(SCRIPT), *data, "--max_epochs", "2")
     assert second.returncode == 0, second.stderr
     assert f"resuming from {out / 'checkpoints' / 'last.ckpt'}" in second.stdout
+    assert "exists and is not empty" not in second.stderr  # resuming is the point
     rows = [r for r in metrics(out) if r["val_acc1"]]
     assert [r["epoch"] for r in rows] == ["0", "1"]  # epoch 1 trained, epoch 0 not redone
     assert all(r["train_loss"] for r in rows)
