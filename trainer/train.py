@@ -146,6 +146,7 @@ def _download(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    _one_line_warnings()
     args = parse_args(argv)
     from trainer.data import DataError
 
@@ -279,22 +280,24 @@ def _trainer_kwargs(args, out, has_val: bool) -> dict:
     return kw
 
 
-def _quiet_lightning() -> None:
-    """Drop Lightning messages a user of this script cannot act on, and show the data's own
-    warnings as one ``warning: ...`` line (not with the source line that raised them)."""
-    import logging
-
-    from trainer.data import DataWarning
-
+def _one_line_warnings() -> None:
+    """Show this package's own warnings (flags, skipped data) as one ``warning: ...`` line,
+    not with the file and source line that raised them."""
     show = warnings.showwarning
+    here = str(Path(__file__).resolve().parent)
 
     def one_line(message, category, filename, lineno, file=None, line=None):
-        if issubclass(category, DataWarning):
+        if str(Path(filename).resolve().parent) == here:
             print(f"warning: {message}", file=sys.stderr, flush=True)
         else:
             show(message, category, filename, lineno, file, line)
 
     warnings.showwarning = one_line
+
+
+def _quiet_lightning() -> None:
+    """Drop Lightning and library messages a user of this script cannot act on."""
+    import logging
 
     for message in (
         r".*isinstance\(treespec, LeafSpec\)",  # Lightning's own use of a torch API
@@ -306,6 +309,7 @@ def _quiet_lightning() -> None:
         # A run resumed after SIGTERM mid-epoch finishes that epoch with a fresh data order.
         r"You're resuming from a checkpoint that ended before the epoch ended",
         r"Checkpoint directory .* exists and is not empty",  # resuming: it holds last.ckpt
+        r"`torch.jit.script` is deprecated",  # inside pytorchvideo's model builders
     ):
         warnings.filterwarnings("ignore", message=message)
     logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(

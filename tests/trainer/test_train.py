@@ -155,14 +155,18 @@ def test_data_dir_fills_the_splits_not_given(motion_dataset, tmp_path, monkeypat
     assert args.test_folder == str(other)
 
 
-def test_data_warnings_are_one_line(motion_dataset, tmp_path, capsys):
+def test_warnings_are_one_line(motion_dataset, tmp_path, capsys):
     from trainer.train import main
 
     flat = tmp_path / "flat"
     flat.mkdir()
     shutil.copy(motion_dataset / "train" / "up" / "0.mp4", flat)
-    assert main(["--train_folder", str(flat), *TINY, "--output_dir", str(tmp_path / "o")]) == 2
+    gpus = [] if __import__("torch").cuda.is_available() else ["--gpus", "1"]
+    flags = ["--train_folder", str(flat), *TINY, *gpus, "--output_dir", str(tmp_path / "o")]
+    assert main(flags) == 2
     err = capsys.readouterr().err.strip().splitlines()
+    if gpus:
+        assert err.pop(0) == "warning: --gpus 1: no GPU here; training on the CPU"
     assert err == [
         f"warning: {flat}: skipped 1 of 1 files (1 not inside a class folder); see .skipped "
         "for the list",
