@@ -21,6 +21,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from trainer.backbones import build_backbone, check_input, get_backbone
 from trainer.finetune import check_strategy
+from trainer.transforms import pack_pathways
 from trainer.video_input import VideoInput
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -98,6 +99,10 @@ class VideoClassifier(pl.LightningModule):
             pretrained=pretrained and load_weights,
             weights=weights if load_weights else None,
         )
+        # One clip of the model's input: Lightning's model summary runs it to report the
+        # layers' sizes and the FLOPs per clip (else it prints "Total FLOPs: 0").
+        clip = torch.zeros(1, 3, vi.num_frames, vi.crop_size, vi.crop_size)
+        self.example_input_array = (pack_pathways(clip, vi.slowfast_alpha),)
         k5 = min(5, len(labels))
         self.train_acc1 = MulticlassAccuracy(len(labels), top_k=1, average="micro")
         for stage in ("val", "test"):

@@ -144,3 +144,14 @@ def test_load_from_checkpoint_rejects_other_files(tmp_path):
     bad.write_text("hello")
     with pytest.raises(CheckpointError, match="not a PyTorch checkpoint"):
         VideoClassifier.load_from_checkpoint(bad)
+
+
+def test_model_summary_reports_flops_per_clip():
+    from pytorch_lightning.utilities.model_summary import ModelSummary
+
+    model = make_model()
+    (clip,) = model.example_input_array  # one clip of the checkpointed input
+    assert clip.shape == (1, 3, VI.num_frames, VI.crop_size, VI.crop_size)
+    summary = ModelSummary(model, max_depth=1)
+    assert summary.total_flops > 0  # not the "Total FLOPs: 0" Lightning prints without it
+    assert summary.in_sizes[0] == [1, 3, VI.num_frames, VI.crop_size, VI.crop_size]
