@@ -357,3 +357,23 @@ def test_eval_loaders_use_the_unpadded_sampler_under_ddp(motion_dm):
     loader = dm.val_dataloader()
     assert list(loader.sampler) == [1, 3, 5, 7]
     assert [b["index"].tolist() for b in loader] == [[1, 3], [5, 7]]
+
+
+def test_failed_val_batch_leaves_metrics_finite_and_predict_failures_listed(
+    motion_dataset, motion_dm, corrupt_video, quiet_trainer
+):
+    """A val batch whose every video fails adds nothing (no NaN loss); a video to predict that
+    fails to decode after its scan is listed in .skipped like the training ones."""
+    from trainer.model import VideoClassifier
+
+    dm = motion_dm(batch_size=3, clips_per_video=1, predict_folder=motion_dataset / "val")
+    loader = dm.predict_dataloader()  # scans the videos to predict
+    for p in (motion_dataset / "val" / "left").glob("*.mp4"):  # the first val batch
+        p.write_bytes(corrupt_video.read_bytes())
+    model = VideoClassifier("demo_cnn", labels=dm.labels, video_input=dm.video_input.to_dict())
+    trainer = quiet_trainer(max_epochs=1, limit_train_batches=1)
+    trainer.fit(model, datamodule=dm)
+    assert torch.isfinite(trainer.callback_metrics["val_loss"])
+    assert 0 <= float(trainer.callback_metrics["val_acc1"]) <= 1
+    assert sum(len(b["path"]) for b in loader) == 6
+    assert {str(p) for p in (motion_dataset / "val" / "left").glob("*.mp4")} <= set(dm.skipped)
