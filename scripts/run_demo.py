@@ -30,8 +30,6 @@ def sh(*cmd: str, capture: bool = False) -> str:
     done = subprocess.run(cmd, cwd=REPO, text=True, stdout=subprocess.PIPE if capture else None)
     if done.returncode != 0:
         sys.exit(f"demo step failed (exit {done.returncode}): {shlex.join(cmd)}")
-    if capture:
-        print(done.stdout, end="", flush=True)
     return done.stdout or ""
 
 
@@ -60,6 +58,8 @@ def main(argv: list[str] | None = None) -> None:
 
     out = sh(launch, "predict", run, str(a.data / "val"), "--dest", a.dest, "--json", capture=True)
     predictions = json.loads(out)["predictions"]  # {path: label}
+    for path, label in list(predictions.items())[:: max(1, len(predictions) // 4)]:
+        print(f"{Path(path).parent.name}/{Path(path).name} -> {label}")
     right = sum(Path(path).parent.name == label for path, label in predictions.items())
     print(f"\ndemo: {run} classified {right}/{len(predictions)} held-out videos correctly")
 
