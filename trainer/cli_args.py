@@ -11,6 +11,8 @@ import argparse
 import os
 from pathlib import Path
 
+# The choices of --optimizer, --lr_scheduler and --finetune_strategy, defined here (torch-free)
+# for the parser and imported by the model and the finetuning callback that check them again.
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("cosine", "step", "none")
 STRATEGIES = ("no_freeze", "freeze", "freeze_unfreeze")

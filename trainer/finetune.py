@@ -14,7 +14,7 @@ from pytorch_lightning.callbacks import BaseFinetuning
 from torch import nn
 from torch.optim import Optimizer
 
-STRATEGIES = ("no_freeze", "freeze", "freeze_unfreeze")
+from trainer.cli_args import STRATEGIES
 
 
 def check_strategy(strategy: str, unfreeze_epoch: int = 1) -> None:

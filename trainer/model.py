@@ -20,12 +20,10 @@ from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
 from trainer.backbones import build_backbone, check_input, get_backbone
+from trainer.cli_args import OPTIMIZERS, SCHEDULERS
 from trainer.finetune import check_strategy
 from trainer.transforms import pack_pathways
 from trainer.video_input import VideoInput
-
-OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULERS = ("cosine", "step", "none")
 
 Video = Tensor | list[Tensor]
 
