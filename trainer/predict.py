@@ -114,19 +114,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     results: list[tuple[str, object]] = []
     skipped: dict[str, str] = {}
+    # Consecutive files go to the model as one list (one metadata scan, full batches, not a
+    # loader per file); each folder on its own, so one holding no video is named in `skipped`.
+    groups: list[str | list[str]] = []
     for target in args.videos:
         if not Path(target).exists():
             skipped[target] = "no such file or folder"
-            continue
+        elif Path(target).is_dir():
+            groups.append(target)
+        elif groups and isinstance(groups[-1], list):
+            groups[-1].append(target)
+        else:
+            groups.append([target])
+    for group in groups:
         try:
             got, skip = model.predict_paths(
-                target if Path(target).is_dir() else [target],
-                top_k=args.top_k,
-                batch_size=args.batch_size,
-                num_workers=args.num_workers,
+                group, top_k=args.top_k, batch_size=args.batch_size, num_workers=args.num_workers
             )
-        except DataError as e:  # nothing usable in this target
-            skipped[target] = str(e)
+        except DataError as e:  # a folder with no file in it (a list of files never raises)
+            skipped[str(group)] = str(e)
             continue
         results += got
         skipped.update(skip)

@@ -123,6 +123,10 @@ def test_cli_lines_json_and_errors(checkpoint, _motion_master, text_file, capsys
     for line, label in zip(lines, model.predict(folder), strict=True):
         path, got = line.split("\t")
         assert Path(path).parent == folder and got == label
+    # The folder's files given one by one (classified together) give the same lines.
+    files = [line.split("\t")[0] for line in lines]
+    assert main([str(checkpoint), *files]) == 0
+    assert capsys.readouterr().out.strip().splitlines() == lines
 
     assert main([str(checkpoint), str(folder / "0.mp4"), "--top_k", "2", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
