@@ -16,6 +16,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.utilities import move_data_to_device
 from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -267,21 +268,14 @@ class VideoClassifier(pl.LightningModule):
         out: list[tuple[str, Any]] = []
         try:
             for batch in loader:
-                video = batch["video"]
-                video = (
-                    [v.to(self.device) for v in video]
-                    if isinstance(video, list | tuple)
-                    else video.to(self.device)
-                )
-                probs = self.video_probs(video).cpu()
+                probs = self.video_probs(move_data_to_device(batch["video"], self.device)).cpu()
                 for path, p in zip(batch["path"], probs, strict=True):
                     out.append((str(path), self.decode(p, top_k)))
         finally:
             self.train(was_training)
-        # Files that passed the metadata scan but failed to decode were left out of their batch.
-        wanted = {str(item.path) for item in loader.dataset.items}
-        failed = {p: why for p, why in loader.dataset.failures.read().items() if p in wanted}
-        return out, {**{str(k): v for k, v in skipped.items()}, **failed}
+        # Files that passed the metadata scan but failed to decode were left out of their batch
+        # and logged in the loader's own (fresh) failure log.
+        return out, {**skipped, **loader.dataset.failures.read()}
 
     def decode(self, probs: Tensor, top_k: int | None = None):
         """One video's probabilities -> its label, or the ``top_k`` (label, prob) pairs."""
