@@ -195,12 +195,17 @@ def _decoded(container, stream, meta: VideoMeta, wanted: set[int], skip_nonref: 
         yield from packet.decode()
 
 
+def _keyframe_before(meta: VideoMeta, index: int) -> int:
+    """The pts of the last keyframe at or before frame ``index`` (else the first keyframe)."""
+    keyframes = meta.keyframe_pts
+    return keyframes[max(bisect.bisect_right(keyframes, meta.frame_pts(index)) - 1, 0)]
+
+
 def _decode_into(
     container, stream, meta: VideoMeta, wanted: list[int], got: dict, skip_nonref: bool = True
 ) -> None:
     """Decode forward through ``wanted`` (sorted), seeking only when a keyframe lies between
     the current position and the next wanted frame (seeking is cheaper than decoding there)."""
-    keyframes = meta.keyframe_pts
     wanted_set = set(wanted)
     pos = -1  # index of the last frame decoded
     frames = None  # the live decode generator; recreated only after a seek
@@ -208,7 +213,7 @@ def _decode_into(
     prev = None  # the frame decoded before the current one
     while k < len(wanted):
         target = wanted[k]
-        kf = keyframes[max(bisect.bisect_right(keyframes, meta.frame_pts(target)) - 1, 0)]
+        kf = _keyframe_before(meta, target)
         kf_index = meta.frame_index(kf)
         if frames is None or target <= pos or kf_index > pos + 1:
             if frames is not None or kf_index > 0:
@@ -232,9 +237,7 @@ def _decode_into(
             prev = frame
             if k >= len(wanted):
                 return
-            nxt = wanted[k]
-            nkf = keyframes[max(bisect.bisect_right(keyframes, meta.frame_pts(nxt)) - 1, 0)]
-            if meta.frame_index(nkf) > pos + 1:
+            if meta.frame_index(_keyframe_before(meta, wanted[k])) > pos + 1:
                 break  # cheaper to seek to the next run's keyframe
         else:
             return  # end of stream: the rest is padded by the caller
