@@ -232,6 +232,14 @@ def _split_of(csv: str) -> str | None:
     return None
 
 
+def fill_split_folders(args: argparse.Namespace, root: Path) -> None:
+    """Set ``--train/val/test_folder`` not given to ``root``'s split folders that exist:
+    folders given explicitly win; a data dir's own split folders fill in the rest."""
+    for split in ("train", "val", "test"):
+        if getattr(args, f"{split}_folder") is None and (root / split).is_dir():
+            setattr(args, f"{split}_folder", str(root / split))
+
+
 def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
     """Check flag values and fill data defaults; ``parser.error`` on the first problem."""
     for flag in ("batch_size", "clips_per_video", "num_nodes", "max_epochs"):
@@ -274,10 +282,7 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argpa
         root = Path(args.data_dir)
         if not root.is_dir():
             parser.error(f"--data_dir {args.data_dir}: no such folder")
-        # Folders given explicitly win; the data dir's own split folders fill in the rest.
-        for split in ("train", "val", "test"):
-            if getattr(args, f"{split}_folder") is None and (root / split).is_dir():
-                setattr(args, f"{split}_folder", str(root / split))
+        fill_split_folders(args, root)
     for flag in ("train_folder", "val_folder", "test_folder", "predict_folder", "video_root"):
         value = getattr(args, flag)
         if value and not Path(value).is_dir():

@@ -25,7 +25,7 @@ _REPO = str(Path(__file__).resolve().parent.parent)
 if not sys.path or sys.path[0] != _REPO:
     sys.path.insert(0, _REPO)
 
-from trainer.cli_args import build_parser, validate  # noqa: E402
+from trainer.cli_args import build_parser, fill_split_folders, validate  # noqa: E402
 
 SIGTERM_EXIT = 143  # 128 + SIGTERM, what a shell reports for a process it terminated
 # Flags passed to VideoClassifier under their own names (and so saved in every checkpoint).
@@ -137,10 +137,7 @@ def _download(args) -> None:
     from trainer.data import DataError
     from trainer.download import ensure_data
 
-    root = Path(ensure_data(args.download, args.download_dir))
-    for split in ("train", "val", "test"):
-        if getattr(args, f"{split}_folder") is None and (root / split).is_dir():
-            setattr(args, f"{split}_folder", str(root / split))
+    fill_split_folders(args, Path(ensure_data(args.download, args.download_dir)))
     if not args.train_folder:
         raise DataError(f"--download {args.download}: the archive has no train/ folder")
 
