@@ -41,12 +41,14 @@ class MetaCache:
 
     def __init__(self, root: str | Path, cache_dir: str | Path | None = None):
         self.root = Path(root).resolve()
+        # Where the cache goes when the data dir is read-only (or the first choice fails).
+        self.fallback = user_cache_dir() / _hashed_name(self.root)
         if cache_dir is not None:
             self.path = Path(cache_dir) / _hashed_name(self.root)
         elif os.access(self.root, os.W_OK):
             self.path = self.root / CACHE_NAME
         else:
-            self.path = user_cache_dir() / _hashed_name(self.root)
+            self.path = self.fallback
         self.entries: dict[str, dict] = {}
         self.dirty = False
         self._load()
@@ -54,7 +56,7 @@ class MetaCache:
     def _load(self) -> None:
         candidates = [self.path]
         if self.path.name == CACHE_NAME:  # a previous run may have fallen back
-            candidates.append(user_cache_dir() / _hashed_name(self.root))
+            candidates.append(self.fallback)
         for path in candidates:
             try:
                 data = json.loads(path.read_text())
@@ -92,7 +94,7 @@ class MetaCache:
         data = json.dumps(
             {"version": CACHE_VERSION, "root": str(self.root), "entries": self.entries}
         )
-        for path in (self.path, user_cache_dir() / _hashed_name(self.root)):
+        for path in (self.path, self.fallback):
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
