@@ -52,6 +52,8 @@ class RunOutputs:
 
     def write_run_info(self, args, labels: list[str], model) -> None:
         """labels.txt and args.json (the flags, resolved input included)."""
+        from trainer.backbones import count_params
+
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "labels.txt").write_text("".join(f"{label}\n" for label in labels))
         flat = {
@@ -59,7 +61,7 @@ class RunOutputs:
             for k, v in vars(args).items()
             if k != "kinetics_splits" or v
         }
-        flat["backbone_params"] = sum(p.numel() for p in model.parameters())
+        flat["backbone_params"] = count_params(model)
         (self.root / "args.json").write_text(json.dumps(flat, indent=2, default=str) + "\n")
 
     def write_metrics(self) -> None:
