@@ -35,7 +35,9 @@ def check_checkpoint(path: str | Path) -> dict:
     if not p.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+        # Memory-mapped: only the hyperparameters are read here; the caller (Lightning's
+        # loader, or the resumed fit) reads the weights, so the file is not loaded twice.
+        ckpt = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # pickle, zip and torch errors all mean "not a checkpoint"
         # Their text is noise here (KeyError('105') for random bytes) or advice to unpickle
         # with weights_only=False, which must not be taken for an unknown file.
