@@ -99,11 +99,5 @@ def kinetics_source(csv_path: str | Path, video_root: str | Path) -> VideoSource
             f"none of the {len(rows)} clips of {csv_path} exists under {root} "
             "(expected <label>/<youtube_id>_<start:06d>_<end:06d>.mp4)"
         )
-    labelled = [r.label for r in rows if r.label is not None]
-    return VideoSource(
-        str(csv_path),
-        root,
-        items,
-        classes=tuple(sorted(set(labelled))) if labelled else None,
-        skipped=missing,
-    )
+    declared = classes(rows)
+    return VideoSource(str(csv_path), root, items, classes=tuple(declared) or None, skipped=missing)
