@@ -234,12 +234,10 @@ class VideoClassifier(pl.LightningModule):
                 + "; ".join(f"{p} ({why})" for p, why in skipped.items()),
                 stacklevel=2,
             )
-        by_path = dict(results)
         if isinstance(paths_or_folder, list | tuple):
-            resolved = {str(Path(p).resolve()): r for p, r in results}
-            return [
-                by_path.get(str(p), resolved.get(str(Path(p).resolve()))) for p in paths_or_folder
-            ]
+            # Results are keyed by str(Path(p)) of each given p (as the loader's items are).
+            by_path = dict(results)
+            return [by_path.get(str(Path(p))) for p in paths_or_folder]
         return [r for _, r in results]
 
     @torch.no_grad()

@@ -60,7 +60,7 @@ def test_predict_agrees_with_trainer_predict(checkpoint, _motion_master, lightni
     assert [model.labels[i] for i in probs.argmax(1)] == model.predict(_motion_master / "val")
 
 
-def test_skipped_file_is_reported(checkpoint, _motion_master, corrupt_video):
+def test_skipped_file_is_reported(checkpoint, _motion_master, corrupt_video, monkeypatch):
     model = load_model(checkpoint)
     videos = [_videos(_motion_master)[0], corrupt_video]
     with pytest.warns(UserWarning, match=r"skipped 1 video\(s\): .*corrupt\.mp4"):
@@ -70,6 +70,10 @@ def test_skipped_file_is_reported(checkpoint, _motion_master, corrupt_video):
     with pytest.warns(UserWarning, match=r"nowhere\.mp4 \(file not found\)"):
         assert model.predict("nowhere.mp4") == [None]
     assert model.predict(str(videos[0])) == result[:1]
+    # A path spelt another way (relative, with ./) still gets its own result.
+    monkeypatch.chdir(videos[0].parent)
+    with pytest.warns(UserWarning, match=r"corrupt\.mp4"):
+        assert model.predict([f"./{videos[0].name}", corrupt_video]) == result
 
 
 def test_decode_failure_after_the_scan_is_reported(checkpoint, _motion_master, tmp_path, capsys):
