@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from datetime import UTC, datetime
 
 import boto3
@@ -16,6 +15,7 @@ from launcher.backends.aws import AwsBackend
 from launcher.backends.aws.reconcile import node_info
 from launcher.catalog import get_instance
 from tests.launcher.aws.helpers import make_project, prepare, start_instance
+from tests.launcher.waiting import wait_for
 
 pytestmark = pytest.mark.aws
 
@@ -43,15 +43,6 @@ def test_cost_so_far_uses_hours_and_the_catalog_price():
     assert running.extra["hours"] == 0.5
 
 
-def wait_for(what, timeout=60):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if what():
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what.__name__}")
-
-
 def test_vanished_node_is_requeued_and_replaced_within_budget(aws, tmp_path):
     backend = AwsBackend(profile_wait_s=0)
     run = prepare(backend, make_project(tmp_path / "p"), "crash",
@@ -63,7 +54,7 @@ def test_vanished_node_is_requeued_and_replaced_within_budget(aws, tmp_path):
     def running():
         return cl.read_status(storage, run, "exp-0")["state"] == "running"
 
-    wait_for(running)
+    wait_for(running, timeout=60, interval=0.3)
     # the machine vanishes: no agent cleanup, no power-off script; EC2 says terminated
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()

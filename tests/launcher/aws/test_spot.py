@@ -13,6 +13,7 @@ from launcher import claims as cl
 from launcher.backends.aws import AwsBackend
 from launcher.backends.aws.interruption import ImdsInterruption
 from tests.launcher.aws.helpers import FakeImds, calls_log, make_project, prepare, start_instance
+from tests.launcher.waiting import wait_for
 
 pytestmark = pytest.mark.aws
 
@@ -54,16 +55,6 @@ def test_endpoint_from_botocore_setting_and_unreachable_is_no_notice(monkeypatch
     assert time.monotonic() - started < 2
 
 
-def wait_for(what, timeout: float = 60, every: float = 0.3):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = what()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out waiting for {what.__name__}")
-
-
 def test_interrupted_spot_node_is_replaced_and_the_experiment_resumes(aws, tmp_path, imds):
     backend = AwsBackend(profile_wait_s=0)
     run = prepare(backend, make_project(tmp_path / "p"), "spotty",
@@ -79,7 +70,7 @@ def test_interrupted_spot_node_is_replaced_and_the_experiment_resumes(aws, tmp_p
         key = cl.exp_key(run, "exp-0", "artifacts", "checkpoints", "last.ckpt")
         return storage.exists(key) and json.loads(storage.read_bytes(key))["step"] >= 3
 
-    wait_for(checkpoint_shipped)
+    wait_for(checkpoint_shipped, timeout=60, interval=0.3)
     imds.interrupt()
     out, _ = node0.communicate(timeout=60)
     assert node0.returncode == 0, out

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 from launcher.backends.local import LocalBackend
@@ -65,17 +64,6 @@ JOB = textwrap.dedent(
     sys.exit(args.exit)
     """
 )
-
-
-def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1, what: str = "condition"):
-    """Poll until predicate() is truthy; its value. Fails the test with ``what`` on timeout."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def at_once(fn, times: int) -> None:

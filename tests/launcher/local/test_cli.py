@@ -124,7 +124,7 @@ def test_failed_run_with_wait_exits_non_zero(home, workdir):
 
 
 def test_stop_a_running_experiment(home, workdir):
-    from localjob import wait_for
+    from tests.launcher.waiting import wait_for
 
     r = launch("run", *CPU, "--name", "long", "job.py", "--steps", "1000", "--sleep", "0.05")
     assert r.exit_code == 0
@@ -268,11 +268,10 @@ def test_real_trainer_killed_mid_run_resumes_from_last_ckpt(home, tmp_path, monk
     import signal
     from pathlib import Path
 
-    from localjob import wait_for
-
     import launcher
     from launcher.backends.local import LocalBackend
     from launcher.claims import process_alive, read_status
+    from tests.launcher.waiting import wait_for
 
     repo = Path(launcher.__file__).resolve().parent.parent
     monkeypatch.chdir(repo)

@@ -9,12 +9,13 @@ import signal
 from pathlib import Path
 
 import pytest
-from localjob import NoAgents, at_once, make_spec, read_records, wait_for
+from localjob import NoAgents, at_once, make_spec, read_records
 
 from launcher import claims as cl
 from launcher import runs
 from launcher.backends.local import LocalBackend, assign_gpus, detect_gpus
 from launcher.claims import process_alive
+from tests.launcher.waiting import wait_for
 
 
 def test_assign_gpus():

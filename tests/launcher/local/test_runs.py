@@ -7,7 +7,7 @@ import json
 import time
 
 import pytest
-from localjob import NoAgents, at_once, make_spec, read_records, wait_for
+from localjob import NoAgents, at_once, make_spec, read_records
 
 from launcher import runs
 from launcher.artifacts import list_artifacts, pull_artifacts
@@ -16,6 +16,7 @@ from launcher.claims import process_alive
 from launcher.errors import NotFoundError, SpecError
 from launcher.logs import read_log
 from launcher.store import RunIndex, RunRow
+from tests.launcher.waiting import wait_for
 
 
 def test_run_status_logs_artifacts_end_to_end(home, workdir, tmp_path):
