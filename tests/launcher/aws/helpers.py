@@ -9,6 +9,18 @@ import sys
 from pathlib import Path
 
 
+def launch_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """``python -m launcher ARGS`` run in ``cwd`` as a user would, output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "launcher", *args],
+        cwd=cwd,
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def user_data_of(instance_id: str) -> str:
     import boto3
 

@@ -12,27 +12,19 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import boto3
 import pytest
 
 from tests.launcher.aws.conftest import BUCKET
-from tests.launcher.aws.helpers import calls_log, make_project, start_instance
+from tests.launcher.aws.helpers import calls_log, launch_cli, make_project, start_instance
 
 pytestmark = pytest.mark.aws  # ~15 s
 
 
 def launch(*args: str, cwd: Path) -> str:
-    proc = subprocess.run(
-        [sys.executable, "-m", "launcher", *args],
-        cwd=cwd,
-        env=dict(os.environ),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = launch_cli(*args, cwd=cwd)
     assert proc.returncode == 0, f"launch {' '.join(args)}:\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout
 

@@ -3,9 +3,6 @@ run as code, never written outside the storage prefix."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import boto3
@@ -15,7 +12,7 @@ from launcher import claims as cl
 from launcher.backends.aws import AwsBackend
 from launcher.errors import SpecError
 from tests.launcher.aws.conftest import BUCKET
-from tests.launcher.aws.helpers import make_project, play_instance
+from tests.launcher.aws.helpers import launch_cli, make_project, play_instance
 
 pytestmark = pytest.mark.aws
 
@@ -31,17 +28,6 @@ HOSTILE = [
 ]
 
 
-def launch(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "launcher", *args],
-        cwd=cwd,
-        env=dict(os.environ),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 def all_keys() -> list[str]:
     pages = boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
     return [o["Key"] for page in pages for o in page.get("Contents", [])]
@@ -54,7 +40,7 @@ def no_canary(root: Path) -> bool:
 @pytest.mark.parametrize("name", HOSTILE)
 def test_hostile_run_names_are_refused(aws, tmp_path, name):
     project = make_project(tmp_path / "p")
-    proc = launch("run", "--backend", "aws", "--name", name, "train.py", cwd=project)
+    proc = launch_cli("run", "--backend", "aws", "--name", name, "train.py", cwd=project)
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "invalid name" in lines[0], proc.stderr
@@ -67,9 +53,9 @@ def test_hostile_datastore_names_are_refused(aws, tmp_path, name):
     project = make_project(tmp_path / "p")
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "f.txt").write_text("x")
-    create = launch("datastore", "create", "--backend", "aws", "--name", name, "--source",
+    create = launch_cli("datastore", "create", "--backend", "aws", "--name", name, "--source",
                     str(tmp_path / "src"), cwd=project)  # fmt: skip
-    use = launch("run", "--backend", "aws", "--datastore", name, "train.py", cwd=project)
+    use = launch_cli("run", "--backend", "aws", "--datastore", name, "train.py", cwd=project)
     for proc in (create, use):
         assert proc.returncode != 0
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
@@ -92,7 +78,7 @@ def test_hostile_script_arguments_arrive_literally(aws, tmp_path):
     agent and the script's argv unchanged, on a real (played) node."""
     note = 'it\'s "q" $(touch CANARY) `touch CANARY`; touch CANARY\n../../etc/passwd $HOME'
     project = make_project(tmp_path / "p")
-    proc = launch("run", "--backend", "aws", "--name", "literal", "train.py", "--steps", "1",
+    proc = launch_cli("run", "--backend", "aws", "--name", "literal", "train.py", "--steps", "1",
                   "--note", note, cwd=project)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     backend = AwsBackend()
