@@ -303,7 +303,7 @@ def status(run: str | None, as_json: bool) -> None:
         return
     ctx = runs.RunContext(run)
     row, views = ctx.refresh()
-    nodes = ctx.backend.nodes(ctx.name)  # live from the backend: only in this one-run view
+    nodes = ctx.nodes()  # those refresh asked for: live, and only in this one-run view
     if as_json:
         from dataclasses import asdict
 

@@ -25,6 +25,7 @@ from launcher.launching import (  # noqa: F401 - runs is the one import for run 
 from launcher.store import FINISHED, RunIndex, RunRow
 
 if TYPE_CHECKING:
+    from launcher.backends.base import NodeInfo
     from launcher.storage import Storage
 
 
@@ -93,6 +94,7 @@ class RunContext:
             self._adopt()
         self.backend = get_backend(self.row.backend)
         self.storage = self.backend.storage()
+        self._nodes: list[NodeInfo] | None = None
 
     def _adopt(self) -> None:
         """A run in local storage but not in the index (index deleted): index it again."""
@@ -122,8 +124,16 @@ class RunContext:
             )
         return [self.exp]
 
+    def nodes(self) -> list[NodeInfo]:
+        """The run's nodes as the backend reports them, asked once per refresh: asking is not
+        free (AWS: describe_instances, re-queueing orphans, launching replacements)."""
+        if self._nodes is None:
+            self._nodes = self.backend.nodes(self.name)
+        return self._nodes
+
     def refresh(self, *, reconcile: bool = True) -> tuple[RunRow, list[ExperimentView]]:
         """Read the run's state from storage, reconcile dead agents, update the index."""
+        self._nodes = None  # live state: ask the backend again
         record = self.record()
         views = experiment_views(self.storage, self.name, record)
         stop = self.storage.exists(f"runs/{self.name}/stop")
@@ -146,7 +156,7 @@ class RunContext:
         """Agents for an unfinished run whose agents died: with none alive, a replacement (or,
         stopped, the run is closed); with some alive, a top-up when a dead agent left an
         experiment behind, so it does not wait for a busy one to finish first."""
-        live = {n.node_id for n in self.backend.nodes(self.name) if n.state == "running"}
+        live = {n.node_id for n in self.nodes() if n.state == "running"}
         if live:
             orphaned = [v for v in views if v.state == "running" and v.node not in live]
             if stop or not orphaned or len(live) >= int(record["spec"].get("max_nodes") or 1):
@@ -161,6 +171,8 @@ class RunContext:
         from launcher.spec import JobSpec
 
         started = self.backend.submit(self.name, JobSpec.from_dict(record["spec"]))
+        if started:
+            self._nodes = None  # the new agents are nodes too
         return f"restarted {len(started)} agent(s)" if started else ""
 
     def _cost(self) -> float | None:
@@ -172,9 +184,7 @@ class RunContext:
         price = it.spot_price_hour if self.row.spot else it.price_hour
         now = time.time()
         hours = sum(
-            ((n.ended_at or now) - n.started_at) / 3600
-            for n in self.backend.nodes(self.name)
-            if n.started_at
+            ((n.ended_at or now) - n.started_at) / 3600 for n in self.nodes() if n.started_at
         )
         return round(hours * price, 4)
 

@@ -221,7 +221,7 @@ class AwsBackend(Backend):
         if not record:
             return []
         spec = record["spec"]
-        left = rec.open_experiments(storage, run)
+        left = rec.open_experiments(storage, run, record)
         live = sum(1 for n in infos if n.state in rec.LIVE)
         want = min(int(spec["max_nodes"]), len(left)) - live
         tries = int(spec.get("retries") or 0) + 1

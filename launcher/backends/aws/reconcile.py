@@ -131,11 +131,10 @@ def requeue_orphans(storage: Any, run: str, nodes: list[NodeInfo]) -> list[str]:
     return requeued
 
 
-def open_experiments(storage: Any, run: str) -> list[str]:
-    """Experiments not finished yet (queued or running)."""
+def open_experiments(storage: Any, run: str, record: dict[str, Any]) -> list[str]:
+    """Experiments of the run's record (run.json) not finished yet (queued or running)."""
     from launcher import claims as cl
 
-    record = storage.read_json(f"runs/{run}/run.json", default=None) or {}
     return [
         e["id"]
         for e in record.get("experiments", [])
