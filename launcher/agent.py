@@ -38,6 +38,7 @@ from pathlib import Path
 from launcher import claims as cl
 from launcher.config import env_float
 from launcher.errors import StorageError
+from launcher.logs import log_pieces
 from launcher.node import NoInterruption, die_with_parent, interruption_source, latest_metrics
 from launcher.storage import Storage
 
@@ -340,9 +341,8 @@ class Agent:
         return proc.wait()
 
     def _next_log_seq(self, exp: str) -> int:
-        pieces = [int(n[:-4]) for n in self.storage.list(cl.exp_key(self.run, exp, "logs"))
-                  if n.endswith(".log") and n[:-4].isdigit()]  # fmt: skip
-        return max(pieces, default=-1) + 1
+        pieces = log_pieces(self.storage, self.run, exp)
+        return max((int(n[:-4]) for n in pieces), default=-1) + 1
 
     def _ship_log(self, claim: cl.Claim, log_path: Path) -> None:
         """Upload what the script printed since the last piece, as the next numbered piece."""
