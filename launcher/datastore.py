@@ -4,18 +4,33 @@
 ``data/`` in parallel, hashed as they stream; ``MANIFEST.json`` (paths, sizes, sha256) is written
 last, so a version without it is incomplete. While a create runs, ``UPLOADING.json`` records the
 files already stored; rerunning an interrupted create resumes that version and skips every file
-whose size and sha256 match the record. On a ``file://`` root the stored files and folders are
+whose size and sha256 match the record.
+
+Versions are allocated atomically: a create takes ``VERSION/RESERVED/1`` with
+:meth:`Storage.create_exclusive`, recording who holds it (a random creator id, user, host, pid
+and the source's absolute path), so two creates of one name at once get distinct versions. The
+resume rule: a create resumes the latest incomplete version whose newest ``RESERVED/N`` names the
+same user, host and source path, and whose creator is no longer running (its pid is gone, or it
+is this process and that create call has returned); it takes the version over by creating
+``RESERVED/N+1``, so of two reruns racing for it only one resumes. Any other incomplete version
+(someone else's, another machine's, or one still uploading) is left alone and a fresh version is
+made. Incomplete versions from before reservations existed (no ``RESERVED``) are resumed as
+before. On a ``file://`` root the stored files and folders are
 made read-only, so a training script cannot modify its data; mounting there returns the data
 folder itself. On ``s3://`` a mount is a verified, parallel download.
 """
 
 from __future__ import annotations
 
+import getpass
+import json
 import os
 import re
+import socket
 import stat
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +42,7 @@ from launcher.storage import Storage
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 MANIFEST = "MANIFEST.json"
 UPLOADING = "UPLOADING.json"
+RESERVED = "RESERVED"
 # How often an in-progress create records what is stored (resume granularity).
 RECORD_EVERY_S = 2.0
 
@@ -85,7 +101,22 @@ def create_datastore(
     files = {src.name: src} if src.is_file() else mf.local_files(src)
     if not files:
         raise SpecError(f"datastore source {src} has no files; nothing to upload")
-    version = _open_version(storage, name)
+    creator = _creator(src)
+    _ACTIVE.add(creator["id"])
+    try:
+        return _create(storage, name, files, creator, progress)
+    finally:
+        _ACTIVE.discard(creator["id"])
+
+
+def _create(
+    storage: Storage,
+    name: str,
+    files: dict[str, Path],
+    creator: dict,
+    progress: Progress | None,
+) -> int:
+    version = _open_version(storage, name, creator)
     record_key = _key(name, version, UPLOADING)
     done: dict[str, dict] = dict(storage.read_json(record_key, default={}).get("files") or {})
     counter = mf.ByteCounter(sum(p.stat().st_size for p in files.values()), progress)
@@ -130,21 +161,79 @@ def create_datastore(
     }
     storage.write_json(_key(name, version, MANIFEST), manifest)
     storage.delete(record_key)
+    storage.delete(_key(name, version, RESERVED), recursive=True)
     if storage.protocol == "file":
         _set_writable(Path(storage.path(_key(name, version))), False)
     return version
 
 
-def _open_version(storage: Storage, name: str) -> int:
-    """The version a create writes: the latest if it is incomplete, else a fresh one."""
+# Creator ids of the create calls running in this process: a reservation holding one of them
+# is live even though its pid (ours) is running.
+_ACTIVE: set[str] = set()
+
+
+def _creator(src: Path) -> dict:
+    """Who a create is: what a later rerun is recognised by (see the module docstring)."""
+    return {
+        "id": uuid.uuid4().hex,
+        "user": getpass.getuser(),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "source": str(src.resolve()),
+        "started": time.time(),
+    }
+
+
+def _open_version(storage: Storage, name: str, creator: dict) -> int:
+    """The version a create writes: this user's interrupted one to resume, or a fresh one."""
+    storage.invalidate()  # see other creators' reservations, not a cached listing
     versions = _versions(storage, name)
-    if versions and not storage.exists(_key(name, versions[-1], MANIFEST)):
-        return versions[-1]
+    body = json.dumps(creator).encode()
+    for v in reversed(versions):
+        if storage.exists(_key(name, v, MANIFEST)):
+            continue
+        claims = sorted(int(c) for c in storage.list(_key(name, v, RESERVED)) if c.isdigit())
+        n = claims[-1] if claims else 0
+        if n and not _resumable(_holder(storage, _key(name, v, f"{RESERVED}/{n}")), creator):
+            continue  # n == 0: an interrupted create from before reservations, resumed as before
+        if storage.create_exclusive(_key(name, v, f"{RESERVED}/{n + 1}"), body):
+            return v
     version = (versions[-1] if versions else 0) + 1
     # create_exclusive: two creates racing for the same number get different versions
-    while not storage.create_exclusive(_key(name, version, UPLOADING), b'{"files": {}}'):
+    while not storage.create_exclusive(_key(name, version, f"{RESERVED}/1"), body):
         version += 1
     return version
+
+
+def _holder(storage: Storage, key: str) -> dict:
+    """A reservation's creator record; {} while it is still being written or is unreadable."""
+    try:
+        data = json.loads(storage.read_bytes(key))
+    except (StorageError, ValueError, FileNotFoundError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _resumable(holder: dict, creator: dict) -> bool:
+    """True if ``creator`` may take over the version ``holder`` reserved: the same user, host
+    and source, and the holder is no longer running."""
+    if not holder or any(holder.get(k) != creator[k] for k in ("user", "host", "source")):
+        return False
+    if holder.get("pid") == os.getpid():
+        return holder.get("id") not in _ACTIVE
+    return not _pid_alive(holder.get("pid"))
+
+
+def _pid_alive(pid: object) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
 
 
 def _remove_strays(storage: Storage, name: str, version: int, keep: set[str]) -> None:

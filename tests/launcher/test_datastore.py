@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
+import subprocess
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -195,3 +199,74 @@ def test_mount_downloads_verified_and_reuses(storage, source, tmp_path):
     with pytest.raises(StorageError, match="is corrupt"):
         ds.mount_datastore(storage, "kin", 1, mount)
     assert sorted(p.name for p in (mount / "train").iterdir()) == ["archery"]
+
+
+def test_two_creates_at_once_get_distinct_versions(storage, source, monkeypatch):
+    # the second create starts while the first is mid-upload and both then upload at once:
+    # it must not resume the first's unfinished version
+    barrier = threading.Barrier(2, timeout=30)
+    first_uploading = threading.Event()
+    real = manifest.upload
+    waited = threading.local()
+
+    def meet(storage_, local, key, counter=None):
+        if not getattr(waited, "done", False):
+            waited.done = True
+            first_uploading.set()
+            barrier.wait()
+        return real(storage_, local, key, counter)
+
+    monkeypatch.setattr(manifest, "upload", meet)
+    monkeypatch.setattr(manifest, "workers_for", lambda s: 1)  # each create uploads in one thread
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(ds.create_datastore, storage, "kin", source)
+        assert first_uploading.wait(30)
+        second = pool.submit(ds.create_datastore, storage, "kin", source)
+        got = sorted([first.result(), second.result()])
+    assert got == [1, 2]
+    rows = ds.list_datastores(storage, "kin")
+    assert [(r.version, r.complete, r.files) for r in rows] == [(1, True, 3), (2, True, 3)]
+    for v in (1, 2):
+        assert storage.list(f"datastores/kin/{v}") == ["MANIFEST.json", "data"]
+
+
+def test_interrupted_create_is_resumed_only_from_the_same_source(
+    storage, source, tmp_path, monkeypatch
+):
+    real = manifest.upload
+
+    def dies(*a, **k):
+        raise StorageError("killed")
+
+    monkeypatch.setattr(manifest, "upload", dies)
+    with pytest.raises(StorageError):
+        ds.create_datastore(storage, "kin", source)
+    monkeypatch.setattr(manifest, "upload", real)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "x.txt").write_text("x")
+    assert ds.create_datastore(storage, "kin", other) == 2  # not someone else's version 1
+    assert [(r.version, r.complete) for r in ds.list_datastores(storage, "kin")] == [
+        (1, False),
+        (2, True),
+    ]
+    assert ds.create_datastore(storage, "kin", source) == 1  # the rerun resumes version 1
+    assert ds.list_datastores(storage, "kin")[0].files == 3
+
+
+def test_live_creator_in_another_process_is_not_resumed(storage, source):
+    # a reservation by a running process (ours' parent stands in for another live create)
+    holder = {**ds._creator(source), "pid": os.getppid()}
+    assert storage.create_exclusive("datastores/kin/1/RESERVED/1", json.dumps(holder).encode())
+    assert ds.create_datastore(storage, "kin", source) == 2
+    # once that process is gone, the same user's rerun takes version 1 over
+    holder["pid"] = _exited_pid()
+    storage.write_json("datastores/kin/1/RESERVED/1", holder)
+    assert ds.create_datastore(storage, "kin", source) == 1
+    assert [r.complete for r in ds.list_datastores(storage, "kin")] == [True, True]
+
+
+def _exited_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
