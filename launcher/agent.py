@@ -12,7 +12,9 @@ The lifecycle of one experiment, each step a method below:
     start    ``python SCRIPT ARGS`` (never a shell) in the unpacked code, in this process group,
              killed by the kernel if this agent dies (PR_SET_PDEATHSIG)
     supervise  while it runs, each ``heartbeat``: fencing, heartbeat, logs, metrics, stop,
-             interruption, time limit; artifacts every LAUNCH_ARTIFACT_SYNC_S
+             interruption, time limit; artifacts every LAUNCH_ARTIFACT_SYNC_S (SIGUSR1 to
+             the agent brings the next beat forward: how the local backend makes
+             ``launch stop RUN/EXP`` prompt)
     ship     the last logs and artifacts
     finish   status.json: succeeded, failed (or queued again while retries remain), stopped
 
@@ -84,11 +86,13 @@ class Agent:
         self._code_dir: Path | None = None
         self._data_dir: Path | None = None
         self._terminating = False  # SIGTERM to the agent: hand the experiment back, then exit
+        self._poked = False  # SIGUSR1: beat now (a stop key was just written), not at the next beat
 
     # -- the loop ---------------------------------------------------------------------------
     def serve(self) -> int:
         """Run experiments until none is left; returns the process exit code."""
         signal.signal(signal.SIGTERM, self._on_sigterm)
+        signal.signal(signal.SIGUSR1, self._on_sigusr1)
         self._report_node(state="running", started=time.time())
         try:
             while not self._should_exit():
@@ -233,6 +237,9 @@ class Agent:
             if code is not None:
                 return self._exited(claim, code)
             now = time.monotonic()
+            if self._poked:
+                self._poked = False
+                next_beat = now
             try:
                 if now >= next_beat:
                     next_beat = now + self.heartbeat_s
@@ -327,6 +334,9 @@ class Agent:
 
     def _on_sigterm(self, signum, frame) -> None:
         self._terminating = True
+
+    def _on_sigusr1(self, signum, frame) -> None:
+        self._poked = True
 
     def _kill(self, proc: subprocess.Popen, grace: float) -> int | None:
         """SIGTERM, then SIGKILL after the grace period; the script's exit code."""

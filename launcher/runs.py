@@ -223,7 +223,13 @@ def stop_run(name: str, *, index: RunIndex | None = None, wait: float | None = N
         if cl.read_status(ctx.storage, ctx.name, e)["state"] == "queued":
             cl.write_status(ctx.storage, ctx.name, e, state="stopped", ended=now,
                             message="stopped before it started")  # fmt: skip
-    if not ctx.exp and ctx.backend.capabilities.graceful_stop:
+    if ctx.exp:
+        status = cl.read_status(ctx.storage, ctx.name, ctx.exp)
+        if status["state"] == "running" and status.get("node"):
+            # where the backend can, its agent looks at once instead of at its next heartbeat
+            ctx.backend.notify_stop(ctx.name, status["node"])
+    graceful = not ctx.exp and ctx.backend.capabilities.graceful_stop
+    if graceful:
         ctx.backend.stop(ctx.name)  # returns once the agents have wound down
         wait = 0.0 if wait is None else wait
     if wait is None:

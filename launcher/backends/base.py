@@ -74,6 +74,11 @@ class Backend(ABC):
     def stop(self, run: str) -> list[NodeInfo]:
         """Stop (terminate) every node of a run; returns the nodes it stopped."""
 
+    def notify_stop(self, run: str, node: str) -> bool:
+        """Prompt the agent on ``node`` to look for stop keys now rather than at its next
+        heartbeat; False where this backend cannot (its agents notice at a heartbeat)."""
+        return False
+
     def delete(self, run: str) -> None:  # noqa: B027 - optional hook
         """Release anything besides storage a run still holds (called after stop)."""
 

@@ -178,6 +178,18 @@ class LocalBackend(Backend):
             n.state = "terminated"
         return live
 
+    def notify_stop(self, run: str, node: str) -> bool:
+        """SIGUSR1 to that node's agent alone (not its group): it beats at once, finds the stop
+        key and stops that experiment only, then goes on to the next."""
+        for r in self._records(run):
+            if r["node"] == node and process_alive(int(r["pid"]), AGENT_MARKER):
+                try:
+                    os.kill(int(r["pid"]), signal.SIGUSR1)
+                except (ProcessLookupError, PermissionError):
+                    return False
+                return True
+        return False
+
     def delete(self, run: str) -> None:
         shutil.rmtree(self._nodes_dir(run), ignore_errors=True)
         shutil.rmtree(self.home / "work" / run, ignore_errors=True)

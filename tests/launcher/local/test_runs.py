@@ -154,6 +154,30 @@ def test_stop_does_not_wait_for_a_heartbeat_on_the_local_backend(
                                                                       name)}  # fmt: skip
 
 
+def test_stopping_one_experiment_is_prompt_and_the_agent_goes_on(
+    home, workdir, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("LAUNCH_HEARTBEAT_S", "30")  # the agent would notice the stop key late
+    monkeypatch.setenv("LAUNCH_STALE_S", "120")
+    record = tmp_path / "record.jsonl"
+    args = ["--steps", "[1000, 2]", "--sleep", "0.1", "--record", str(record)]
+    name = runs.prepare_run(make_spec(script_args=args, max_nodes=1), LocalBackend())
+    first = wait_for(lambda: read_records(record), what="the first script to start")[0]
+    exp = first["env"]["LAUNCH_EXPERIMENT"]
+    assert exp == "exp-0"  # the one with 1000 steps
+    wait_for(lambda: runs.run_detail(name)[1][0].state == "running", what="exp-0 running")
+    started = time.time()
+    runs.stop_run(f"{name}/{exp}")
+    assert time.time() - started < 5  # not a 30 s heartbeat
+    views = {v.id: v for v in runs.run_detail(name)[1]}
+    assert (views[exp].state, views[exp].message) == ("stopped", "stopped by the user")
+    wait_for(lambda: not process_alive(first["pid"]), timeout=10, what="the script to die")
+    # the same agent goes on to the next experiment, which runs to the end
+    row, views = runs.wait_run(name, poll=0.2, timeout=60)
+    assert sorted((v.id, v.state) for v in views) == [("exp-0", "stopped"), ("exp-1", "succeeded")]
+    assert sorted(p.name for p in (home / "nodes" / name).glob("*.json")) == ["node-0.json"]
+
+
 def test_stop_queued_experiments_never_start(home, workdir):
     name = runs.prepare_run(make_spec(script_args=["--lr", "[1, 2, 3]"]), NoAgents())
     row = runs.stop_run(name, wait=0)
