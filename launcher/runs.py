@@ -242,7 +242,8 @@ def stop_run(name: str, *, index: RunIndex | None = None, wait: float | None = N
             break
         time.sleep(0.2)
     if not ctx.exp:
-        ctx.backend.stop(ctx.name)
+        if not graceful:  # a graceful stop() above already stopped every node
+            ctx.backend.stop(ctx.name)
         for e in ids:
             if cl.read_status(ctx.storage, ctx.name, e)["state"] not in cl.TERMINAL:
                 cl.write_status(ctx.storage, ctx.name, e, state="stopped", ended=time.time(),

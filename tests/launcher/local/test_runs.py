@@ -154,6 +154,25 @@ def test_stop_does_not_wait_for_a_heartbeat_on_the_local_backend(
                                                                       name)}  # fmt: skip
 
 
+def test_stop_run_stops_the_local_nodes_once(home, workdir, tmp_path, monkeypatch):
+    calls = []
+    real = LocalBackend.stop
+
+    def counted(self, run):
+        stopped = real(self, run)
+        calls.append([n.node_id for n in stopped])
+        return stopped
+
+    monkeypatch.setattr(LocalBackend, "stop", counted)
+    record = tmp_path / "record.jsonl"
+    args = ["--steps", "1000", "--sleep", "0.1", "--record", str(record)]
+    name = runs.prepare_run(make_spec(script_args=args), LocalBackend())
+    wait_for(lambda: read_records(record), what="the script to start")
+    row = runs.stop_run(name)
+    assert row.status == "stopped"
+    assert calls == [["node-0"]]  # one call, and it found the running agent
+
+
 def test_stopping_one_experiment_is_prompt_and_the_agent_goes_on(
     home, workdir, tmp_path, monkeypatch
 ):
