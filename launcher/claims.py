@@ -38,10 +38,15 @@ def exp_key(run: str, exp: str, *parts: str) -> str:
     return "/".join(("runs", run, "experiments", exp, *parts))
 
 
+def queued_status() -> dict:
+    """The status of an experiment no attempt has touched yet (a fresh dict each call)."""
+    return {"state": "queued", "attempt": 0, "exit_code": None, "metrics": {}, "message": ""}
+
+
 def read_status(storage: Storage, run: str, exp: str) -> dict:
-    """status.json, or a queued status when the experiment has never been written."""
+    """status.json, or :func:`queued_status` when the experiment has never been written."""
     status = storage.read_json(exp_key(run, exp, "status.json"), default=None)
-    return status or {"state": "queued", "attempt": 0, "exit_code": None, "metrics": {}}
+    return status or queued_status()
 
 
 def write_status(storage: Storage, run: str, exp: str, **fields) -> dict:

@@ -158,10 +158,7 @@ def _write_run(storage: Storage, name: str, spec: JobSpec, experiments, code: by
     storage.write_bytes(f"runs/{name}/code.tar.gz", code)
     for e in experiments:
         storage.write_json(cl.exp_key(name, e.id, "params.json"), e.to_dict())
-        storage.write_json(
-            cl.exp_key(name, e.id, "status.json"),
-            {"state": "queued", "attempt": 0, "exit_code": None, "metrics": {}, "message": ""},
-        )
+        storage.write_json(cl.exp_key(name, e.id, "status.json"), cl.queued_status())
     created = time.time()
     # run.json last: a run without it is incomplete and never claimed
     storage.write_json(

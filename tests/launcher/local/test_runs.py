@@ -9,6 +9,7 @@ import time
 import pytest
 from localjob import NoAgents, at_once, make_spec, read_records
 
+from launcher import claims as cl
 from launcher import runs
 from launcher.artifacts import list_artifacts, pull_artifacts
 from launcher.backends.local import LocalBackend
@@ -211,6 +212,18 @@ def test_delete_run_removes_everything(home, workdir):
     assert RunIndex().get(name) is None and not (home / "nodes" / name).exists()
     with pytest.raises(NotFoundError, match=name):
         runs.run_detail(name)
+
+
+def test_a_new_experiment_reads_the_same_as_one_never_written(home, workdir):
+    name = runs.prepare_run(make_spec(script_args=["--lr", "[1, 2]"]), NoAgents())
+    storage = LocalBackend().storage()
+    written = storage.read_json(f"runs/{name}/experiments/exp-0/status.json")
+    storage.delete(f"runs/{name}/experiments/exp-1/status.json")
+    assert written == cl.read_status(storage, name, "exp-1")
+    assert written["state"] == "queued" and written["attempt"] == 0
+    row, views = runs.run_detail(name)
+    shown = [(v.state, v.attempt, v.exit_code, v.metrics, v.message) for v in views]
+    assert shown == [("queued", 0, None, {}, "")] * 2 and row.status == "queued"
 
 
 def test_run_names(home, workdir):
