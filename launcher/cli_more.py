@@ -161,7 +161,8 @@ def metrics(run: str, metric: str | None, plot: str | None) -> None:
     from launcher.runs import RunContext
 
     ctx = RunContext(run)
-    rows = m.leaderboard(ctx.storage, ctx.name, metric=metric)
+    data = m.read_run(ctx.storage, ctx.name)  # read once for the table and the plot
+    rows = m.leaderboard(ctx.storage, ctx.name, metric=metric, data=data)
     metric_name = next((r.metric for r in rows if r.metric), metric)
     table(
         ["rank", "experiment", "params", "status", f"best {metric_name or ''}".strip(), "epoch"],
@@ -171,7 +172,7 @@ def metrics(run: str, metric: str | None, plot: str | None) -> None:
           "-" if r.epoch is None else str(r.epoch)] for r in rows],
     )  # fmt: skip
     if plot:
-        m.plot_metrics(ctx.storage, ctx.name, plot, metric=metric)
+        m.plot_metrics(ctx.storage, ctx.name, plot, metric=metric, data=data)
         click.secho(f"plot written to {plot}", err=True, dim=True)
 
 

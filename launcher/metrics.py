@@ -14,7 +14,7 @@ import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from launcher.artifacts import experiment_ids
 from launcher.errors import NotFoundError, SpecError, StorageError
@@ -37,6 +37,15 @@ class LeaderRow:
     best: float | None = None
     epoch: int | None = None
     rank: int | None = None  # 1 = best; None until the experiment logs the metric
+
+
+class ExperimentData(NamedTuple):
+    """What the leaderboard and the plot need of one experiment, as read from storage."""
+
+    experiment: str
+    params: dict[str, Any]
+    status: str
+    rows: list[Row]
 
 
 def parse_metrics_csv(text: str) -> list[Row]:
@@ -101,16 +110,23 @@ def curve(rows: list[Row], metric: str) -> list[tuple[int, float]]:
     return sorted(points.items())
 
 
-def _run_data(
-    storage: Storage, run: str, metric: str | None
-) -> tuple[str | None, list[tuple[str, dict, str, list[Row]]]]:
-    exps = experiment_ids(storage, run)
+def read_run(storage: Storage, run: str) -> list[ExperimentData]:
+    """Each experiment's params, state and metrics rows, read once. :func:`leaderboard` and
+    :func:`plot_metrics` read them themselves; pass this as ``data=`` to share one read."""
     data = []
-    for e in exps:
+    for e in experiment_ids(storage, run):
         base = f"runs/{run}/experiments/{e}"
         params = (storage.read_json(f"{base}/params.json", default={}) or {}).get("params") or {}
         status = (storage.read_json(f"{base}/status.json", default={}) or {}).get("state", "queued")
-        data.append((e, params, status, load_metrics(storage, run, e)))
+        data.append(ExperimentData(e, params, status, load_metrics(storage, run, e)))
+    return data
+
+
+def _run_data(
+    storage: Storage, run: str, metric: str | None, data: list[ExperimentData] | None
+) -> tuple[str | None, list[ExperimentData]]:
+    if data is None:
+        data = read_run(storage, run)
     available: list[str] = []
     for *_, rows in data:
         available += [c for c in columns(rows) if c not in available]
@@ -124,15 +140,21 @@ def _run_data(
 
 
 def leaderboard(
-    storage: Storage, run: str, metric: str | None = None, mode: str | None = None
+    storage: Storage,
+    run: str,
+    metric: str | None = None,
+    mode: str | None = None,
+    *,
+    data: list[ExperimentData] | None = None,
 ) -> list[LeaderRow]:
     """One row per experiment, best first; experiments without the metric come last.
 
     ``mode`` is "min" or "max" (default: from the metric's name, see :func:`minimize`).
+    ``data`` is :func:`read_run`'s result when the caller has it already (else read here).
     """
     if mode not in (None, "min", "max"):
         raise SpecError(f"mode must be min or max, not {mode!r}")
-    metric, data = _run_data(storage, run, metric)
+    metric, data = _run_data(storage, run, metric, data)
     lower = minimize(metric) if mode is None and metric else mode == "min"
     rows = []
     for e, params, status, metric_rows in data:
@@ -171,9 +193,19 @@ def label(exp: str, params: dict[str, Any]) -> str:
     return f"{exp}: {shown}"
 
 
-def plot_metrics(storage: Storage, run: str, path: str | Path, metric: str | None = None) -> Path:
-    """Write a PNG of each experiment's metric vs epoch (best marked with a star); returns path."""
-    metric, data = _run_data(storage, run, metric)
+def plot_metrics(
+    storage: Storage,
+    run: str,
+    path: str | Path,
+    metric: str | None = None,
+    *,
+    data: list[ExperimentData] | None = None,
+) -> Path:
+    """Write a PNG of each experiment's metric vs epoch (best marked with a star); returns path.
+
+    ``data`` is :func:`read_run`'s result when the caller has it already (else read here).
+    """
+    metric, data = _run_data(storage, run, metric, data)
     series = [(label(e, p), curve(rows, metric)) for e, p, _, rows in data] if metric else []
     series = [(name, pts) for name, pts in series if pts]
     if not series:

@@ -146,3 +146,13 @@ def test_launcher_modules_import_no_heavy_packages():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_pre_read_data_gives_the_same_results(run, tmp_path):
+    data = m.read_run(run, RUN)
+    assert [d.experiment for d in data] == ["exp-0", "exp-1", "exp-2", "exp-3"]
+    assert m.leaderboard(run, RUN, metric="val_loss", data=data) == m.leaderboard(
+        run, RUN, metric="val_loss"
+    )
+    a = m.plot_metrics(run, RUN, tmp_path / "a.png", data=data).read_bytes()
+    assert a == m.plot_metrics(run, RUN, tmp_path / "b.png").read_bytes()

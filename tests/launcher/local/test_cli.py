@@ -364,6 +364,44 @@ def test_metrics_before_any_are_logged_shows_dashes_and_params(home, workdir):
                     ["-", "exp-0", "lr=0.1", "queued", "-", "-"]]  # fmt: skip
 
 
+def test_metrics_with_plot_reads_each_experiment_once(home, workdir, monkeypatch):
+    from collections import Counter
+
+    from localjob import NoAgents, make_spec
+
+    from launcher.artifacts import ship_artifacts
+    from launcher.runs import prepare_run
+    from launcher.storage import Storage
+
+    name = prepare_run(make_spec(name="lb", script_args=["--lr", "[0.1, 0.01]"]), NoAgents())
+    art = workdir.parent / "art"
+    art.mkdir()
+    for exp, acc in (("exp-0", "0.25"), ("exp-1", "0.5")):
+        (art / "metrics.csv").write_text(f"epoch,step,val_acc1\n0,9,0.1\n1,19,{acc}\n")
+        ship_artifacts(NoAgents().storage(), name, exp, art)
+    reads: Counter = Counter()
+    real = Storage.read_bytes
+
+    def counted(self, key):
+        reads[key] += 1
+        return real(self, key)
+
+    monkeypatch.setattr(Storage, "read_bytes", counted)
+    png = workdir / "curves.png"
+    r = launch("metrics", name, "--plot", str(png))
+    assert r.exit_code == 0, r.output
+    rows = [ln.split() for ln in r.stdout.splitlines()[1:]]
+    assert [row[:2] for row in rows] == [["1", "exp-1"], ["2", "exp-0"]]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    per_exp = {k: n for k, n in reads.items() if "/experiments/" in k}
+    assert sorted(per_exp) == [
+        f"runs/{name}/experiments/{e}/{f}"
+        for e in ("exp-0", "exp-1")
+        for f in ("artifacts/metrics.csv", "params.json", "status.json")
+    ]
+    assert set(per_exp.values()) == {1}
+
+
 def test_datastore_list_shows_an_incomplete_version(home, tmp_path):
     from launcher.backends.local import LocalBackend
 
