@@ -28,7 +28,7 @@ def record_runs(home: Path, n: int) -> None:
     storage, a summary row in the index."""
     os.environ["LAUNCH_HOME"] = str(home)
     from launcher.backends.local import LocalBackend
-    from launcher.store import RunIndex, RunRow
+    from launcher.runs.index import RunIndex, RunRow
 
     storage = LocalBackend(home).storage()
     now = time.time()

@@ -93,9 +93,9 @@ def main() -> None:
     )
     import boto3
 
-    from launcher.artifacts import pull_artifacts, ship_artifacts
-    from launcher.datastore import create_datastore
-    from launcher.storage import Storage
+    from launcher.storage.artifacts import pull_artifacts, ship_artifacts
+    from launcher.storage.datastores import create_datastore
+    from launcher.storage.root import Storage
 
     work = Path(tempfile.mkdtemp(prefix="launch-bench-"))
     try:

@@ -2,23 +2,20 @@
 
 A backend turns a *prepared run* (already written to storage under ``ROOT/runs/RUN/`` by the
 generic code: run.json, code.tar.gz, experiments/EXP/params.json) into nodes that run
-``launcher.agent`` until no experiment is left. Everything else (claims, heartbeats, logs,
+``launcher.node.agent`` until no experiment is left. Everything else (claims, heartbeats, logs,
 artifacts, status) goes through storage, so the generic code never asks which backend it talks to;
 it asks what the backend can do (:class:`Capabilities`).
 """
 
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from launcher.errors import SpecError
-
 if TYPE_CHECKING:
-    from launcher.spec import JobSpec
-    from launcher.storage import Storage
+    from launcher.spec.jobspec import JobSpec
+    from launcher.storage.root import Storage
 
 
 @dataclass(frozen=True)
@@ -81,21 +78,3 @@ class Backend(ABC):
 
     def delete(self, run: str) -> None:  # noqa: B027 - optional hook
         """Release anything besides storage a run still holds (called after stop)."""
-
-
-BACKENDS: dict[str, str] = {
-    "local": "launcher.backends.local:LocalBackend",
-    "aws": "launcher.backends.aws:AwsBackend",
-}
-
-
-def get_backend(name: str, **options) -> Backend:
-    """Instantiate a backend by name; an unknown name lists the valid ones."""
-    try:
-        target = BACKENDS[name]
-    except KeyError:
-        raise SpecError(
-            f"unknown backend {name!r}; choose one of: {', '.join(sorted(BACKENDS))}"
-        ) from None
-    module_name, cls_name = target.split(":")
-    return getattr(importlib.import_module(module_name), cls_name)(**options)

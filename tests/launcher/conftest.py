@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from launcher.storage import Storage
+from launcher.storage.root import Storage
 
 BUCKET = "launch-tests"
 

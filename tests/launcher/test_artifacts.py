@@ -6,10 +6,10 @@ import os
 
 import pytest
 
-from launcher import artifacts as art
-from launcher import manifest
 from launcher.errors import NotFoundError, SpecError, StorageError
-from launcher.manifest import sha256_file
+from launcher.storage import artifacts as art
+from launcher.storage import transfer as manifest
+from launcher.storage.transfer import sha256_file
 
 RUN = "run-1"
 TOTAL = 5000 + 4000 + 29 + 18  # bytes of the files `outputs` makes

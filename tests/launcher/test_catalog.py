@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from launcher import catalog
 from launcher.errors import SpecError
-from launcher.spec import JobSpec
+from launcher.spec import catalog
+from launcher.spec.jobspec import JobSpec
 
 
 def test_families_present_with_sane_numbers():

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from launcher import datastore as ds
-from launcher import manifest
 from launcher.errors import NotFoundError, SpecError, StorageError
-from launcher.manifest import sha256_file
+from launcher.storage import datastores as ds
+from launcher.storage import transfer as manifest
+from launcher.storage.transfer import sha256_file
 
 
 @pytest.fixture

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from launcher import catalog
 from launcher.backends.base import Capabilities
-from launcher.spec import JobSpec
+from launcher.spec import catalog
+from launcher.spec.jobspec import JobSpec
 
 REPO = Path(__file__).resolve().parents[2]
 SPECS = REPO / "job_specs"

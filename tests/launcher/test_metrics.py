@@ -6,8 +6,8 @@ import struct
 
 import pytest
 
-from launcher import metrics as m
 from launcher.errors import NotFoundError, SpecError
+from launcher.runs import metrics as m
 
 RUN = "sweep-1"
 HEADER = "epoch,step,lr,train_loss,val_loss,val_acc1,val_acc5\n"
@@ -139,8 +139,9 @@ def test_launcher_modules_import_no_heavy_packages():
     import sys
 
     code = (
-        "import sys, launcher.spec, launcher.sweep, launcher.catalog, launcher.datastore, "
-        "launcher.artifacts, launcher.metrics, launcher.manifest; "
+        "import sys, launcher.spec.jobspec, launcher.spec.sweep, launcher.spec.catalog, "
+        "launcher.storage.datastores, launcher.storage.artifacts, launcher.runs.metrics, "
+        "launcher.storage.transfer; "
         "heavy = ('torch', 'boto3', 's3fs', 'matplotlib', 'yaml'); "
         "print(sorted(m for m in heavy if m in sys.modules))"
     )

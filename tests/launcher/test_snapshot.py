@@ -1,4 +1,4 @@
-"""launcher.snapshot: what a run's code.tar.gz holds."""
+"""launcher.storage.snapshot: what a run's code.tar.gz holds."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import tarfile
 
 import pytest
 
-from launcher.snapshot import SnapshotError, collect_files, make_snapshot, unpack_snapshot
+from launcher.storage.snapshot import SnapshotError, collect_files, make_snapshot, unpack_snapshot
 
 
 @pytest.fixture

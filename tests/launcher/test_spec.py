@@ -7,7 +7,7 @@ import yaml
 
 from launcher.backends.base import Capabilities
 from launcher.errors import SpecError
-from launcher.spec import JobSpec, field_help
+from launcher.spec.jobspec import JobSpec, field_help
 
 
 @pytest.fixture

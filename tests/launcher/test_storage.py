@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from launcher.errors import StorageError
-from launcher.storage import Storage
+from launcher.storage.root import Storage
 
 
 class Unreachable:

@@ -1,4 +1,4 @@
-"""launcher.store: the SQLite index behind `launch status`."""
+"""launcher.runs.index: the SQLite index behind `launch status`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 import pytest
 
 from launcher.errors import LaunchError
-from launcher.store import RunIndex, RunRow
+from launcher.runs.index import RunIndex, RunRow
 
 
 def row(name: str, created: float, status: str = "queued", **kw) -> RunRow:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from launcher.errors import SpecError
-from launcher.sweep import MAX_EXPERIMENTS, Experiment, expand, looks_like_sweep, render
+from launcher.spec.sweep import MAX_EXPERIMENTS, Experiment, expand, looks_like_sweep, render
 
 
 def test_no_sweep_gives_one_experiment_with_args_unchanged():

@@ -3,7 +3,7 @@
 ``submit`` checks credentials and permissions first (STS, DryRun), then makes the security
 group (no inbound rules) and the run's least-privilege instance profile, then launches up to
 ``max_nodes`` instances with zone fallback. Each instance's user-data installs the code
-snapshot and runs ``python -m launcher.agent`` against ``s3://BUCKET/PREFIX``, then powers off
+snapshot and runs ``python -m launcher.node.agent`` against ``s3://BUCKET/PREFIX``, then powers off
 (and so terminates). ``nodes`` reconciles EC2 with S3: experiments left running on a vanished
 instance are re-queued, and, while experiments are left and fewer than ``max_nodes`` instances
 live (a spot interruption, a crash), ``launch status`` launches replacements, within a budget of
@@ -39,8 +39,8 @@ from launcher.backends.base import Backend, Capabilities, NodeInfo
 from launcher.errors import BackendError, CapacityError
 
 if TYPE_CHECKING:
-    from launcher.spec import JobSpec
-    from launcher.storage import Storage
+    from launcher.spec.jobspec import JobSpec
+    from launcher.storage.root import Storage
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class AwsBackend(Backend):
 
     def storage(self) -> Storage:
         if self._storage is None:
-            from launcher.storage import Storage
+            from launcher.storage.root import Storage
 
             self._storage = Storage(
                 self.settings.root_url,

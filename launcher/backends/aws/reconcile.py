@@ -16,6 +16,7 @@ from typing import Any
 
 from launcher.backends.aws.ec2 import TAG_NODE, TAG_ROOT, TAG_RUN
 from launcher.backends.base import NodeInfo
+from launcher.storage import records
 
 LIVE = ("pending", "running")
 _STATES = {
@@ -55,8 +56,8 @@ def _ended_at(instance: dict[str, Any]) -> float | None:
 
 def hourly_price(instance_type: str, spot: bool) -> float | None:
     """The catalog's price for the type, or None when the catalog does not know it."""
-    from launcher import catalog
     from launcher.errors import LaunchError
+    from launcher.spec import catalog
 
     try:
         it = catalog.get_instance(instance_type)
@@ -101,7 +102,6 @@ def requeue_orphans(storage: Any, run: str, nodes: list[NodeInfo]) -> list[str]:
     The dead attempt keeps its claim number, so the next claim is a new attempt that restores
     the shipped artifacts first (resume from last.ckpt). Returns the experiments re-queued.
     """
-    from launcher import claims as cl
 
     gone = {n.node_id: n for n in nodes if n.state in ("stopped", "terminated", "dead")}
     if not gone:
@@ -109,17 +109,17 @@ def requeue_orphans(storage: Any, run: str, nodes: list[NodeInfo]) -> list[str]:
     record = storage.read_json(f"runs/{run}/run.json", default=None) or {}
     requeued = []
     for exp in (e["id"] for e in record.get("experiments", [])):
-        status = cl.read_status(storage, run, exp)
+        status = records.read_status(storage, run, exp)
         if status.get("state") != "running" or status.get("node") not in gone:
             continue
         # Only the attempt the dead node holds: a later claim means someone took it already.
-        taken = cl.claims(storage, run, exp)
+        taken = records.claim_numbers(storage, run, exp)
         if taken and taken[-1] != int(status.get("attempt") or 0):
             continue
         node = gone[status["node"]]
         node.state = "dead"
         why = node.extra.get("reason") or node.extra.get("ec2_state", "")
-        cl.write_status(
+        records.write_status(
             storage,
             run,
             exp,
@@ -133,10 +133,9 @@ def requeue_orphans(storage: Any, run: str, nodes: list[NodeInfo]) -> list[str]:
 
 def open_experiments(storage: Any, run: str, record: dict[str, Any]) -> list[str]:
     """Experiments of the run's record (run.json) not finished yet (queued or running)."""
-    from launcher import claims as cl
 
     return [
         e["id"]
         for e in record.get("experiments", [])
-        if cl.read_status(storage, run, e["id"]).get("state") not in cl.TERMINAL
+        if records.read_status(storage, run, e["id"]).get("state") not in records.TERMINAL
     ]

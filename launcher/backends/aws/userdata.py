@@ -3,7 +3,7 @@
 Steps, in order: schedule the hard power-off (``shutdown -h +MINUTES``) before anything else can
 fail; arm a trap that powers off when the script ends, whatever the outcome (the instance's
 shutdown behaviour is *terminate*, so off means gone, not billed); fetch the run's code snapshot
-from S3; install it with its pinned constraints; start ``python -m launcher.agent`` exactly as
+from S3; install it with its pinned constraints; start ``python -m launcher.node.agent`` exactly as
 the local backend does, with the IMDSv2 spot-interruption watcher.
 
 Every value reaches the script once, in the assignment block at the top, quoted with
@@ -14,11 +14,11 @@ So a hostile run name, path or argument is data, never code.
 from __future__ import annotations
 
 import math
-import re
 import shlex
 from dataclasses import dataclass
 
 from launcher.errors import SpecError
+from launcher.storage.records import check_name
 
 DEFAULT_WORK_DIR = "/opt/launch"
 # With no --max-runtime the node still powers off after this long, so nothing idles forever.
@@ -26,8 +26,6 @@ DEFAULT_HARD_LIMIT_S = 48 * 3600
 # Time to boot, install and ship the last artifacts, on top of the agent's own limit.
 BOOT_GRACE_S = 20 * 60
 
-_RUN = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-_NODE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 END_OF_VALUES = "# ---- end of values ----"
 
 _BODY = r"""set -uo pipefail
@@ -63,7 +61,7 @@ else
     "$LAUNCH_WORK_DIR/venv/bin/python" -m pip install -q "$LAUNCH_WORK_DIR/code[all]"
 fi
 echo "launch: starting the agent"
-"$LAUNCH_WORK_DIR/venv/bin/python" -m launcher.agent \
+"$LAUNCH_WORK_DIR/venv/bin/python" -m launcher.node.agent \
     --root "$LAUNCH_ROOT" --run "$LAUNCH_RUN" --node "$LAUNCH_NODE" \
     --work-dir "$LAUNCH_WORK_DIR/agent" --interruption imds \
     ${LAUNCH_MAX_RUNTIME:+--max-runtime "$LAUNCH_MAX_RUNTIME"}
@@ -97,10 +95,8 @@ class UserDataValues:
 
 
 def _validate(v: UserDataValues) -> None:
-    if not _RUN.match(v.run):
-        raise SpecError(f"invalid run name {v.run!r}: expected [a-z0-9][a-z0-9-]{{0,62}}")
-    if not _NODE.match(v.node):
-        raise SpecError(f"invalid node name {v.node!r}: expected [a-z0-9][a-z0-9-]{{0,62}}")
+    check_name(v.run, "run name")
+    check_name(v.node, "node name")
     if not v.root_url.startswith("s3://"):
         raise SpecError(f"the aws backend's root must be s3://..., not {v.root_url!r}")
     if v.max_runtime is not None and (isinstance(v.max_runtime, bool) or v.max_runtime <= 0):

@@ -210,7 +210,7 @@ def make_project(path: Path) -> Path:
 def prepare(backend, workdir: Path, name: str, args=(), **fields) -> str:
     """Write a run to the backend's storage and submit it, as `launch run` does."""
     from launcher.runs import prepare_run
-    from launcher.spec import JobSpec
+    from launcher.spec.jobspec import JobSpec
 
     fields.setdefault("instance_type", "g4dn.xlarge")
     spec = JobSpec.load(

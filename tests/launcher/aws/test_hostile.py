@@ -8,9 +8,9 @@ from pathlib import Path
 import boto3
 import pytest
 
-from launcher import claims as cl
 from launcher.backends.aws import AwsBackend
 from launcher.errors import SpecError
+from launcher.storage import records
 from tests.launcher.aws.conftest import BUCKET
 from tests.launcher.aws.helpers import launch_cli, make_project, play_instance
 
@@ -86,7 +86,7 @@ def test_hostile_script_arguments_arrive_literally(aws, tmp_path):
     code, out = play_instance(node.extra["instance_id"], tmp_path / "node-0")
     assert code == 0, out
     storage = backend.storage()
-    assert cl.read_status(storage, "literal", "exp-0")["state"] == "succeeded"
-    assert storage.read_text(cl.exp_key("literal", "exp-0", "artifacts", "note.txt")) == note
+    assert records.read_status(storage, "literal", "exp-0")["state"] == "succeeded"
+    assert storage.read_text(records.exp_key("literal", "exp-0", "artifacts", "note.txt")) == note
     assert no_canary(tmp_path)
     assert all(k.startswith("launch/") for k in all_keys())

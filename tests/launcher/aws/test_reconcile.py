@@ -10,10 +10,11 @@ from datetime import UTC, datetime
 import boto3
 import pytest
 
-from launcher import claims as cl
 from launcher.backends.aws import AwsBackend
 from launcher.backends.aws.reconcile import node_info
-from launcher.catalog import get_instance
+from launcher.node import claims as cl
+from launcher.spec.catalog import get_instance
+from launcher.storage import records
 from tests.launcher.aws.helpers import make_project, prepare, start_instance
 from tests.launcher.waiting import wait_for
 
@@ -52,7 +53,7 @@ def test_vanished_node_is_requeued_and_replaced_within_budget(aws, tmp_path):
     proc = start_instance(node.extra["instance_id"], tmp_path / "node-0")
 
     def running():
-        return cl.read_status(storage, run, "exp-0")["state"] == "running"
+        return records.read_status(storage, run, "exp-0")["state"] == "running"
 
     wait_for(running, timeout=60, interval=0.3)
     # the machine vanishes: no agent cleanup, no power-off script; EC2 says terminated
@@ -61,7 +62,7 @@ def test_vanished_node_is_requeued_and_replaced_within_budget(aws, tmp_path):
     boto3.client("ec2").terminate_instances(InstanceIds=[node.extra["instance_id"]])
 
     nodes = backend.nodes(run)
-    status = cl.read_status(storage, run, "exp-0")
+    status = records.read_status(storage, run, "exp-0")
     assert status["state"] == "queued" and "node-0" in status["message"]
     assert node.extra["instance_id"] in status["message"]
     states = {n.node_id: n.state for n in nodes}

@@ -8,7 +8,7 @@ import boto3
 import pytest
 
 from launcher.backends.aws import AwsBackend
-from launcher.storage import Storage
+from launcher.storage.root import Storage
 from tests.launcher.aws.conftest import BUCKET
 
 pytestmark = pytest.mark.aws

@@ -9,9 +9,9 @@ import time
 import boto3
 import pytest
 
-from launcher import claims as cl
 from launcher.backends.aws import AwsBackend
 from launcher.backends.aws.interruption import ImdsInterruption
+from launcher.storage import records
 from tests.launcher.aws.helpers import FakeImds, calls_log, make_project, prepare, start_instance
 from tests.launcher.waiting import wait_for
 
@@ -67,14 +67,14 @@ def test_interrupted_spot_node_is_replaced_and_the_experiment_resumes(aws, tmp_p
                            {"AWS_EC2_METADATA_SERVICE_ENDPOINT": imds.endpoint})  # fmt: skip
 
     def checkpoint_shipped():
-        key = cl.exp_key(run, "exp-0", "artifacts", "checkpoints", "last.ckpt")
+        key = records.exp_key(run, "exp-0", "artifacts", "checkpoints", "last.ckpt")
         return storage.exists(key) and json.loads(storage.read_bytes(key))["step"] >= 3
 
     wait_for(checkpoint_shipped, timeout=60, interval=0.3)
     imds.interrupt()
     out, _ = node0.communicate(timeout=60)
     assert node0.returncode == 0, out
-    status = cl.read_status(storage, run, "exp-0")
+    status = records.read_status(storage, run, "exp-0")
     assert (status["state"], status["attempt"], status["node"]) == ("queued", 1, "node-0"), status
     # the node powered itself off, which terminated it
     assert "shutdown -h now" in calls_log(tmp_path / "node-0").read_text()
@@ -95,12 +95,12 @@ def test_interrupted_spot_node_is_replaced_and_the_experiment_resumes(aws, tmp_p
                          {"AWS_EC2_METADATA_SERVICE_ENDPOINT": FakeImds().endpoint})  # fmt: skip
     text, _ = out.communicate(timeout=90)
     assert out.returncode == 0, text
-    status = cl.read_status(storage, run, "exp-0")
+    status = records.read_status(storage, run, "exp-0")
     assert (status["state"], status["attempt"], status["node"]) == ("succeeded", 2, "node-1")
-    starts = storage.read_text(cl.exp_key(run, "exp-0", "artifacts", "starts.txt")).split()
+    starts = storage.read_text(records.exp_key(run, "exp-0", "artifacts", "starts.txt")).split()
     assert starts[0] == "0" and len(starts) == 2 and int(starts[1]) >= 3  # resumed, not step 0
     final = json.loads(
-        storage.read_bytes(cl.exp_key(run, "exp-0", "artifacts/checkpoints/best.ckpt"))
+        storage.read_bytes(records.exp_key(run, "exp-0", "artifacts/checkpoints/best.ckpt"))
     )
     assert final["step"] == 40
     # finished: no replacement, and nothing left running

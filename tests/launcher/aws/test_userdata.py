@@ -47,7 +47,7 @@ def test_script_is_valid_bash_with_steps_in_order():
         "trap ",
         'aws s3 cp --only-show-errors "$LAUNCH_CODE_URL"',
         "-m pip install",
-        "-m launcher.agent",
+        "-m launcher.node.agent",
     ]
     positions = [script.index(s) for s in order]
     assert positions == sorted(positions)

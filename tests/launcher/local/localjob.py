@@ -85,7 +85,7 @@ def read_records(path: Path) -> list[dict]:
 
 def make_spec(**kw):
     """A local CPU JobSpec for job.py in the current directory."""
-    from launcher.spec import JobSpec
+    from launcher.spec.jobspec import JobSpec
 
     kw.setdefault("script", "job.py")
     kw.setdefault("instance_type", "t3.medium")

@@ -1,4 +1,4 @@
-"""launcher.agent and launcher.claims: claiming, fencing, the lifecycle of an attempt."""
+"""launcher.node.agent and launcher.node.claims: claiming, fencing, the lifecycle of an attempt."""
 
 from __future__ import annotations
 
@@ -12,12 +12,14 @@ import time
 
 from localjob import NoAgents, make_spec, read_records
 
-from launcher import claims as cl
-from launcher import runs
-from launcher.agent import Agent
 from launcher.backends.local import LocalBackend
-from launcher.logs import read_log
-from launcher.node import FileInterruption, latest_metrics
+from launcher.node import claims as cl
+from launcher.node.agent import Agent
+from launcher.node.interruption import FileInterruption
+from launcher.storage.metrics_csv import latest_metrics
+from launcher import runs
+from launcher.runs.logs import read_log
+from launcher.storage import records
 
 
 def storage():
@@ -34,7 +36,7 @@ def agent(name: str, node: str = "node-0", tmp=None, **kw) -> Agent:
 
 # -- claims -----------------------------------------------------------------------------------
 def _race(root: str, run: str, exps: list[str], node: str, out) -> None:
-    from launcher.storage import Storage
+    from launcher.storage.root import Storage
 
     s = Storage(root)
     won = []
@@ -42,7 +44,7 @@ def _race(root: str, run: str, exps: list[str], node: str, out) -> None:
         c = cl.try_claim(s, run, exp, node, stale_s=60)
         if c is not None:
             won.append((exp, c.attempt))
-            cl.write_status(s, run, exp, state="running", attempt=c.attempt, node=node)
+            records.write_status(s, run, exp, state="running", attempt=c.attempt, node=node)
             cl.beat(s, c)
     out.put((node, won))
 
@@ -66,7 +68,7 @@ def test_racing_claimers_never_share_an_experiment(home, workdir):
     assert sorted(won) == sorted(exps)  # every experiment once, none twice
     assert all(attempt == 1 for _, w in results for _, attempt in w)
     for exp in exps:
-        assert cl.claims(storage(), name, exp) == [1]
+        assert records.claim_numbers(storage(), name, exp) == [1]
 
 
 def test_a_live_attempt_is_not_taken_a_dead_one_is(home, workdir):
@@ -74,7 +76,7 @@ def test_a_live_attempt_is_not_taken_a_dead_one_is(home, workdir):
     s = storage()
     first = cl.try_claim(s, name, "exp-0", "node-a", stale_s=60)
     assert first.attempt == 1 and not first.resumed
-    cl.write_status(s, name, "exp-0", state="running", attempt=1, node="node-a")
+    records.write_status(s, name, "exp-0", state="running", attempt=1, node="node-a")
     cl.beat(s, first)
     assert cl.try_claim(s, name, "exp-0", "node-b", stale_s=60) is None  # fresh heartbeat
     assert not cl.claim_lost(s, first)
@@ -88,7 +90,7 @@ def test_a_claim_whose_local_process_died_is_taken_at_once(home, workdir):
     name = prepared([])
     s = storage()
     c = cl.try_claim(s, name, "exp-0", "node-a", stale_s=60)
-    cl.write_status(s, name, "exp-0", state="running", attempt=1, node="node-a")
+    records.write_status(s, name, "exp-0", state="running", attempt=1, node="node-a")
     cl.beat(s, c)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -114,7 +116,7 @@ def test_finished_experiments_are_never_claimed(home, workdir):
     name = prepared(["--lr", "[1, 2, 3]"])
     s = storage()
     for i, state in enumerate(["succeeded", "failed", "stopped"]):
-        cl.write_status(s, name, f"exp-{i}", state=state)
+        records.write_status(s, name, f"exp-{i}", state=state)
         assert cl.try_claim(s, name, f"exp-{i}", "node-a", stale_s=0) is None
 
 
@@ -124,7 +126,7 @@ def test_agent_runs_everything_then_exits(home, workdir, tmp_path):
     assert agent(name, tmp=tmp_path).serve() == 0
     s = storage()
     for exp in ("exp-0", "exp-1"):
-        st = cl.read_status(s, name, exp)
+        st = records.read_status(s, name, exp)
         assert (st["state"], st["exit_code"], st["attempt"], st["node"]) == (
             "succeeded",
             0,
@@ -132,7 +134,7 @@ def test_agent_runs_everything_then_exits(home, workdir, tmp_path):
             "node-0",
         )
         assert st["metrics"]["train_loss"] == 0.5
-        assert s.exists(cl.exp_key(name, exp, "artifacts", "checkpoints", "best.ckpt"))
+        assert s.exists(records.exp_key(name, exp, "artifacts", "checkpoints", "best.ckpt"))
     node = s.read_json(f"runs/{name}/nodes/node-0.json")
     assert node["state"] == "exited" and node["pid"] == os.getpid()
 
@@ -146,7 +148,7 @@ def test_interruption_requeues_and_the_next_attempt_resumes(home, workdir, tmp_p
     import threading
 
     def interrupt_after_a_few_steps():
-        manifest = cl.exp_key(name, "exp-0", "artifacts.json")
+        manifest = records.exp_key(name, "exp-0", "artifacts.json")
         while not storage().exists(manifest):
             time.sleep(0.05)
         time.sleep(0.3)
@@ -154,15 +156,15 @@ def test_interruption_requeues_and_the_next_attempt_resumes(home, workdir, tmp_p
 
     threading.Thread(target=interrupt_after_a_few_steps, daemon=True).start()
     a.serve()
-    st = cl.read_status(storage(), name, "exp-0")
+    st = records.read_status(storage(), name, "exp-0")
     assert st["state"] == "queued" and st["attempt"] == 1 and "interrupted" in st["message"]
     saved = json.loads(
-        storage().read_text(cl.exp_key(name, "exp-0", "artifacts/checkpoints/last.ckpt"))
+        storage().read_text(records.exp_key(name, "exp-0", "artifacts/checkpoints/last.ckpt"))
     )
     assert 0 < saved["step"] < 40
 
     agent(name, "node-b", tmp_path).serve()
-    st = cl.read_status(storage(), name, "exp-0")
+    st = records.read_status(storage(), name, "exp-0")
     assert (st["state"], st["attempt"], st["node"]) == ("succeeded", 2, "node-b")
     second = [r for r in read_records(record) if r["event"] == "start"][1]
     assert second["attempt"] == 2 and second["step"] == saved["step"]
@@ -171,9 +173,9 @@ def test_interruption_requeues_and_the_next_attempt_resumes(home, workdir, tmp_p
 
 def test_stop_file_stops_the_script(home, workdir, tmp_path):
     name = prepared(["--steps", "1000", "--sleep", "0.05"])
-    storage().write_text(cl.exp_key(name, "exp-0", "stop"), "")
+    storage().write_text(records.exp_key(name, "exp-0", "stop"), "")
     agent(name, tmp=tmp_path).serve()
-    st = cl.read_status(storage(), name, "exp-0")
+    st = records.read_status(storage(), name, "exp-0")
     assert st["state"] == "stopped" and st["exit_code"] == -15  # SIGTERM
 
 
@@ -181,7 +183,7 @@ def test_max_runtime_fails_the_attempt(home, workdir, tmp_path):
     name = prepared(["--steps", "1000", "--sleep", "0.05"], max_runtime=1)
     t0 = time.time()
     agent(name, tmp=tmp_path).serve()
-    st = cl.read_status(storage(), name, "exp-0")
+    st = records.read_status(storage(), name, "exp-0")
     assert st["state"] == "failed" and "max_runtime=1" in st["message"]
     assert time.time() - t0 < 10
 
@@ -198,7 +200,7 @@ def test_setup_failure_is_reported_in_status_and_log(home, workdir, tmp_path):
         pass
     storage().write_bytes(f"runs/{name}/code.tar.gz", buf.getvalue())
     agent(name, tmp=tmp_path).serve()
-    st = cl.read_status(storage(), name, "exp-0")
+    st = records.read_status(storage(), name, "exp-0")
     assert st["state"] == "failed" and "job.py is not in the code snapshot" in st["message"]
     assert "setup failed" in read_log(storage(), name, "exp-0")
 
@@ -209,16 +211,16 @@ def test_a_fenced_agent_stops_its_script_and_writes_nothing(home, workdir, tmp_p
     import threading
 
     def steal():
-        while cl.read_status(storage(), name, "exp-0")["state"] != "running":
+        while records.read_status(storage(), name, "exp-0")["state"] != "running":
             time.sleep(0.05)
-        storage().create_exclusive(cl.claim_key(name, "exp-0", 2), b"{}")
-        cl.write_status(storage(), name, "exp-0", state="succeeded", attempt=2, node="node-b")
+        storage().create_exclusive(records.claim_key(name, "exp-0", 2), b"{}")
+        records.write_status(storage(), name, "exp-0", state="succeeded", attempt=2, node="node-b")
 
     threading.Thread(target=steal, daemon=True).start()
     t0 = time.time()
     a.serve()
     assert time.time() - t0 < 20
-    st = cl.read_status(storage(), name, "exp-0")
+    st = records.read_status(storage(), name, "exp-0")
     assert (st["state"], st["attempt"], st["node"]) == ("succeeded", 2, "node-b")
 
 
@@ -232,21 +234,21 @@ def test_latest_metrics_reads_the_last_value_of_each_column(tmp_path):
 def test_agent_command_line(home, workdir, tmp_path):
     name = prepared(["--steps", "1"])
     out = subprocess.run(
-        [sys.executable, "-m", "launcher.agent", "--root", storage().root_url, "--run", name,
+        [sys.executable, "-m", "launcher.node.agent", "--root", storage().root_url, "--run", name,
          "--node", "node-9", "--work-dir", str(tmp_path / "w")],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.splitlines()[0])["agent"] == "node-9"
-    assert cl.read_status(storage(), name, "exp-0")["state"] == "succeeded"
-    bad = subprocess.run([sys.executable, "-m", "launcher.agent", "--root", storage().root_url,
+    assert records.read_status(storage(), name, "exp-0")["state"] == "succeeded"
+    bad = subprocess.run([sys.executable, "-m", "launcher.node.agent", "--root", storage().root_url,
                           "--run", name, "--node", "n", "--interruption", "bogus"],
                          capture_output=True, text=True, timeout=60)  # fmt: skip
     assert bad.returncode != 0 and "imds" in bad.stderr
 
 
 def test_resume_survives_a_manifest_older_than_its_files(home, workdir, tmp_path, monkeypatch):
-    from launcher.artifacts import ship_artifacts
+    from launcher.storage.artifacts import ship_artifacts
 
     record = tmp_path / "record.jsonl"
     name = prepared(["--steps", "6", "--record", str(record)])
@@ -256,13 +258,13 @@ def test_resume_survives_a_manifest_older_than_its_files(home, workdir, tmp_path
     (old / "checkpoints" / "last.ckpt").write_text(json.dumps({"step": 2}))
     ship_artifacts(s, name, "exp-0", old)
     # attempt 1 uploaded step 4, then its node died before rewriting artifacts.json
-    s.write_text(cl.exp_key(name, "exp-0", "artifacts/checkpoints/last.ckpt"), '{"step": 4}')
+    s.write_text(records.exp_key(name, "exp-0", "artifacts/checkpoints/last.ckpt"), '{"step": 4}')
     assert cl.try_claim(s, name, "exp-0", "node-a", stale_s=60).attempt == 1
-    cl.write_status(s, name, "exp-0", state="running", attempt=1, node="node-a")
+    records.write_status(s, name, "exp-0", state="running", attempt=1, node="node-a")
     monkeypatch.setenv("LAUNCH_STALE_S", "0.1")
     time.sleep(0.2)
     agent(name, "node-b", tmp_path).serve()
-    st = cl.read_status(s, name, "exp-0")
+    st = records.read_status(s, name, "exp-0")
     assert (st["state"], st["attempt"]) == ("succeeded", 2)
     (start,) = [r for r in read_records(record) if r["event"] == "start"]
     assert start["step"] == 4
@@ -273,7 +275,7 @@ def test_resume_survives_a_manifest_older_than_its_files(home, workdir, tmp_path
 def test_shipping_errors_while_running_do_not_kill_the_training(
     home, workdir, tmp_path, monkeypatch
 ):
-    import launcher.artifacts as artifacts
+    import launcher.storage.artifacts as artifacts
     from launcher.errors import StorageError
 
     real = artifacts.ship_artifacts
@@ -289,6 +291,6 @@ def test_shipping_errors_while_running_do_not_kill_the_training(
     monkeypatch.setattr(artifacts, "ship_artifacts", flaky)
     name = prepared(["--steps", "8", "--sleep", "0.1"])
     agent(name, tmp=tmp_path).serve()
-    st = cl.read_status(storage(), name, "exp-0")
+    st = records.read_status(storage(), name, "exp-0")
     assert st["state"] == "succeeded" and len(raised) == 2
-    assert storage().exists(cl.exp_key(name, "exp-0", "artifacts/checkpoints/best.ckpt"))
+    assert storage().exists(records.exp_key(name, "exp-0", "artifacts/checkpoints/best.ckpt"))

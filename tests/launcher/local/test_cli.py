@@ -13,8 +13,8 @@ import pytest
 from click.testing import CliRunner
 from localjob import read_records
 
-from launcher.cli import cli
-from launcher.store import RunIndex
+from launcher.cli.app import cli
+from launcher.runs.index import RunIndex
 
 
 def launch(*args: str, input: str | None = None):
@@ -239,10 +239,12 @@ def test_help_and_status_import_no_torch_and_no_boto3(home, workdir):
         modules = _imported(args, dict(os.environ))
         heavy = {m for m in modules if m.split(".")[0] in ("torch", "boto3", "botocore", "s3fs")}
         assert not heavy, f"launch {' '.join(args)} imported {sorted(heavy)[:5]}"
-        assert "launcher.cli" in modules
+        assert "launcher.cli.app" in modules
 
 
-@pytest.mark.parametrize("module", ["launcher.cli", "launcher.runs", "launcher.agent"])
+@pytest.mark.parametrize(
+    "module", ["launcher.cli.app", "launcher.runs.state", "launcher.node.agent"]
+)
 def test_launcher_modules_import_light(module):
     code = (
         f"import sys, {module}; "
@@ -270,7 +272,8 @@ def test_real_trainer_killed_mid_run_resumes_from_last_ckpt(home, tmp_path, monk
 
     import launcher
     from launcher.backends.local import LocalBackend
-    from launcher.claims import process_alive, read_status
+    from launcher.processes import process_alive
+    from launcher.storage.records import read_status
     from tests.launcher.waiting import wait_for
 
     repo = Path(launcher.__file__).resolve().parent.parent
@@ -342,8 +345,8 @@ def test_status_of_one_run_shows_its_nodes(home, workdir, monkeypatch):
 def test_metrics_before_any_are_logged_shows_dashes_and_params(home, workdir):
     from localjob import NoAgents, make_spec
 
-    from launcher.artifacts import ship_artifacts
     from launcher.runs import prepare_run
+    from launcher.storage.artifacts import ship_artifacts
 
     name = prepare_run(make_spec(name="lb", script_args=["--lr", "[0.1, 0.01]"]), NoAgents())
     r = launch("metrics", name)
@@ -369,9 +372,9 @@ def test_metrics_with_plot_reads_each_experiment_once(home, workdir, monkeypatch
 
     from localjob import NoAgents, make_spec
 
-    from launcher.artifacts import ship_artifacts
     from launcher.runs import prepare_run
-    from launcher.storage import Storage
+    from launcher.storage.artifacts import ship_artifacts
+    from launcher.storage.root import Storage
 
     name = prepare_run(make_spec(name="lb", script_args=["--lr", "[0.1, 0.01]"]), NoAgents())
     art = workdir.parent / "art"

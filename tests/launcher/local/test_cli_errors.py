@@ -8,7 +8,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from launcher.cli import cli
+from launcher.cli.app import cli
 from launcher.errors import LaunchError
 
 CPU = ["--instance", "t3.medium", "--gpus", "0"]
@@ -129,8 +129,8 @@ def test_a_failed_submit_frees_the_name_and_leaves_no_run(home, workdir, monkeyp
 
     from launcher.backends.local import LocalBackend
     from launcher.errors import CapacityError
+    from launcher.runs.index import RunIndex
     from launcher.runs import prepare_run
-    from launcher.store import RunIndex
 
     def no_capacity(self, run, spec):
         raise CapacityError("no capacity for t3.medium in us-east-1a, us-east-1b")
@@ -148,12 +148,12 @@ def test_a_failed_submit_frees_the_name_and_leaves_no_run(home, workdir, monkeyp
 
 
 def test_an_unexpected_error_is_one_line_too(home, monkeypatch):
-    import launcher.catalog
+    import launcher.spec.catalog
 
     def broken(gpus=None):
         raise RuntimeError("catalog exploded")
 
-    monkeypatch.setattr(launcher.catalog, "list_instances", broken)
+    monkeypatch.setattr(launcher.spec.catalog, "list_instances", broken)
     line = one_line_error(launch("instances"))
     assert line.startswith("error: RuntimeError: catalog exploded (unexpected; `launch --debug")
     r = CliRunner().invoke(cli, ["--debug", "instances"])

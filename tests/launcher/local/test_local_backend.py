@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from localjob import NoAgents, at_once, make_spec, read_records
 
-from launcher import claims as cl
-from launcher import runs
 from launcher.backends.local import LocalBackend, assign_gpus, detect_gpus
-from launcher.claims import process_alive
+from launcher.processes import process_alive
+from launcher import runs
+from launcher.storage import records
 from tests.launcher.waiting import wait_for
 
 
@@ -88,10 +88,10 @@ def test_killed_agent_experiment_resumes_from_its_checkpoint(home, workdir, tmp_
     spec = make_spec(script_args=["--steps", "30", "--sleep", "0.1", "--record", str(record)])
     name = runs.prepare_run(spec, LocalBackend())
     storage = LocalBackend().storage()
-    ckpt_key = cl.exp_key(name, "exp-0", "artifacts", "checkpoints", "last.ckpt")
+    ckpt_key = records.exp_key(name, "exp-0", "artifacts", "checkpoints", "last.ckpt")
 
     def shipped_step() -> int:
-        manifest = storage.read_json(cl.exp_key(name, "exp-0", "artifacts.json"), default={})
+        manifest = storage.read_json(records.exp_key(name, "exp-0", "artifacts.json"), default={})
         if "checkpoints/last.ckpt" not in manifest:
             return 0
         return json.loads(storage.read_text(ckpt_key))["step"]
@@ -136,10 +136,10 @@ def test_a_dead_agent_is_replaced_while_another_is_still_busy(home, workdir, tmp
                                                 "--record", str(record)])  # fmt: skip
     name = runs.prepare_run(spec, LocalBackend())
     storage = LocalBackend().storage()
-    wait_for(lambda: cl.read_status(storage, name, "exp-0")["state"] == "running"
-             and cl.read_status(storage, name, "exp-1")["state"] == "running",
+    wait_for(lambda: records.read_status(storage, name, "exp-0")["state"] == "running"
+             and records.read_status(storage, name, "exp-1")["state"] == "running",
              what="both experiments to run")  # fmt: skip
-    victim = cl.read_status(storage, name, "exp-0")["node"]
+    victim = records.read_status(storage, name, "exp-0")["node"]
     (node,) = [n for n in LocalBackend().nodes(name) if n.node_id == victim]
     os.killpg(node.extra["pid"], signal.SIGKILL)
     wait_for(lambda: not process_alive(node.extra["pid"]), timeout=10, what="the kill")

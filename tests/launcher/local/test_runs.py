@@ -1,4 +1,4 @@
-"""launcher.runs on the local backend: run -> agents -> status -> logs -> artifacts, sweeps,
+"""launcher.runs.state on the local backend: run -> agents -> status -> logs -> artifacts, sweeps,
 retries, stop, delete, and the index that keeps `launch status` fast."""
 
 from __future__ import annotations
@@ -9,14 +9,15 @@ import time
 import pytest
 from localjob import NoAgents, at_once, make_spec, read_records
 
-from launcher import claims as cl
-from launcher import runs
-from launcher.artifacts import list_artifacts, pull_artifacts
 from launcher.backends.local import LocalBackend
-from launcher.claims import process_alive
 from launcher.errors import NotFoundError, SpecError
-from launcher.logs import read_log
-from launcher.store import RunIndex, RunRow
+from launcher.processes import process_alive
+from launcher.storage.records import check_name
+from launcher import runs
+from launcher.runs.index import RunIndex, RunRow
+from launcher.runs.logs import read_log
+from launcher.storage import records
+from launcher.storage.artifacts import list_artifacts, pull_artifacts
 from tests.launcher.waiting import wait_for
 
 
@@ -219,7 +220,7 @@ def test_a_new_experiment_reads_the_same_as_one_never_written(home, workdir):
     storage = LocalBackend().storage()
     written = storage.read_json(f"runs/{name}/experiments/exp-0/status.json")
     storage.delete(f"runs/{name}/experiments/exp-1/status.json")
-    assert written == cl.read_status(storage, name, "exp-1")
+    assert written == records.read_status(storage, name, "exp-1")
     assert written["state"] == "queued" and written["attempt"] == 0
     row, views = runs.run_detail(name)
     shown = [(v.state, v.attempt, v.exit_code, v.metrics, v.message) for v in views]
@@ -232,9 +233,10 @@ def test_run_names(home, workdir):
     with pytest.raises(SpecError, match="already exists"):
         runs.prepare_run(spec, NoAgents())
     generated = runs.new_run_name("trainer/Train_Video.py")
-    assert runs.validate_run_name(generated).startswith("train-video-")
-    with pytest.raises(SpecError, match="invalid run name"):
-        runs.validate_run_name("Bad_Name")
+    assert check_name(generated).startswith("train-video-")
+    for bad in ("Bad_Name", "nl\n", "-lead", "x" * 64):  # a trailing newline too: fullmatch
+        with pytest.raises(SpecError, match="invalid run name"):
+            check_name(bad)
 
 
 def test_index_is_rebuilt_from_storage(home, workdir):

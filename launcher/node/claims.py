@@ -11,17 +11,14 @@ notices ``claims/N+1`` at its next heartbeat and stops writing (fencing).
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 from dataclasses import dataclass
 
 from launcher.config import env_float
-from launcher.storage import Storage
-
-AGENT_MARKER = b"launcher.agent"
-TERMINAL = ("succeeded", "failed", "stopped")
-STATES = ("queued", "running", *TERMINAL)
+from launcher.processes import process_alive
+from launcher.storage.records import TERMINAL, claim_key, claim_numbers, exp_key, read_status
+from launcher.storage.root import Storage
 
 
 def heartbeat_interval() -> float:
@@ -34,67 +31,13 @@ def stale_timeout() -> float:
     return env_float("LAUNCH_STALE_S", 120.0)
 
 
-def exp_key(run: str, exp: str, *parts: str) -> str:
-    return "/".join(("runs", run, "experiments", exp, *parts))
-
-
-def queued_status() -> dict:
-    """The status of an experiment no attempt has touched yet (a fresh dict each call)."""
-    return {"state": "queued", "attempt": 0, "exit_code": None, "metrics": {}, "message": ""}
-
-
-def read_status(storage: Storage, run: str, exp: str) -> dict:
-    """status.json, or :func:`queued_status` when the experiment has never been written."""
-    status = storage.read_json(exp_key(run, exp, "status.json"), default=None)
-    return status or queued_status()
-
-
-def write_status(storage: Storage, run: str, exp: str, **fields) -> dict:
-    """Merge fields into status.json and write it whole (atomic on both file systems and S3)."""
-    status = read_status(storage, run, exp)
-    status.update(fields)
-    storage.write_json(exp_key(run, exp, "status.json"), status)
-    return status
-
-
-def claims(storage: Storage, run: str, exp: str) -> list[int]:
-    """Attempt numbers claimed so far, ascending."""
-    return sorted(int(n) for n in storage.list(exp_key(run, exp, "claims")) if n.isdigit())
-
-
-def claim_key(run: str, exp: str, attempt: int) -> str:
-    return exp_key(run, exp, "claims", f"{attempt:06d}")
-
-
-def process_alive(pid: int, marker: bytes | None = None) -> bool:
-    """Whether a process exists on this machine and is not a zombie awaiting its parent; with a
-    marker, also that its command line holds it (a reused pid is someone else)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            # the state letter follows the parenthesised command name
-            if f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
-                return False
-        if marker is not None:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                return marker in f.read()
-    except (OSError, IndexError):
-        pass  # no procfs (macOS): kill(0) said it exists
-    return True
-
-
 def node_is_dead(storage: Storage, run: str, node: str) -> bool:
     """True only when the node is known dead: it ran on this machine and its process is gone.
     A node elsewhere is never judged here; its heartbeat going stale says it instead."""
     record = storage.read_json(f"runs/{run}/nodes/{node}.json", default=None)
     if not record or record.get("host") != socket.gethostname() or not record.get("pid"):
         return False
-    return not process_alive(int(record["pid"]), AGENT_MARKER)
+    return not process_alive(record["pid"], record.get("pid_start"))
 
 
 @dataclass
@@ -131,7 +74,7 @@ def try_claim(
     """Take an experiment if it is free (queued, or its attempt is dead); None otherwise."""
     stale_s = stale_timeout() if stale_s is None else stale_s
     # claims first, then status: a status read after the listing is never older than it
-    taken = claims(storage, run, exp)
+    taken = claim_numbers(storage, run, exp)
     status = read_status(storage, run, exp)
     if status["state"] in TERMINAL:
         return None

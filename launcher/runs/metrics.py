@@ -8,22 +8,19 @@ the first ``val_`` column, else the first other metric. Its direction comes from
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from launcher.artifacts import experiment_ids
-from launcher.errors import NotFoundError, SpecError, StorageError
-from launcher.storage import Storage
+from launcher.errors import NotFoundError, SpecError
+from launcher.storage.artifacts import experiment_ids
+from launcher.storage.metrics_csv import Row, parse_metrics_csv
+from launcher.storage.records import exp_key
+from launcher.storage.root import Storage
 
 INDEX_COLUMNS = ("epoch", "step")
 _MIN_WORDS = ("loss", "err", "mse", "mae")
-
-Row = dict[str, float | None]
 
 
 @dataclass(frozen=True)
@@ -48,32 +45,13 @@ class ExperimentData(NamedTuple):
     rows: list[Row]
 
 
-def parse_metrics_csv(text: str) -> list[Row]:
-    """Rows of a CSVLogger file: numbers as floats, blanks (and non-numbers) as None."""
-    rows = []
-    for raw in csv.DictReader(io.StringIO(text)):
-        row: Row = {}
-        for k, v in raw.items():
-            if k is None:  # a row with more cells than the header
-                continue
-            try:
-                f = float(v) if v not in (None, "") else None
-            except ValueError:
-                f = None
-            row[k] = f if f is None or math.isfinite(f) else None
-        rows.append(row)
-    return rows
-
-
 def load_metrics(storage: Storage, run: str, exp: str) -> list[Row]:
     """An experiment's metrics rows; empty if it has not shipped a metrics.csv yet."""
     try:
-        text = storage.read_text(f"runs/{run}/experiments/{exp}/artifacts/metrics.csv")
+        data = storage.read_bytes(exp_key(run, exp, "artifacts", "metrics.csv"))
     except FileNotFoundError:
         return []
-    except UnicodeDecodeError:
-        raise StorageError(f"metrics.csv of {run}/{exp} is not text") from None
-    return parse_metrics_csv(text)
+    return parse_metrics_csv(data.decode(errors="replace"))
 
 
 def columns(rows: list[Row]) -> list[str]:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from launcher.errors import StorageError
 
 if TYPE_CHECKING:
-    from launcher.storage import Storage
+    from launcher.storage.root import Storage
 
 CHUNK = 1 << 20
 Progress = Callable[[int, int], None]

@@ -34,10 +34,11 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from launcher import manifest as mf
 from launcher.errors import NotFoundError, SpecError, StorageError
-from launcher.manifest import Progress
-from launcher.storage import Storage
+from launcher.processes import process_alive, process_start
+from launcher.storage import transfer as mf
+from launcher.storage.root import Storage
+from launcher.storage.transfer import Progress
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 MANIFEST = "MANIFEST.json"
@@ -179,6 +180,7 @@ def _creator(src: Path) -> dict:
         "user": getpass.getuser(),
         "host": socket.gethostname(),
         "pid": os.getpid(),
+        "pid_start": process_start(os.getpid()),
         "source": str(src.resolve()),
         "started": time.time(),
     }
@@ -221,19 +223,7 @@ def _resumable(holder: dict, creator: dict) -> bool:
         return False
     if holder.get("pid") == os.getpid():
         return holder.get("id") not in _ACTIVE
-    return not _pid_alive(holder.get("pid"))
-
-
-def _pid_alive(pid: object) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    return True
+    return not process_alive(holder.get("pid"), holder.get("pid_start"))
 
 
 def _remove_strays(storage: Storage, name: str, version: int, keep: set[str]) -> None:

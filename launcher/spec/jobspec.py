@@ -25,21 +25,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from launcher import catalog, sweep
+from launcher.backends import BACKENDS
 from launcher.errors import SpecError
-from launcher.sweep import Experiment
+from launcher.spec import catalog, sweep
+from launcher.spec.sweep import Experiment
+from launcher.storage.records import check_name
 
 if TYPE_CHECKING:
     from launcher.backends.base import Capabilities
 
 __all__ = ["JobSpec", "Experiment", "ALIASES", "field_help"]
 
-BACKENDS = ("local", "aws")
 MIN_DISK_GIB = 20
 MAX_DISK_GIB = 16384
 MAX_NODES = 100
 MAX_RETRIES = 100
-RUN_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 DATASTORE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Set by the agent for every experiment; a spec must not shadow them.
@@ -299,9 +299,7 @@ def _check_args(name: str, v: Any) -> list[str]:
 
 
 def _check_name(name: str, v: Any) -> str:
-    if not isinstance(v, str) or not RUN_NAME_RE.match(v):
-        raise SpecError(f"invalid {name} {v!r}: use [a-z0-9][a-z0-9-]{{0,62}}")
-    return v
+    return check_name(v, name)
 
 
 def _check_datastore(name: str, v: Any) -> str:
@@ -356,7 +354,7 @@ _CHECKS = {
     "script": _check_str,
     "script_args": _check_args,
     "name": _optional(_check_name),
-    "backend": _check_choice(BACKENDS),
+    "backend": _check_choice(tuple(BACKENDS)),
     "instance_type": _check_str,
     "gpus": _optional(lambda n, v: _check_int(n, v, low=0)),
     "disk_size": lambda n, v: _check_int(n, v, low=MIN_DISK_GIB, high=MAX_DISK_GIB),

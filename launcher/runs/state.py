@@ -1,8 +1,8 @@
 """Runs: read their state, reconcile dead agents, stop, delete, wait (launching: launching.py).
 
 A run lives in storage (``runs/RUN/...``, the source of truth) and has a summary row in the local
-SQLite index (:mod:`launcher.store`). The summary of a finished run never changes, so listing many
-runs reads only the index plus the storage of the unfinished ones.
+SQLite index (:mod:`launcher.runs.index`). The summary of a finished run never changes, so listing
+many runs reads only the index plus the storage of the unfinished ones.
 """
 
 from __future__ import annotations
@@ -11,22 +11,16 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from launcher import claims as cl
 from launcher.errors import LaunchError, NotFoundError, SpecError
-from launcher.launching import (  # noqa: F401 - runs is the one import for run operations
-    RUN_NAME,
-    Plan,
-    new_run_name,
-    plan_run,
-    prepare_run,
-    run_row,
-    validate_run_name,
-)
-from launcher.store import FINISHED, RunIndex, RunRow
+from launcher.node import claims as cl
+from launcher.runs.index import FINISHED, RunIndex, RunRow
+from launcher.runs.launching import run_row
+from launcher.storage import records
+from launcher.storage.records import check_name
 
 if TYPE_CHECKING:
     from launcher.backends.base import NodeInfo
-    from launcher.storage import Storage
+    from launcher.storage.root import Storage
 
 
 @dataclass
@@ -57,7 +51,7 @@ def load_record(storage: Storage, run: str) -> dict:
 def experiment_views(storage: Storage, run: str, record: dict) -> list[ExperimentView]:
     out = []
     for e in record["experiments"]:
-        st = cl.read_status(storage, run, e["id"])
+        st = records.read_status(storage, run, e["id"])
         out.append(ExperimentView(
             id=e["id"], args=e["args"], params=e.get("params") or {},
             state=st.get("state", "queued"), exit_code=st.get("exit_code"),
@@ -70,7 +64,7 @@ def experiment_views(storage: Storage, run: str, record: dict) -> list[Experimen
 def summarize(views: list[ExperimentView], stop_requested: bool = False) -> tuple[str, int]:
     """The run's status and how many experiments are finished."""
     states = [v.state for v in views]
-    done = sum(s in cl.TERMINAL for s in states)
+    done = sum(s in records.TERMINAL for s in states)
     if views and done == len(views):
         if all(s == "succeeded" for s in states):
             return "succeeded", done
@@ -84,11 +78,11 @@ class RunContext:
     """A run's index row, backend and storage, opened by name."""
 
     def __init__(self, name: str, index: RunIndex | None = None):
-        from launcher.backends.base import get_backend
+        from launcher.backends import get_backend
 
         self.index = index or RunIndex()
         run, _, exp = name.partition("/")
-        self.name, self.exp = validate_run_name(run), exp or None
+        self.name, self.exp = check_name(run), exp or None
         self.row = self.index.get(run)
         if self.row is None:
             self._adopt()
@@ -163,12 +157,12 @@ class RunContext:
                 return ""
         if stop:
             for v in views:
-                if v.state not in cl.TERMINAL:
-                    cl.write_status(self.storage, self.name, v.id, state="stopped",
+                if v.state not in records.TERMINAL:
+                    records.write_status(self.storage, self.name, v.id, state="stopped",
                                     ended=time.time(),
                                     message="stopped (no agent left)")  # fmt: skip
             return "stopped: no agent was left to stop it"
-        from launcher.spec import JobSpec
+        from launcher.spec.jobspec import JobSpec
 
         started = self.backend.submit(self.name, JobSpec.from_dict(record["spec"]))
         if started:
@@ -178,7 +172,7 @@ class RunContext:
     def _cost(self) -> float | None:
         if not self.backend.capabilities.cost or not self.row.instance_type:
             return None
-        from launcher.catalog import get_instance
+        from launcher.spec.catalog import get_instance
 
         it = get_instance(self.row.instance_type)
         price = it.spot_price_hour if self.row.spot else it.price_hour
@@ -215,16 +209,16 @@ def stop_run(name: str, *, index: RunIndex | None = None, wait: float | None = N
     ctx = RunContext(name, index)
     ids = ctx.experiment_ids()
     if ctx.exp:
-        ctx.storage.write_text(cl.exp_key(ctx.name, ctx.exp, "stop"), "")
+        ctx.storage.write_text(records.exp_key(ctx.name, ctx.exp, "stop"), "")
     else:
         ctx.storage.write_text(f"runs/{ctx.name}/stop", "")
     now = time.time()
     for e in ids:
-        if cl.read_status(ctx.storage, ctx.name, e)["state"] == "queued":
-            cl.write_status(ctx.storage, ctx.name, e, state="stopped", ended=now,
+        if records.read_status(ctx.storage, ctx.name, e)["state"] == "queued":
+            records.write_status(ctx.storage, ctx.name, e, state="stopped", ended=now,
                             message="stopped before it started")  # fmt: skip
     if ctx.exp:
-        status = cl.read_status(ctx.storage, ctx.name, ctx.exp)
+        status = records.read_status(ctx.storage, ctx.name, ctx.exp)
         if status["state"] == "running" and status.get("node"):
             # where the backend can, its agent looks at once instead of at its next heartbeat
             ctx.backend.notify_stop(ctx.name, status["node"])
@@ -238,15 +232,17 @@ def stop_run(name: str, *, index: RunIndex | None = None, wait: float | None = N
         wait = cl.heartbeat_interval() + env_float("LAUNCH_STOP_GRACE_S", 10.0) + 5
     deadline = time.time() + wait
     while time.time() < deadline:
-        if all(cl.read_status(ctx.storage, ctx.name, e)["state"] in cl.TERMINAL for e in ids):
+        if all(
+            records.read_status(ctx.storage, ctx.name, e)["state"] in records.TERMINAL for e in ids
+        ):
             break
         time.sleep(0.2)
     if not ctx.exp:
         if not graceful:  # a graceful stop() above already stopped every node
             ctx.backend.stop(ctx.name)
         for e in ids:
-            if cl.read_status(ctx.storage, ctx.name, e)["state"] not in cl.TERMINAL:
-                cl.write_status(ctx.storage, ctx.name, e, state="stopped", ended=time.time(),
+            if records.read_status(ctx.storage, ctx.name, e)["state"] not in records.TERMINAL:
+                records.write_status(ctx.storage, ctx.name, e, state="stopped", ended=time.time(),
                                 message="its agent did not answer; stopped")  # fmt: skip
     return ctx.refresh(reconcile=False)[0]
 
@@ -277,7 +273,7 @@ def wait_run(
     ctx = RunContext(name, index)
     deadline = None if timeout is None else time.time() + timeout
     if on_log is not None:
-        from launcher.logs import follow_logs
+        from launcher.runs.logs import follow_logs
 
         last = [0.0]
 

@@ -18,26 +18,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from launcher import claims as cl
 from launcher.errors import NotFoundError, SpecError
-from launcher.store import RunIndex, RunRow
+from launcher.runs.index import RunIndex, RunRow
+from launcher.storage import records
+from launcher.storage.records import check_name
 
 if TYPE_CHECKING:
     from launcher.backends.base import Backend
-    from launcher.spec import JobSpec
-    from launcher.storage import Storage
+    from launcher.spec.jobspec import JobSpec
+    from launcher.storage.root import Storage
 
 log = logging.getLogger(__name__)
-RUN_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-
-
-def validate_run_name(name: str) -> str:
-    if not RUN_NAME.match(name or ""):
-        raise SpecError(
-            f"invalid run name {name!r}: use 1-63 characters, lower-case letters, digits and '-', "
-            "starting with a letter or digit"
-        )
-    return name
 
 
 def new_run_name(script: str) -> str:
@@ -68,8 +59,8 @@ def _check_script(spec: JobSpec, workdir: Path) -> None:
 def plan_run(spec: JobSpec, workdir: Path | str = ".", storage: Storage | None = None) -> Plan:
     """Everything a run would be, without writing anything (``--dry-run``). With a storage, the
     datastore is resolved too (read only), so a missing one shows before launching."""
-    from launcher.catalog import estimate_cost
-    from launcher.snapshot import collect_files
+    from launcher.spec.catalog import estimate_cost
+    from launcher.storage.snapshot import collect_files
 
     workdir = Path(workdir).resolve()
     _check_script(spec, workdir)
@@ -88,12 +79,12 @@ def prepare_run(
     index: RunIndex | None = None,
 ) -> str:
     """Snapshot the code, write the run to storage, index it, start its nodes; its name."""
-    from launcher.snapshot import make_snapshot
+    from launcher.storage.snapshot import make_snapshot
 
     workdir = Path(workdir).resolve()
     _check_script(spec, workdir)
     experiments = spec.experiments()
-    name = validate_run_name(spec.name or new_run_name(spec.script))
+    name = check_name(spec.name or new_run_name(spec.script))
     storage = backend.storage()
     spec = _pin_datastore(spec, storage)
     snapshot = make_snapshot(workdir)
@@ -146,8 +137,10 @@ def _submit_failed(name: str, backend: Backend, storage: Storage, index: RunInde
         backend.stop(name)
     now = time.time()
     for exp in storage.read_json(f"runs/{name}/run.json")["experiments"]:
-        if cl.read_status(storage, name, exp["id"])["state"] != "succeeded":
-            cl.write_status(storage, name, exp["id"], state="failed", ended=now, message=message)
+        if records.read_status(storage, name, exp["id"])["state"] != "succeeded":
+            records.write_status(
+                storage, name, exp["id"], state="failed", ended=now, message=message
+            )
     row = index.get(name)
     if row is not None:
         row.status, row.message, row.done, row.ended = "failed", message, row.total, now
@@ -157,8 +150,8 @@ def _submit_failed(name: str, backend: Backend, storage: Storage, index: RunInde
 def _write_run(storage: Storage, name: str, spec: JobSpec, experiments, code: bytes) -> float:
     storage.write_bytes(f"runs/{name}/code.tar.gz", code)
     for e in experiments:
-        storage.write_json(cl.exp_key(name, e.id, "params.json"), e.to_dict())
-        storage.write_json(cl.exp_key(name, e.id, "status.json"), cl.queued_status())
+        storage.write_json(records.exp_key(name, e.id, "params.json"), e.to_dict())
+        storage.write_json(records.exp_key(name, e.id, "status.json"), records.queued_status())
     created = time.time()
     # run.json last: a run without it is incomplete and never claimed
     storage.write_json(
@@ -173,8 +166,8 @@ def _pin_datastore(spec: JobSpec, storage: Storage) -> JobSpec:
     """Resolve ``--datastore NAME`` to its latest version now, so retries see the same data."""
     if not spec.datastore:
         return spec
-    from launcher.datastore import resolve_datastore
-    from launcher.spec import JobSpec
+    from launcher.spec.jobspec import JobSpec
+    from launcher.storage.datastores import resolve_datastore
 
     ref = spec.datastore
     if spec.datastore_version is not None:

@@ -1,6 +1,6 @@
 """What runs on a node: take experiments of one run and run them until none is left.
 
-    python -m launcher.agent --root URL --run RUN --node NODE [--gpus 0,1] [--work-dir DIR]
+    python -m launcher.node.agent --root URL --run RUN --node NODE [--gpus 0,1] [--work-dir DIR]
                              [--interruption imds|file:PATH] [--max-runtime S]
 
 The lifecycle of one experiment, each step a method below:
@@ -37,12 +37,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from launcher import claims as cl
 from launcher.config import env_float
 from launcher.errors import StorageError
-from launcher.logs import log_pieces
-from launcher.node import NoInterruption, die_with_parent, interruption_source, latest_metrics
-from launcher.storage import Storage
+from launcher.node import claims as cl
+from launcher.node.interruption import NoInterruption, interruption_source
+from launcher.processes import die_with_parent, process_start
+from launcher.storage import records
+from launcher.storage.metrics_csv import latest_metrics
+from launcher.storage.root import Storage
 
 
 @dataclass
@@ -140,7 +142,7 @@ class Agent:
 
     def unpack(self) -> Path:
         if self._code_dir is None:
-            from launcher.snapshot import unpack_snapshot
+            from launcher.storage.snapshot import unpack_snapshot
 
             archive = self.work_dir / "code.tar.gz"
             self.storage.download(f"runs/{self.run}/code.tar.gz", str(archive))
@@ -152,7 +154,7 @@ class Agent:
         if not name:
             return None
         if self._data_dir is None:
-            from launcher.datastore import mount_datastore
+            from launcher.storage.datastores import mount_datastore
 
             mount_dir = self.spec.get("datastore_mount_dir") or str(
                 self.work_dir / "datastores" / name
@@ -166,7 +168,7 @@ class Agent:
         artifacts = self.work_dir / "artifacts" / claim.exp
         artifacts.mkdir(parents=True, exist_ok=True)
         if claim.resumed:
-            from launcher.artifacts import restore_artifacts
+            from launcher.storage.artifacts import restore_artifacts
 
             # forgiving: files newer than their manifest are taken as stored, with a warning
             # (collected first: downloads run on threads, log pieces are numbered in order)
@@ -216,7 +218,7 @@ class Agent:
             )
         now = time.time()
         cl.beat(self.storage, claim)
-        cl.write_status(
+        records.write_status(
             self.storage, self.run, claim.exp,
             state="running", attempt=claim.attempt, node=self.node, started=now, ended=None,
             exit_code=None, message="",
@@ -270,7 +272,7 @@ class Agent:
         metrics = latest_metrics(artifacts / "metrics.csv")
         if metrics != self._metrics:
             self._metrics = metrics
-            cl.write_status(self.storage, self.run, claim.exp, metrics=metrics)
+            records.write_status(self.storage, self.run, claim.exp, metrics=metrics)
         if self._stop_requested(claim.exp):
             return Outcome("stopped", self._kill(proc, self.grace_s), "stopped by the user")
         if self._terminating or self.interruption.pending():
@@ -317,7 +319,7 @@ class Agent:
                       node=self.node, ended=time.time(), message=message)  # fmt: skip
         if metrics:
             fields["metrics"] = metrics
-        cl.write_status(self.storage, self.run, claim.exp, **fields)
+        records.write_status(self.storage, self.run, claim.exp, **fields)
 
     # -- helpers ----------------------------------------------------------------------------
     def _say(self, message: str) -> None:
@@ -330,7 +332,7 @@ class Agent:
     def _stop_requested(self, exp: str | None) -> bool:
         if self.storage.exists(f"runs/{self.run}/stop"):
             return True
-        return exp is not None and self.storage.exists(cl.exp_key(self.run, exp, "stop"))
+        return exp is not None and self.storage.exists(records.exp_key(self.run, exp, "stop"))
 
     def _on_sigterm(self, signum, frame) -> None:
         self._terminating = True
@@ -351,7 +353,7 @@ class Agent:
         return proc.wait()
 
     def _next_log_seq(self, exp: str) -> int:
-        pieces = log_pieces(self.storage, self.run, exp)
+        pieces = records.log_pieces(self.storage, self.run, exp)
         return max((int(n[:-4]) for n in pieces), default=-1) + 1
 
     def _ship_log(self, claim: cl.Claim, log_path: Path) -> None:
@@ -364,34 +366,37 @@ class Agent:
             return
         if not data:
             return
-        key = cl.exp_key(self.run, claim.exp, "logs", f"{self._log_seq:06d}.log")
+        key = records.exp_key(self.run, claim.exp, "logs", f"{self._log_seq:06d}.log")
         self.storage.write_bytes(key, data)
         self._log_offset += len(data)
         self._log_seq += 1
 
     def _log_line(self, claim: cl.Claim, line: str) -> None:
         seq = self._next_log_seq(claim.exp)
-        key = cl.exp_key(self.run, claim.exp, "logs", f"{seq:06d}.log")
+        key = records.exp_key(self.run, claim.exp, "logs", f"{seq:06d}.log")
         self.storage.write_bytes(key, (line + "\n").encode())
 
     def _ship_artifacts(self, claim: cl.Claim, artifacts: Path) -> None:
         if not any(artifacts.iterdir()):
             return
-        from launcher.artifacts import ship_artifacts
+        from launcher.storage.artifacts import ship_artifacts
 
         ship_artifacts(self.storage, self.run, claim.exp, artifacts)
 
     def _report_node(self, **fields) -> None:
         key = f"runs/{self.run}/nodes/{self.node}.json"
         record = self.storage.read_json(key, default=None) or {}
-        record.update(fields, node=self.node, host=socket.gethostname(), pid=os.getpid())
+        record.update(fields, node=self.node, host=socket.gethostname(), pid=os.getpid(),
+                      pid_start=process_start(os.getpid()))  # fmt: skip
         if self.gpus is not None:
             record["gpus"] = self.gpus
         self.storage.write_json(key, record)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m launcher.agent", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m launcher.node.agent", description=__doc__.split("\n")[0]
+    )
     p.add_argument("--root", required=True, help="storage root URL (file:///... or s3://...)")
     p.add_argument("--run", required=True)
     p.add_argument("--node", required=True)

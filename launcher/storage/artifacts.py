@@ -18,17 +18,15 @@ uploads are whole, so the stored copy is taken, with a warning.
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from launcher import manifest as mf
-from launcher.errors import NotFoundError, SpecError
-from launcher.storage import Storage
+from launcher.errors import NotFoundError
+from launcher.storage import records
+from launcher.storage import transfer as mf
+from launcher.storage.root import Storage
 
-RUN_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-EXP_RE = re.compile(r"^exp-[0-9]{1,6}$")
 DEFAULT_DEST = "launch_artifacts"
 log = logging.getLogger(__name__)
 
@@ -44,10 +42,9 @@ class Artifact:
 
 
 def _check(run: str, exp: str | None = None) -> None:
-    if not isinstance(run, str) or not RUN_RE.match(run):
-        raise SpecError(f"invalid run name {run!r}: use [a-z0-9][a-z0-9-]{{0,62}}")
-    if exp is not None and (not isinstance(exp, str) or not EXP_RE.match(exp)):
-        raise SpecError(f"invalid experiment id {exp!r}: use exp-N, e.g. exp-0")
+    records.check_name(run)
+    if exp is not None:
+        records.check_experiment_id(exp)
 
 
 def _exp_key(run: str, exp: str, rest: str) -> str:
@@ -117,7 +114,7 @@ def experiment_ids(storage: Storage, run: str, experiment: str | None = None) ->
     if not storage.exists(f"runs/{run}/run.json"):
         raise NotFoundError(f"run {run!r} not found under {storage.root_url}")
     exps = sorted(
-        (e for e in storage.list(f"runs/{run}/experiments") if EXP_RE.match(e)),
+        (e for e in storage.list(f"runs/{run}/experiments") if records.EXPERIMENT_ID.fullmatch(e)),
         key=lambda e: int(e.split("-")[1]),
     )
     if experiment is None:

@@ -6,14 +6,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 
-from launcher.claims import TERMINAL, exp_key, read_status
-from launcher.storage import Storage
-
-
-def log_pieces(storage: Storage, run: str, exp: str) -> list[str]:
-    """Piece names (``000000.log``, ...) in order."""
-    names = storage.list(exp_key(run, exp, "logs"))
-    return sorted(n for n in names if n.endswith(".log") and n[:-4].isdigit())
+from launcher.storage.records import TERMINAL, exp_key, log_pieces, read_status
+from launcher.storage.root import Storage
 
 
 def read_log(storage: Storage, run: str, exp: str) -> str:

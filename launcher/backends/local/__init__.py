@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from launcher.backends.base import Backend, Capabilities, NodeInfo
-from launcher.claims import AGENT_MARKER, process_alive
 from launcher.config import env_float, launch_home
-from launcher.storage import Storage
+from launcher.processes import process_alive, process_start
+from launcher.storage.root import Storage
 
 if TYPE_CHECKING:
-    from launcher.spec import JobSpec
+    from launcher.spec.jobspec import JobSpec
 
 log = logging.getLogger("launcher")
 
@@ -99,7 +99,7 @@ class LocalBackend(Backend):
         with open(d / ".lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             records = self._records(run)
-            alive = [r for r in records if process_alive(int(r["pid"]), AGENT_MARKER)]
+            alive = [r for r in records if _alive(r)]
             if len(alive) >= wanted:
                 return []
             available = detect_gpus()
@@ -125,7 +125,7 @@ class LocalBackend(Backend):
         d = self._nodes_dir(run)
         log_path = d / f"{node}.log"
         work_dir = self.home / "work" / run / node
-        cmd = [sys.executable, "-m", "launcher.agent", "--root", self.storage().root_url,
+        cmd = [sys.executable, "-m", "launcher.node.agent", "--root", self.storage().root_url,
                "--run", run, "--node", node, "--gpus", gpus,
                "--work-dir", str(work_dir)]  # fmt: skip
         if spec.max_runtime:
@@ -143,22 +143,21 @@ class LocalBackend(Backend):
                 cwd=str(self.home),
             )
         now = time.time()
-        record = {"node": node, "pid": proc.pid, "pgid": proc.pid, "gpus": gpus,
-                  "log": str(log_path), "started": now}  # fmt: skip
+        # the start time is readable as soon as Popen returns (the fork is done), unlike the
+        # command line, which reads empty until the child's exec completes
+        record = {"node": node, "pid": proc.pid, "pid_start": process_start(proc.pid),
+                  "pgid": proc.pid, "gpus": gpus, "log": str(log_path),
+                  "started": now}  # fmt: skip
         tmp = d / f".{node}.json.tmp"
         tmp.write_text(json.dumps(record))
         os.replace(tmp, d / f"{node}.json")
-        return NodeInfo(node_id=node, state="running", instance_type="local", started_at=now,
-                        extra={"pid": proc.pid, "gpus": gpus, "log": str(log_path)})  # fmt: skip
+        return _node_info(record, alive=True)
 
     def nodes(self, run: str) -> list[NodeInfo]:
         out = []
         for r in self._records(run):
-            alive = process_alive(int(r["pid"]), AGENT_MARKER)
-            out.append(NodeInfo(node_id=r["node"], state="running" if alive else "terminated",
-                                instance_type="local", started_at=r.get("started"),
-                                extra={"pid": r["pid"], "gpus": r.get("gpus", ""),
-                                       "log": r.get("log", "")}))  # fmt: skip
+            alive = _alive(r)
+            out.append(_node_info(r, alive))
         return out
 
     def stop(self, run: str) -> list[NodeInfo]:
@@ -169,11 +168,11 @@ class LocalBackend(Backend):
             _signal_group(int(n.extra["pid"]), signal.SIGTERM)
         deadline = time.time() + grace + 2
         while time.time() < deadline and any(
-            process_alive(int(n.extra["pid"]), AGENT_MARKER) for n in live
+            process_alive(n.extra["pid"], n.extra["pid_start"]) for n in live
         ):
             time.sleep(0.1)
         for n in live:
-            if process_alive(int(n.extra["pid"]), AGENT_MARKER):
+            if process_alive(n.extra["pid"], n.extra["pid_start"]):
                 _signal_group(int(n.extra["pid"]), signal.SIGKILL)
             n.state = "terminated"
         return live
@@ -182,7 +181,7 @@ class LocalBackend(Backend):
         """SIGUSR1 to that node's agent alone (not its group): it beats at once, finds the stop
         key and stops that experiment only, then goes on to the next."""
         for r in self._records(run):
-            if r["node"] == node and process_alive(int(r["pid"]), AGENT_MARKER):
+            if r["node"] == node and _alive(r):
                 try:
                     os.kill(int(r["pid"]), signal.SIGUSR1)
                 except (ProcessLookupError, PermissionError):
@@ -198,3 +197,15 @@ class LocalBackend(Backend):
 def _signal_group(pid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
+
+
+def _alive(record: dict) -> bool:
+    """Whether a node record's agent still runs: its pid, started at the recorded time."""
+    return process_alive(record.get("pid"), record.get("pid_start"))
+
+
+def _node_info(record: dict, alive: bool) -> NodeInfo:
+    extra = {k: record.get(k) for k in ("pid", "pid_start", "gpus", "log")}
+    return NodeInfo(node_id=record["node"], state="running" if alive else "terminated",
+                    instance_type="local", started_at=record.get("started"),
+                    extra=extra)  # fmt: skip

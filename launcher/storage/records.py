@@ -1,0 +1,83 @@
+"""The storage layout of runs, in one place: names, keys, and each experiment's status record.
+
+    runs/RUN/run.json, code.tar.gz, stop, nodes/NODE.json
+    runs/RUN/experiments/EXP/{params.json, status.json, claims/NNNNNN, heartbeat, stop,
+                              logs/NNNNNN.log, artifacts.json, artifacts/...}
+
+Names are checked with ``fullmatch`` (``re.match`` with ``$`` would let a trailing newline
+through). Every layer reads and writes these records through the functions here, so the layout
+and its name rules are written once.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+from launcher.errors import SpecError
+
+if TYPE_CHECKING:
+    from launcher.storage.root import Storage
+
+# A run, node or datastore name: DNS-label-like, so it fits tags, S3 keys and job names.
+NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+EXPERIMENT_ID = re.compile(r"exp-[0-9]{1,6}")
+NAME_RULE = "1-63 characters: lower-case letters, digits and '-', starting with a letter or digit"
+
+TERMINAL = ("succeeded", "failed", "stopped")
+STATES = ("queued", "running", *TERMINAL)
+
+
+def check_name(value: object, what: str = "run name") -> str:
+    """``value`` if it is a valid run (or node) name; SpecError naming the rule otherwise."""
+    if not isinstance(value, str) or not NAME.fullmatch(value):
+        raise SpecError(f"invalid {what} {value!r}: use {NAME_RULE}")
+    return value
+
+
+def check_experiment_id(value: object) -> str:
+    if not isinstance(value, str) or not EXPERIMENT_ID.fullmatch(value):
+        raise SpecError(f"invalid experiment id {value!r}: use exp-N, e.g. exp-0")
+    return value
+
+
+def run_key(run: str, *parts: str) -> str:
+    return "/".join(("runs", run, *parts))
+
+
+def exp_key(run: str, exp: str, *parts: str) -> str:
+    return "/".join(("runs", run, "experiments", exp, *parts))
+
+
+def claim_key(run: str, exp: str, attempt: int) -> str:
+    return exp_key(run, exp, "claims", f"{attempt:06d}")
+
+
+def queued_status() -> dict:
+    """The status of an experiment no attempt has touched yet (a fresh dict each call)."""
+    return {"state": "queued", "attempt": 0, "exit_code": None, "metrics": {}, "message": ""}
+
+
+def read_status(storage: Storage, run: str, exp: str) -> dict:
+    """status.json, or :func:`queued_status` when the experiment has never been written."""
+    status = storage.read_json(exp_key(run, exp, "status.json"), default=None)
+    return status or queued_status()
+
+
+def write_status(storage: Storage, run: str, exp: str, **fields) -> dict:
+    """Merge fields into status.json and write it whole (atomic on both file systems and S3)."""
+    status = read_status(storage, run, exp)
+    status.update(fields)
+    storage.write_json(exp_key(run, exp, "status.json"), status)
+    return status
+
+
+def claim_numbers(storage: Storage, run: str, exp: str) -> list[int]:
+    """Attempt numbers claimed so far, ascending."""
+    return sorted(int(n) for n in storage.list(exp_key(run, exp, "claims")) if n.isdigit())
+
+
+def log_pieces(storage: Storage, run: str, exp: str) -> list[str]:
+    """Piece names (``000000.log``, ...) in order."""
+    names = storage.list(exp_key(run, exp, "logs"))
+    return sorted(n for n in names if n.endswith(".log") and n[:-4].isdigit())
