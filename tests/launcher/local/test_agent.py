@@ -12,14 +12,14 @@ import time
 
 from localjob import NoAgents, make_spec, read_records
 
+from launcher import runs
 from launcher.backends.local import LocalBackend
 from launcher.node import claims as cl
 from launcher.node.agent import Agent
 from launcher.node.interruption import FileInterruption
-from launcher.storage.metrics_csv import latest_metrics
-from launcher import runs
 from launcher.runs.logs import read_log
 from launcher.storage import records
+from launcher.storage.metrics_csv import latest_metrics
 
 
 def storage():

@@ -129,8 +129,8 @@ def test_a_failed_submit_frees_the_name_and_leaves_no_run(home, workdir, monkeyp
 
     from launcher.backends.local import LocalBackend
     from launcher.errors import CapacityError
-    from launcher.runs.index import RunIndex
     from launcher.runs import prepare_run
+    from launcher.runs.index import RunIndex
 
     def no_capacity(self, run, spec):
         raise CapacityError("no capacity for t3.medium in us-east-1a, us-east-1b")

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from localjob import NoAgents, at_once, make_spec, read_records
 
+from launcher import runs
 from launcher.backends.local import LocalBackend, assign_gpus, detect_gpus
 from launcher.processes import process_alive
-from launcher import runs
 from launcher.storage import records
 from tests.launcher.waiting import wait_for
 

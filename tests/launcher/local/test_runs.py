@@ -9,15 +9,15 @@ import time
 import pytest
 from localjob import NoAgents, at_once, make_spec, read_records
 
+from launcher import runs
 from launcher.backends.local import LocalBackend
 from launcher.errors import NotFoundError, SpecError
 from launcher.processes import process_alive
-from launcher.storage.records import check_name
-from launcher import runs
 from launcher.runs.index import RunIndex, RunRow
 from launcher.runs.logs import read_log
 from launcher.storage import records
 from launcher.storage.artifacts import list_artifacts, pull_artifacts
+from launcher.storage.records import check_name
 from tests.launcher.waiting import wait_for
 
 
