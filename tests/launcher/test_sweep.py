@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from launcher.errors import SpecError
-from launcher.spec.sweep import MAX_EXPERIMENTS, Experiment, expand, looks_like_sweep, render
+from launcher.spec.sweep import (
+    MAX_EXPERIMENTS,
+    MAX_EXPERIMENTS_LIMIT,
+    Experiment,
+    expand,
+    looks_like_sweep,
+    render,
+)
 
 
 def test_no_sweep_gives_one_experiment_with_args_unchanged():
@@ -132,6 +139,10 @@ def test_experiment_round_trips_through_dict():
         ("0.01", False),
         ("x3d_m", False),
         ("[unterminated", True),
+        ("uniform(1e-4, 1e-1, 5", True),
+        ("range(1, 5", True),
+        ("normal(0, 1, 3", True),
+        ("f(x", False),
         ("x[1]", False),
     ],
 )
@@ -147,18 +158,25 @@ def test_looks_like_sweep(value, expected):
         ("[[1], 2]", "list items must be"),
         ("[__import__('os')]", "not a valid list literal"),
         ("[1e999]", "finite"),
-        ("uniform(1, 2)", "takes 3 numbers"),
+        ("uniform(1e-4, 1e-1, 5", "not a valid call (unclosed '(')"),
+        ("loguniform(1e-5, 1e-1", "unclosed"),
+        ("range(1, 5)x", "not a valid call"),
+        ("uniform(-1e308, 1e308, 3)", "overflows to inf; values must be finite"),
+        ("uniform(-1e308, 1e308)", "values must be finite"),
+        ("uniform(1, 1e999, 3)", "arguments must be finite"),
+        ("randint(1, 99999999999999999999, 3)", "within +-2**63"),
+        ("range(99999999999999999999)", "within +-2**63"),
+        ("uniform(1)", "takes 2 or 3 numbers"),
+        ("uniform(1, 2, 3, 4)", "takes 2 or 3 numbers"),
         ("uniform(2, 1, 3)", "low must be less than high"),
-        ("uniform(1, 2, 0)", "n must be an integer"),
+        ("uniform(1, 2, 0)", "n must be an integer >= 1"),
         ("uniform(1, 2, 2.5)", "n must be an integer"),
-        (f"uniform(1, 2, {MAX_EXPERIMENTS + 1})", "n must be an integer"),
         ("loguniform(0, 1, 3)", "low > 0"),
         ("randint(1.5, 3, 2)", "integer low and high"),
         ("range()", "range takes 1 to 3 integers"),
         ("range(1.5)", "range takes 1 to 3 integers"),
         ("range(1, 5, 0)", "step must not be 0"),
         ("range(5, 1)", "range is empty"),
-        ("range(100000)", "more than"),
         ("normal(0, 1, 3)", "unknown function 'normal';"),
         ("unifrom(1, 2, 3)", "did you mean uniform"),
         ("uniform(low=1, high=2, n=3)", "positional numeric"),
@@ -183,8 +201,6 @@ def test_strategy_errors():
         expand(["--lr", "[1, 2]"], "random_search")
     with pytest.raises(SpecError, match="needs at least one sweep"):
         expand(["--lr", "1"], "random_search", trials=2)
-    with pytest.raises(SpecError, match="more than"):
-        expand(["--lr", "[1]"], "random_search", trials=MAX_EXPERIMENTS + 1)
 
 
 def test_swept_twice_and_too_many_points():
@@ -204,3 +220,69 @@ def test_random_search_over_finite_space_never_repeats_a_point():
     assert [e.params for e in few] == [e.params for e in expand(args, "random_search", 5, 5)]
     with pytest.raises(SpecError, match="trials 25 is more than the 24 points of the space"):
         expand(args, "random_search", trials=25)
+
+
+@pytest.mark.parametrize(
+    "value", ["uniform(1e-4, 1e-1)", "loguniform(1e-5, 1e-1)", "randint(1, 9)"]
+)
+def test_distributions_without_a_count_need_random_search(value):
+    with pytest.raises(SpecError) as e:
+        expand(["--lr", value])
+    msg = str(e.value)
+    assert f"bad sweep --lr {value!r}: grid_search needs a count" in msg
+    assert "random_search" in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize(
+    "value,lo,hi,kind",
+    [
+        ("uniform(1e-4, 1e-1)", 1e-4, 1e-1, float),
+        ("loguniform(1e-5, 1e-1)", 1e-5, 1e-1, float),
+        ("randint(1, 1000)", 1, 1000, int),
+    ],
+)
+def test_random_search_draws_a_countless_distribution_afresh_per_trial(value, lo, hi, kind):
+    exps = expand(["--x", value, "--bb", "['a', 'b']"], "random_search", trials=50, seed=11)
+    values = [e.params["x"] for e in exps]
+    assert len(values) == 50 and all(isinstance(v, kind) and lo <= v <= hi for v in values)
+    assert len(set(values)) > 40  # a fresh draw per trial, not a few values reused
+    assert [e.args[1] for e in exps] == [render(v) for v in values]
+    again = expand(["--x", value, "--bb", "['a', 'b']"], "random_search", trials=50, seed=11)
+    assert [e.to_dict() for e in again] == [e.to_dict() for e in exps]
+    other = expand(["--x", value, "--bb", "['a', 'b']"], "random_search", trials=50, seed=12)
+    assert [e.params for e in other] != [e.params for e in exps]
+
+
+def test_the_experiment_cap_names_the_flag_that_lifts_it():
+    for args, kw in [
+        (["--n", "range(1001)"], {}),
+        (["--a", "range(32)", "--b", "range(32)"], {}),
+        (["--lr", f"uniform(1, 2, {MAX_EXPERIMENTS + 1})"], {}),
+        (["--lr", "[1, 2]"], {"strategy": "random_search", "trials": MAX_EXPERIMENTS + 1}),
+    ]:
+        with pytest.raises(SpecError) as e:
+            expand(args, **kw)
+        msg = str(e.value)
+        assert f"more than the {MAX_EXPERIMENTS} allowed per run" in msg
+        assert "pass --max-experiments" in msg and "\n" not in msg
+    with pytest.raises(SpecError, match="pass --max-experiments 1024 "):
+        expand(["--a", "range(32)", "--b", "range(32)"])
+    with pytest.raises(SpecError, match=f"more than the {MAX_EXPERIMENTS_LIMIT} a run can hold"):
+        expand(["--n", f"range({MAX_EXPERIMENTS_LIMIT + 1})"], max_experiments=10**9)
+    with pytest.raises(SpecError, match="more than the 10 allowed"):
+        expand(["--n", "range(11)"], max_experiments=10)
+
+
+def test_max_experiments_lifts_the_cap_and_10000_expand_quickly():
+    import time
+
+    t0 = time.perf_counter()
+    exps = expand(["--lr", "range(10000)", "--e", "3"], max_experiments=10_000)
+    assert time.perf_counter() - t0 < 1.0
+    assert len(exps) == 10_000 and exps[-1].id == "exp-9999"
+    assert exps[-1].args == ["--lr", "9999", "--e", "3"]
+    drawn = expand(["--lr", "loguniform(1e-5, 1e-1)"], "random_search", 5000, 1,
+                   max_experiments=5000)  # fmt: skip
+    assert len(drawn) == 5000
+    with pytest.raises(SpecError, match="pass --max-experiments 10001"):
+        expand(["--lr", "range(10001)"], max_experiments=10_000)
