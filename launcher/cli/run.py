@@ -8,6 +8,37 @@ import click
 
 from launcher.cli.output import print_experiments, size, state_color, table
 
+#: Options only ``launch`` has (a script is unlikely to take them): after SCRIPT they get a note.
+_LAUNCH_ONLY = ("--dry-run", "--wait", "--follow", "--backend")
+
+
+class _Option(click.Option):
+    """An option whose other spellings (Grid's) parse but stay out of ``--help``, which names
+    them once, in the command's help."""
+
+    def __init__(self, param_decls, aliases=(), **kwargs):
+        aliases = [a for a in aliases if a not in param_decls]
+        super().__init__([*param_decls, *aliases], **kwargs)
+        self._aliases = set(aliases)
+
+    def get_help_record(self, ctx):
+        opts = self.opts
+        self.opts = [o for o in opts if o not in self._aliases]
+        try:
+            return super().get_help_record(ctx)
+        finally:
+            self.opts = opts
+
+
+def _grid(*names: str) -> list[str]:
+    """Grid's spellings: --NAME, --NA-ME, and the 2021 CLI's --grid_NAME and --g_NAME."""
+    out: list[str] = []
+    for n in names:
+        for opt in (f"--{n}", f"--{n.replace('_', '-')}", f"--grid_{n}", f"--g_{n}"):
+            if opt not in out:
+                out.append(opt)
+    return out
+
 
 def _parse_env(values: tuple[str, ...]) -> dict[str, str] | None:
     env = {}
@@ -22,48 +53,110 @@ def _parse_env(values: tuple[str, ...]) -> dict[str, str] | None:
 @click.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.option(
     "--instance",
-    "--instance_type",
-    "--instance-type",
     "instance_type",
+    cls=_Option,
+    aliases=_grid("instance_type"),
     help="Instance type per node (`launch instances` lists them).",
 )
-@click.option("--gpus", type=int, help="GPUs per experiment (default: all the instance has).")
-@click.option("--disk-size", "--disk_size", type=int, help="Disk per node in GiB.")
+@click.option(
+    "--gpus",
+    cls=_Option,
+    aliases=_grid("gpus"),
+    type=int,
+    help="GPUs per experiment (default: all the instance has).",
+)
+@click.option(
+    "--cpus",
+    cls=_Option,
+    aliases=_grid("cpus"),
+    type=int,
+    help="vCPUs a node needs: picks the cheapest type that fits, or checks --instance.",
+)
+@click.option(
+    "--memory",
+    cls=_Option,
+    aliases=_grid("memory"),
+    metavar="GIB",
+    help="RAM a node needs (16, 16G, 512M): picks or checks like --cpus.",
+)
+@click.option(
+    "--disk-size", cls=_Option, aliases=_grid("disk_size"), type=int, help="Disk per node in GiB."
+)
 @click.option(
     "--datastore",
-    "--datastore_name",
-    "--datastore-name",
     "datastore",
+    cls=_Option,
+    aliases=_grid("datastore_name"),
     metavar="NAME[:VERSION]",
     help="Datastore to mount (LAUNCH_DATASTORE_DIR).",
 )
 @click.option(
+    "--datastore-version",
+    "datastore_version",
+    cls=_Option,
+    aliases=_grid("datastore_version"),
+    type=int,
+    help="Datastore version (default: the latest).",
+)
+@click.option(
     "--datastore-mount-dir",
-    "--datastore_mount_dir",
     "datastore_mount_dir",
+    cls=_Option,
+    aliases=_grid("datastore_mount_dir"),
     help="Absolute path the datastore appears at on a node.",
 )
-@click.option("--strategy", type=click.Choice(["grid_search", "random_search"]))
-@click.option("--trials", type=int, help="Experiments to draw with random_search.")
 @click.option(
-    "--max-nodes", "--max_nodes", "max_nodes", type=int, help="Nodes running experiments at once."
+    "--strategy",
+    cls=_Option,
+    aliases=_grid("strategy"),
+    type=click.Choice(["grid_search", "random_search"]),
+)
+@click.option(
+    "--trials",
+    cls=_Option,
+    aliases=_grid("trials", "num_trials"),
+    type=int,
+    help="Experiments to draw with random_search.",
+)
+@click.option(
+    "--max-nodes",
+    "max_nodes",
+    cls=_Option,
+    aliases=_grid("max_nodes"),
+    type=int,
+    help="Nodes running experiments at once.",
 )
 @click.option(
     "--spot",
-    "--use_spot",
-    "--use-spot",
     "spot",
+    cls=_Option,
+    aliases=_grid("use_spot"),
     is_flag=True,
     default=None,
     help="Spot instances (aws).",
 )
-@click.option("--name", help="Run name; generated when omitted.")
+@click.option(
+    "--name", cls=_Option, aliases=_grid("name"), help="Run name; generated when omitted."
+)
+@click.option(
+    "--description",
+    cls=_Option,
+    aliases=_grid("description"),
+    help="What the run is for (kept in run.json).",
+)
 @click.option(
     "--backend",
     type=click.Choice(["local", "aws"]),
     help="Where to run (default: config defaults.backend, else local).",
 )
-@click.option("--spec", "spec_file", metavar="FILE", help="YAML job spec; flags override it.")
+@click.option(
+    "--spec",
+    "spec_file",
+    cls=_Option,
+    aliases=_grid("config"),
+    metavar="FILE",
+    help="YAML job spec, ours or Grid's config; flags override it.",
+)
 @click.option("--env", "env", multiple=True, metavar="KEY=VALUE", help="Environment (repeatable).")
 @click.option("--retries", type=int, help="Times a failed experiment is run again.")
 @click.option(
@@ -72,12 +165,52 @@ def _parse_env(values: tuple[str, ...]) -> dict[str, str] | None:
     "max_runtime",
     help="Limit per experiment: seconds, or 90m, 2h, 1d.",
 )
-@click.option("--seed", type=int, help="Seed for random_search and distributions.")
+@click.option(
+    "--seed",
+    cls=_Option,
+    aliases=_grid("seed"),
+    type=int,
+    help="Seed for random_search and distributions.",
+)
 @click.option(
     "--dry-run", is_flag=True, help="Show experiments, resources and cost; launch nothing."
 )
 @click.option("--wait", is_flag=True, help="Block until the run ends; exit 1 if one failed.")
 @click.option("--follow", "-f", is_flag=True, help="Stream logs while waiting (implies --wait).")
+@click.option(
+    "--credential", "grid_credential", cls=_Option, aliases=_grid("credential"), hidden=True
+)
+@click.option("--cluster", "grid_cluster", cls=_Option, aliases=_grid("cluster"), hidden=True)
+@click.option("--framework", "grid_framework", cls=_Option, aliases=_grid("framework"), hidden=True)
+@click.option(
+    "--dependency_file",
+    "grid_dependency_file",
+    cls=_Option,
+    aliases=_grid("dependency_file"),
+    hidden=True,
+)
+@click.option(
+    "--dockerfile", "grid_dockerfile", cls=_Option, aliases=_grid("dockerfile"), hidden=True
+)
+@click.option(
+    "--localdir", "grid_localdir", cls=_Option, aliases=_grid("localdir"), is_flag=True, hidden=True
+)
+@click.option(
+    "--auto_resume",
+    "grid_auto_resume",
+    cls=_Option,
+    aliases=_grid("auto_resume"),
+    is_flag=True,
+    hidden=True,
+)
+@click.option(
+    "--ignore_warnings",
+    "grid_ignore_warnings",
+    cls=_Option,
+    aliases=_grid("ignore_warnings"),
+    is_flag=True,
+    hidden=True,
+)
 @click.argument("script", required=False)
 @click.argument("script_args", nargs=-1, type=click.UNPROCESSED)
 def run(spec_file, env, dry_run, wait, follow, script, script_args, **flags) -> None:
@@ -85,12 +218,22 @@ def run(spec_file, env, dry_run, wait, follow, script, script_args, **flags) -> 
 
     Everything after SCRIPT goes to the script untouched. A flag value like "[0.01, 0.001]",
     "range(1, 5)" or "uniform(1e-4, 1e-2, 3)" sweeps. Prints the run's name.
+
+    Grid's command lines work as written: its spellings of these options (--instance_type,
+    --disk_size, --max_nodes, --use_spot, --datastore_name, --num_trials, --config, ...), the
+    2021 CLI's --grid_NAME and --g_NAME forms of each (--grid_gpus 1), and --spec/--config read
+    Grid's YAML config (compute.train, hyper_params) too. Its other flags are accepted with a
+    note saying what happens instead: --credential, --cluster, --framework lightning|torch,
+    --localdir, --dependency_file FILE (checked, not installed), --auto_resume (3 retries);
+    --ignore_warnings hides those notes; --dockerfile is an error until images are supported.
     """  # noqa: D301
     from launcher.backends import get_backend
+    from launcher.spec import grid
     from launcher.spec.jobspec import JobSpec
 
+    grid_flags = {k.removeprefix("grid_"): flags.pop(k) for k in list(flags) if k[:5] == "grid_"}
     if script is not None and script.startswith("-"):
-        raise click.UsageError(f"no such option: {script} (options go before SCRIPT)")
+        raise click.UsageError(_no_such_option(script, click.get_current_context()))
     if script is None and spec_file is None:
         raise click.UsageError("missing SCRIPT (or --spec FILE)")
     if script is not None:
@@ -99,7 +242,15 @@ def run(spec_file, env, dry_run, wait, follow, script, script_args, **flags) -> 
         from launcher.config import get_setting
 
         flags["backend"] = get_setting("defaults.backend")  # None: the spec's default (local)
-    spec = JobSpec.load(spec_file, env=_parse_env(env), **flags)
+    notes: list[str] = []
+    flags.update(grid.from_flags(grid_flags, notes))
+    spec = JobSpec.load(spec_file, env=_parse_env(env), notes=notes, **flags)
+    if grid_flags["auto_resume"] and flags["retries"] is None and not spec.retries:
+        spec.retries = grid.AUTO_RESUME_RETRIES
+    notes += _misplaced(script, script_args, click.get_current_context())
+    if not grid_flags["ignore_warnings"]:
+        for note in notes:
+            click.echo(f"note: {note}", err=True)
     backend = get_backend(spec.backend)
     spec.check_capabilities(backend.capabilities, backend.name)
     if dry_run:
@@ -115,6 +266,31 @@ def run(spec_file, env, dry_run, wait, follow, script, script_args, **flags) -> 
         _wait_and_exit(name, follow)
     else:
         click.secho(f"launch status {name}    launch logs {name} -f", err=True, dim=True)
+
+
+def _known_options(ctx: click.Context) -> list[str]:
+    return [o for p in ctx.command.params for o in (*p.opts, *p.secondary_opts) if o[:2] == "--"]
+
+
+def _no_such_option(arg: str, ctx: click.Context) -> str:
+    """An unknown option before SCRIPT: the closest of ours and Grid's spellings, if any."""
+    import difflib
+
+    name = arg.split("=", 1)[0]
+    close = difflib.get_close_matches(name, _known_options(ctx), n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]}?" if close else "`launch run --help` lists them"
+    return f"no such option: {name}; {hint}"
+
+
+def _misplaced(script: str | None, args: tuple[str, ...], ctx: click.Context) -> list[str]:
+    """Notes for launch's own options written after SCRIPT (the script gets them)."""
+    grid_forms = {o for o in _known_options(ctx) if o.startswith(("--grid_", "--g_"))}
+    names = dict.fromkeys(a.split("=", 1)[0] for a in args if a[:2] == "--")
+    return [
+        f"{name} comes after SCRIPT, so {script} gets it; launch's options go before SCRIPT"
+        for name in names
+        if name in _LAUNCH_ONLY or name in grid_forms
+    ]
 
 
 def _sets_backend(spec_file: str | None) -> bool:
@@ -138,12 +314,14 @@ def _print_plan(spec, storage) -> None:
     spec = plan.spec
     data = f" with datastore {spec.datastore}:{spec.datastore_version}" if spec.datastore else ""
     click.echo(f"{len(plan.experiments)} experiment(s) of {spec.script} on {spec.backend}{data}:")
+    if spec.description:
+        click.echo(f"description: {spec.description}")
     import shlex
 
     table(["id", "args"], [[e.id, shlex.join(e.args)] for e in plan.experiments])
     c = plan.cost
     click.echo(
-        f"resources: {spec.max_nodes} x {spec.instance_type}, {spec.gpus} GPU(s) per experiment, "
+        f"resources: {c['nodes']} x {spec.instance_type}, {spec.gpus} GPU(s) per experiment, "
         f"{spec.disk_size} GiB disk{', spot' if spec.spot else ''}"
     )
     kind = "spot" if spec.spot else "on-demand"

@@ -97,8 +97,37 @@ def instances_with_gpus(gpus: int, family: str | None = None) -> list[str]:
     return [i.name for i in sorted(rows, key=lambda i: (i.name.split(".")[0] != family,))]
 
 
+def fitting(gpus: int = 0, cpus: int | None = None, memory: float | None = None) -> list[str]:
+    """Names of types with at least ``gpus`` GPUs, ``cpus`` vCPUs and ``memory`` GiB of RAM,
+    cheapest first."""
+    return [i.name for i in list_instances(gpus)
+            if i.vcpus >= (cpus or 0) and i.memory_gib >= (memory or 0)]  # fmt: skip
+
+
+def pick_instance(gpus: int | None, cpus: int | None, memory: float | None) -> str:
+    """The cheapest type with ``cpus`` vCPUs and ``memory`` GiB (``gpus`` None: 1 GPU, as the
+    default type has); a SpecError naming the largest there is when none has that much."""
+    want = 1 if gpus is None else gpus
+    names = fitting(want, cpus, memory)
+    if names:
+        return names[0]
+    need = [f"{want} GPU(s)"] if want else []
+    if cpus:
+        need.append(f"{cpus} vCPUs")
+    if memory:
+        need.append(f"{memory:g} GiB")
+    rows = list_instances(want) or list_instances()
+    most_cpus = max(rows, key=lambda i: i.vcpus)
+    most_mem = max(rows, key=lambda i: i.memory_gib)
+    raise SpecError(
+        f"no instance type has {' and '.join(need)}; the most there is: {most_cpus.vcpus} vCPUs "
+        f"({most_cpus.name}), {most_mem.memory_gib:g} GiB ({most_mem.name})"
+    )
+
+
 def estimate_cost(spec: Any) -> dict[str, Any]:
-    """Hourly cost of a job spec's nodes, all ``max_nodes`` running at once (upper bound).
+    """Hourly cost of a job spec's nodes, all of them running at once (upper bound): one node
+    per experiment, at most ``max_nodes``.
 
     Returns ``instance_type``, ``nodes``, ``on_demand_hour``, ``spot_hour`` (indicative),
     ``hour`` (the one the spec will pay: spot if ``spec.spot``), and, when the spec sets
@@ -106,7 +135,8 @@ def estimate_cost(spec: Any) -> dict[str, Any]:
     max_runtime, the most the experiments themselves can cost (boot time not included).
     """
     inst = get_instance(spec.instance_type)
-    nodes = int(spec.max_nodes)
+    n_exp = len(spec.experiments())
+    nodes = min(int(spec.max_nodes), n_exp)
     out: dict[str, Any] = {
         "instance_type": inst.name,
         "nodes": nodes,
@@ -116,6 +146,5 @@ def estimate_cost(spec: Any) -> dict[str, Any]:
     out["hour"] = out["spot_hour"] if spec.spot else out["on_demand_hour"]
     if getattr(spec, "max_runtime", None):
         per_node = inst.spot_price_hour if spec.spot else inst.price_hour
-        n_exp = len(spec.experiments())
         out["max_total"] = round(per_node * n_exp * spec.max_runtime / 3600, 4)
     return out

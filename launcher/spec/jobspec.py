@@ -8,11 +8,13 @@ The YAML format mirrors the ``launch run`` flags, one key per flag (examples in 
     gpus: 1
     datastore: kinetics:2
 
-Grid's spellings are accepted as aliases (``instance``, ``use_spot``, ``datastore_name``, and
-dashes for underscores). Defaults: backend ``local``, instance ``g4dn.xlarge``, ``gpus`` = every
-GPU of the instance type (so ``--instance_type g4dn.12xlarge`` alone gives 4; pass ``--gpus 0``
-for a CPU run), ``disk_size`` 100 GiB, ``max_nodes`` 1, ``strategy`` grid_search, ``seed`` 0
-(sweeps are reproducible by default), no retries, no runtime limit.
+Grid's spellings are accepted as aliases (``instance``, ``use_spot``, ``datastore_name``,
+``num_trials``, and dashes for underscores), and a file in Grid's own config shape
+(``compute:``/``hyper_params:``) is translated by :mod:`launcher.spec.grid`. Defaults: backend
+``local``, instance ``g4dn.xlarge`` (or, given ``cpus``/``memory``, the cheapest that fits),
+``gpus`` = every GPU of the instance type (so ``--instance_type g4dn.12xlarge`` alone gives 4;
+pass ``--gpus 0`` for a CPU run), ``disk_size`` 100 GiB, ``max_nodes`` 1, ``strategy``
+grid_search, ``seed`` 0 (sweeps are reproducible by default), no retries, no runtime limit.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from launcher.backends import BACKENDS
 from launcher.errors import SpecError
-from launcher.spec import catalog, sweep
+from launcher.spec import catalog, grid, sweep
 from launcher.spec.sweep import Experiment
 from launcher.storage.records import check_name
 
@@ -40,6 +42,7 @@ MIN_DISK_GIB = 20
 MAX_DISK_GIB = 16384
 MAX_NODES = 100
 MAX_RETRIES = 100
+MAX_DESCRIPTION = 200
 DATASTORE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Set by the agent for every experiment; a spec must not shadow them.
@@ -51,11 +54,14 @@ ALIASES = {
     "instance": "instance_type",
     "use_spot": "spot",
     "datastore_name": "datastore",
+    "num_trials": "trials",
     "args": "script_args",
 }
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_MEMORY_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*((?:[gmt]i?b?)?)\s*$", re.I)
+_MEMORY_UNITS = {"": 1, "G": 1, "M": 1 / 1024, "T": 1024}
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -93,20 +99,40 @@ class JobSpec:
     max_runtime: int | None = _f(
         None, "Seconds an experiment may run before it is stopped (accepts 90m, 2h, 1d)."
     )
+    cpus: int | None = _f(
+        None, "vCPUs a node needs; picks the instance type when none is given, else checked."
+    )
+    memory: float | None = _f(
+        None, "GiB of RAM a node needs (16, '16G', '512M'); picks or checks like cpus."
+    )
+    description: str | None = _f(None, f"What the run is for (up to {MAX_DESCRIPTION} chars).")
+    dependency_file: str | None = _f(
+        None, "requirements.txt or environment.yml in the working directory (Grid's); checked."
+    )
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
     def load(
-        cls, path: str | Path | None = None, *, workdir: str | Path | None = None, **overrides: Any
+        cls,
+        path: str | Path | None = None,
+        *,
+        workdir: str | Path | None = None,
+        notes: list[str] | None = None,
+        **overrides: Any,
     ) -> JobSpec:
         """A validated spec from a YAML file and/or flag values (flags win).
 
         Overrides that are None are "not given" (click passes None for unset options); an empty
         ``script_args`` is "not given" unless ``script`` is given too; an ``env`` override adds
         to the file's env (same names: the flag wins). The script must exist under
-        ``workdir`` (default: the current directory).
+        ``workdir`` (default: the current directory). A file in Grid's config shape is
+        translated first (its params follow the flags' script args, as in Grid), and what its
+        settings do instead here is appended to ``notes``.
         """
         data: dict[str, Any] = _read_yaml(path) if path is not None else {}
+        from_grid = grid.is_grid_config(data)
+        if from_grid:
+            data = grid.to_spec_dict(data, str(path), [] if notes is None else notes)
         data = _canonical_keys(data, source=str(path) if path else "spec")
         given = {k: v for k, v in overrides.items() if v is not None}
         if "script_args" in given and not given["script_args"] and "script" not in given:
@@ -114,6 +140,9 @@ class JobSpec:
         flags = _canonical_keys(given, source="flags")
         if isinstance(data.get("env"), dict) and isinstance(flags.get("env"), dict):
             flags["env"] = {**data["env"], **flags["env"]}  # --env adds to the spec's env
+        if from_grid and "script_args" in flags and "script_args" in data:
+            given_args = _check_args("script_args", flags["script_args"])
+            flags["script_args"] = [*given_args, *data["script_args"]]
         data.update(flags)
         spec = cls.from_dict(data)
         spec.validate(workdir=Path.cwd() if workdir is None else workdir)
@@ -126,6 +155,10 @@ class JobSpec:
             raise SpecError(f"a job spec must be a mapping of field: value, not {_tname(data)}")
         data = _canonical_keys(data, source="spec")
         values = {name: _CHECKS[name](name, value) for name, value in data.items()}
+        if "instance_type" not in values and (values.get("cpus") or values.get("memory")):
+            values["instance_type"] = catalog.pick_instance(
+                values.get("gpus"), values.get("cpus"), values.get("memory")
+            )
         spec = cls(**values)
         if spec.script is None:
             raise SpecError("script is required: the python file to run, e.g. trainer/train.py")
@@ -169,12 +202,23 @@ class JobSpec:
             need = f"needs one of: {', '.join(options[:8])}" if options else "no type has that many"
             plural = "GPU" if inst.gpus == 1 else "GPUs"
             raise SpecError(f"{inst.name} has {inst.gpus} {plural}; --gpus {self.gpus} {need}")
+        for flag, have, want in (("cpus", inst.vcpus, self.cpus),
+                                 ("memory", inst.memory_gib, self.memory)):  # fmt: skip
+            if want is not None and want > have:
+                unit = "vCPUs" if flag == "cpus" else "GiB of memory"
+                options = catalog.fitting(self.gpus, self.cpus, self.memory)
+                need = f"needs one of: {', '.join(options[:8])}" if options else "no type has that"
+                raise SpecError(f"{inst.name} has {have:g} {unit}; --{flag} {want:g} {need}")
         if self.strategy == "grid_search" and self.trials is not None:
             raise SpecError("trials only applies to strategy random_search, not grid_search")
         if self.strategy == "random_search" and self.trials is None:
             raise SpecError("strategy random_search needs trials (the number of experiments)")
         if workdir is not None:
             self.script = _check_script(self.script, Path(workdir))
+            if self.dependency_file is not None:
+                self.dependency_file = _check_script(
+                    self.dependency_file, Path(workdir), what="dependency_file"
+                )
         self.experiments()  # surfaces malformed sweeps now, before anything is launched
         return self
 
@@ -340,13 +384,33 @@ def _check_duration(name: str, v: Any) -> int:
     return _check_int(name, v, low=1)
 
 
-def _check_script(script: str, workdir: Path) -> str:
+def _check_memory(name: str, v: Any) -> float | int:
+    """GiB: a number, or a string with a unit (16G, 16GiB, 512M, 1T; G and Gi are the same)."""
+    if isinstance(v, str):
+        m = _MEMORY_RE.match(v)
+        if not m:
+            raise SpecError(f"{name} must be GiB, or a size like 16G, 512M, 1T; got {v!r}")
+        v = float(m.group(1)) * _MEMORY_UNITS[m.group(2)[:1].upper()]
+    if isinstance(v, bool) or not isinstance(v, int | float) or v <= 0:
+        raise SpecError(f"{name} must be a positive number of GiB, not {v!r}")
+    return int(v) if float(v).is_integer() else v
+
+
+def _check_description(name: str, v: Any) -> str:
+    if not isinstance(v, str):
+        raise SpecError(f"{name} must be a string, not {_tname(v)}")
+    if len(v) > MAX_DESCRIPTION:
+        raise SpecError(f"{name} has {len(v)} characters; at most {MAX_DESCRIPTION}")
+    return v
+
+
+def _check_script(script: str, workdir: Path, what: str = "script") -> str:
     root = workdir.resolve()
     target = (root / script).resolve()
     if not target.is_relative_to(root):
-        raise SpecError(f"script {script!r} is outside the working directory {root}")
+        raise SpecError(f"{what} {script!r} is outside the working directory {root}")
     if not target.is_file():
-        raise SpecError(f"script not found: {script} (relative to {root})")
+        raise SpecError(f"{what} not found: {script} (relative to {root})")
     return target.relative_to(root).as_posix()
 
 
@@ -369,4 +433,8 @@ _CHECKS = {
     "retries": lambda n, v: _check_int(n, v, low=0, high=MAX_RETRIES),
     "seed": lambda n, v: _check_int(n, v, low=0),
     "max_runtime": _optional(_check_duration),
+    "cpus": _optional(_check_positive_int),
+    "memory": _optional(_check_memory),
+    "description": _optional(_check_description),
+    "dependency_file": _optional(_check_str),
 }

@@ -48,12 +48,21 @@ def test_instances_with_gpus_prefers_the_same_family():
 
 def test_estimate_cost(tmp_path):
     (tmp_path / "t.py").write_text("")
-    spec = JobSpec.load(script="t.py", instance_type="g4dn.xlarge", max_nodes=3, workdir=tmp_path)
+    spec = JobSpec.load(
+        script="t.py",
+        script_args=["--lr", "[1, 2, 3, 4]"],
+        instance_type="g4dn.xlarge",
+        max_nodes=3,
+        workdir=tmp_path,
+    )
     cost = catalog.estimate_cost(spec)
     assert cost["nodes"] == 3
     assert cost["on_demand_hour"] == pytest.approx(3 * 0.526)
     assert cost["hour"] == cost["on_demand_hour"]
     assert "max_total" not in cost
+    # one node per experiment at most: 10 nodes for 1 experiment cost one node
+    one = JobSpec.load(script="t.py", max_nodes=10, workdir=tmp_path)
+    assert catalog.estimate_cost(one)["nodes"] == 1
     spot = JobSpec.load(
         script="t.py",
         script_args=["--lr", "[1, 2, 3, 4]"],

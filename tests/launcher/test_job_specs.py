@@ -21,7 +21,10 @@ EXPECTED = {
     "random_search.yaml": (8, "g5.xlarge", 1, "local"),
     "multi_gpu.yaml": (1, "g4dn.12xlarge", 4, "aws"),
     "spot.yaml": (2, "g4dn.xlarge", 1, "aws"),
+    "grid.yaml": (4, "g4dn.xlarge", 1, "local"),
 }
+# what the command line in a file's comment gives besides the file (Grid's config has no script)
+FLAGS = {"grid.yaml": {"script": "trainer/train.py"}}
 
 
 def test_every_example_is_listed():
@@ -33,7 +36,7 @@ def test_example_loads_and_expands(name):
     n_exp, instance, gpus, backend = EXPECTED[name]
     text = (SPECS / name).read_text()
     assert text.startswith("#") and "launch run --spec job_specs/" + name in text
-    spec = JobSpec.load(SPECS / name, workdir=REPO)
+    spec = JobSpec.load(SPECS / name, workdir=REPO, **FLAGS.get(name, {}))
     assert (spec.instance_type, spec.gpus, spec.backend) == (instance, gpus, backend)
     exps = spec.experiments()
     assert len(exps) == n_exp
@@ -46,7 +49,7 @@ def test_example_loads_and_expands(name):
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_example_args_parse_with_train_py(name):
     cli_args = pytest.importorskip("trainer.cli_args")
-    spec = JobSpec.load(SPECS / name, workdir=REPO)
+    spec = JobSpec.load(SPECS / name, workdir=REPO, **FLAGS.get(name, {}))
     parser = cli_args.build_parser()
     for exp in spec.experiments():
         try:
