@@ -119,6 +119,13 @@ def _parse_env(values: tuple[str, ...]) -> dict[str, str] | None:
     help="Experiments to draw with random_search.",
 )
 @click.option(
+    "--max-experiments",
+    "--max_experiments",
+    "max_experiments",
+    type=int,
+    help="Most experiments a sweep may give (default 1000, a guard against typos).",
+)
+@click.option(
     "--max-nodes",
     "max_nodes",
     cls=_Option,

@@ -89,6 +89,10 @@ class JobSpec:
     )
     strategy: str = _f("grid_search", "How sweeps combine: grid_search or random_search.")
     trials: int | None = _f(None, "Experiments to draw with random_search (required there).")
+    max_experiments: int = _f(
+        sweep.MAX_EXPERIMENTS,
+        f"Most experiments the sweep may give (a typo guard; up to {sweep.MAX_EXPERIMENTS_LIMIT}).",
+    )
     max_nodes: int = _f(1, f"Nodes running experiments at once (1 to {MAX_NODES}).")
     spot: bool = _f(False, "Use spot instances (cheaper, can be interrupted; resumed on retry).")
     env: dict[str, str] = field(
@@ -234,7 +238,13 @@ class JobSpec:
 
     def experiments(self) -> list[Experiment]:
         """One experiment per point of the sweep in ``script_args`` (one if nothing sweeps)."""
-        return sweep.expand(self.script_args, self.strategy, self.trials, self.seed)
+        return sweep.expand(
+            self.script_args,
+            self.strategy,
+            self.trials,
+            self.seed,
+            max_experiments=self.max_experiments,
+        )
 
 
 def field_help() -> dict[str, str]:
@@ -426,7 +436,9 @@ _CHECKS = {
     "datastore_version": _optional(_check_positive_int),
     "datastore_mount_dir": _optional(_check_mount_dir),
     "strategy": _check_choice(sweep.STRATEGIES),
-    "trials": _optional(lambda n, v: _check_int(n, v, low=1, high=sweep.MAX_EXPERIMENTS)),
+    # trials above max_experiments is refused by the sweep, in words naming --max-experiments
+    "trials": _optional(lambda n, v: _check_int(n, v, low=1, high=sweep.MAX_EXPERIMENTS_LIMIT)),
+    "max_experiments": lambda n, v: _check_int(n, v, low=1, high=sweep.MAX_EXPERIMENTS_LIMIT),
     "max_nodes": lambda n, v: _check_int(n, v, low=1, high=MAX_NODES),
     "spot": _check_bool,
     "env": _check_env,

@@ -183,6 +183,23 @@ def test_check_capabilities(workdir):
         ({"max_runtime": "soon"}, "max_runtime must be seconds or a duration like 90m"),
         ({"max_runtime": 0}, "max_runtime must be >= 1"),
         ({"seed": -1}, "seed must be >= 0"),
+        ({"max_experiments": 0}, "max_experiments must be 1 to 100000, got 0"),
+        ({"max_experiments": 100001}, "max_experiments must be 1 to 100000, got 100001"),
+        ({"max_experiments": "many"}, "max_experiments must be an integer, not 'many'"),
+        (
+            {"script_args": ["--lr", "range(1001)"]},
+            "more than the 1000 allowed per run (a guard against typos); pass --max-experiments",
+        ),
+        (
+            {"script_args": ["--lr", "range(20)"], "max_experiments": 10},
+            "pass --max-experiments 20 (spec: max_experiments)",
+        ),
+        (
+            {"script_args": ["--lr", "[1, 2]"], "strategy": "random_search", "trials": 1001},
+            "trials 1001 gives 1001 experiments, more than the 1000 allowed",
+        ),
+        ({"script_args": ["--lr", "uniform(1e-4, 1e-1, 5"]}, "not a valid call (unclosed '(')"),
+        ({"script_args": ["--lr", "uniform(1e-4, 1e-1)"]}, "grid_search needs a count"),
         (
             {"script_args": ["--e", 5]},
             "script_args[1] must be a string, not int 5; quote it in YAML",
@@ -261,3 +278,19 @@ def test_env_flag_adds_to_the_spec_env(workdir):
     p = write(workdir, {"script": "train.py", "env": {"A": "1", "B": "2"}})
     spec = load(workdir, p, env={"B": "3", "C": "4"})
     assert spec.env == {"A": "1", "B": "3", "C": "4"}
+
+
+def test_max_experiments_lifts_the_cap_from_yaml_or_flags(workdir):
+    assert load(workdir, script="train.py").max_experiments == 1000
+    args = ["--lr", "range(2500)"]
+    p = write(workdir, {"script": "train.py", "script_args": args, "max_experiments": 2500})
+    spec = load(workdir, p)
+    assert spec.max_experiments == 2500 and len(spec.experiments()) == 2500
+    assert JobSpec.from_dict(spec.to_dict()).max_experiments == 2500  # kept in run.json
+    spec = load(workdir, script="train.py", script_args=args, max_experiments=3000)
+    assert len(spec.experiments()) == 2500
+    trials = dict(strategy="random_search", trials=1500, max_experiments=1500)
+    spec = load(
+        workdir, script="train.py", script_args=["--lr", "loguniform(1e-5, 1e-1)"], **trials
+    )
+    assert len({e.params["lr"] for e in spec.experiments()}) == 1500

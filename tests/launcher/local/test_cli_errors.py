@@ -30,7 +30,12 @@ def one_line_error(result, code: int = 1) -> str:
     "args, expected",
     [
         (["job.py", "--lr", "[0.1, "], r"--lr"),  # malformed sweep
-        (["job.py", "--lr", "uniform(1, 2)"], r"uniform"),  # wrong arity
+        (["job.py", "--lr", "uniform(1)"], r"uniform"),  # wrong arity
+        (["job.py", "--lr", "uniform(1, 2)"], r"grid_search needs a count"),
+        (["job.py", "--lr", "uniform(1e-4, 1e-1, 5"], r"--lr 'uniform\(1e-4, 1e-1, 5'.*unclosed"),
+        (["job.py", "--x", "uniform(-1e308, 1e308, 3)"], r"--x .*values must be finite"),
+        (["job.py", "--lr", "range(1001)"], r"pass --max-experiments 1001 "),
+        (["--max-experiments", "0", *CPU, "job.py"], r"max_experiments must be 1 to 100000"),
         (["job.py", "--lr", "normal(0, 1, 3)"], r"normal"),  # unsupported distribution
         (["--instance", "p9.huge", "job.py"], r"p9\.huge"),
         (["--instance", "g4dn.xlarge", "--gpus", "4", "job.py"], r"g4dn\.xlarge has 1 GPU"),
@@ -52,6 +57,18 @@ def test_bad_run_inputs(home, workdir, args, expected):
 
     assert re.search(expected, line), line
     assert not (home / "store" / "runs").exists()  # nothing launched, nothing written
+
+
+def test_max_experiments_lets_through_what_the_cap_refused(home, workdir):
+    r = launch(
+        "run", "--dry-run", "--max-experiments", "1500", *CPU, "job.py", "--lr", "range(1500)"
+    )
+    assert r.exit_code == 0, r.output
+    assert r.stdout.startswith("1500 experiment(s) of job.py on local:")
+    r = launch(
+        "run", "--dry-run", "--max_experiments", "1499", *CPU, "job.py", "--lr", "range(1500)"
+    )
+    assert "pass --max-experiments 1500 " in one_line_error(r)
 
 
 def test_script_excluded_from_the_snapshot(home, workdir):
