@@ -234,8 +234,10 @@ def resolve_input(
     sampling_rate: int | None = None,
     crop_size: int | None = None,
     short_side: int | None = None,
+    frame_rate: float | None = None,
 ) -> VideoInput:
     """The backbone's published input with the given overrides, or a BackboneError.
+    ``frame_rate`` is the rate ``sampling_rate`` counts frames in (``VideoInput.fps``).
 
     When only ``crop_size`` is overridden the short side keeps its published ratio to the crop
     (182/160 for X3D-XS), so the crop still sees the same share of the frame.
@@ -261,11 +263,14 @@ def resolve_input(
         _check_size(name, "crop_size", crop_size, b.fixed_crop, d.crop_size, b.min_crop)
         if short_side is None:
             short_side = round(crop_size * d.short_side / d.crop_size)
+    if frame_rate is not None and not frame_rate > 0:
+        raise BackboneError(f"--frame_rate {frame_rate}: must be > 0")
     vi = d.with_overrides(
         num_frames=num_frames,
         sampling_rate=sampling_rate,
         crop_size=crop_size,
         short_side=short_side,
+        fps=frame_rate,
     )
     if vi.short_side < vi.crop_size:
         raise BackboneError(
@@ -322,15 +327,17 @@ def build_backbone(
     from trainer.weights import load_into, read_weights_file
 
     if weights is not None:
-        load_into(model, read_weights_file(weights), b.head, f"--weights {weights}")
+        state = read_weights_file(weights, backbone=name)
+        load_into(model, state, b.head, f"--weights {weights}")
     elif pretrained:
         if b.fetch_pretrained is None:
             raise BackboneError(f"{name} has no pretrained weights; drop --pretrained")
         try:
             state = b.fetch_pretrained()
         except Exception as e:  # URLError, HTTPError, socket errors, corrupt downloads
+            why = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise BackboneError(
-                f"could not fetch pretrained {name} weights from {b.weights} ({e}); "
+                f"could not fetch pretrained {name} weights from {b.weights} ({why}); "
                 "download the file elsewhere and pass --weights PATH"
             ) from None
         load_into(model, state, b.head, f"pretrained {name} weights")

@@ -17,6 +17,26 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("cosine", "step", "none")
 STRATEGIES = ("no_freeze", "freeze", "freeze_unfreeze")
 SPLIT_WORDS = {"train": "train", "val": "val", "validate": "val", "test": "test"}
+# torchvision's video reference spells some flags its own way: those spellings work here too
+# (every flag also takes its hyphenated spelling, --batch-size for --batch_size).
+TORCHVISION_SPELLINGS = {
+    "--data_dir": ("--data-path",),
+    "--max_epochs": ("--epochs",),
+    "--num_workers": ("--workers", "-j"),
+    "--batch_size": ("-b",),
+    "--sync_batchnorm": ("--sync-bn",),
+    "--num_frames": ("--clip-len",),
+    "--warmup_epochs": ("--lr-warmup-epochs",),
+    "--backbone": ("--model",),
+    "--test_only": ("--eval_only", "--eval-only"),
+}
+# Spellings that mean something else in torchvision's reference: an error saying so, rather
+# than quietly taking them with this script's meaning.
+MISLEADING = {
+    "--clips-per-video": "in torchvision's reference --clips-per-video is training clips per "
+    "video; here --train_clips_per_video N takes N random clips per video per epoch and "
+    "--clips_per_video N averages N clips per video at evaluation: use one of those",
+}
 # Lightning's precision values (lightning_fabric.connector._PRECISION_INPUT), listed here so a
 # typo is caught before torch is imported; a test keeps the two lists equal.
 PRECISIONS = (
@@ -78,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=4,
         help="clips averaged per video at validation, test and prediction",
     )
+    d.add_argument(
+        "--train_clips_per_video",
+        type=int,
+        default=1,
+        help="random clips per video per training epoch",
+    )
     d.add_argument("--batch_size", type=int, default=8, help="videos per batch, per device")
     d.add_argument(
         "--num_workers", type=int, default=2, help="data loader processes per device (0: none)"
@@ -103,9 +129,20 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument(
         "--pretrained", action="store_true", help="start from published Kinetics weights"
     )
-    m.add_argument("--weights", metavar="PATH", help="start from a local weights file")
+    m.add_argument(
+        "--weights",
+        metavar="PATH",
+        help="start from a local weights file: a state dict, PyTorchVideo's or torchvision's "
+        "checkpoint, or a best.ckpt of an earlier run",
+    )
     m.add_argument("--num_frames", type=int, help="override the backbone's clip length")
     m.add_argument("--sampling_rate", type=int, help="override: take every Nth frame")
+    m.add_argument(
+        "--frame_rate",
+        type=float,
+        help="override the frame rate --sampling_rate counts in (a clip spans "
+        "num_frames x sampling_rate / frame_rate seconds of any video)",
+    )
     m.add_argument("--crop_size", type=int, help="override the crop (short side scales with it)")
     m.add_argument("--short_side", type=int, help="override the resize before cropping")
 
@@ -159,6 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
         f"one of {', '.join(PRECISIONS)}",
     )
     t.add_argument(
+        "--amp",
+        action="store_true",
+        help="mixed precision: --precision 16-mixed on a GPU, bf16-mixed on the CPU",
+    )
+    t.add_argument(
         "--sync_batchnorm",
         action="store_true",
         help="with several devices, compute BatchNorm statistics over all of them",
@@ -194,16 +236,60 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument(
         "--no_resume",
-        dest="resume",
-        action="store_false",
+        action="store_true",
         help="start afresh even if output_dir holds a last.ckpt",
     )
+    t.add_argument(
+        "--resume",
+        metavar="PATH",
+        help="resume from this checkpoint (a last.ckpt) instead of output_dir's own",
+    )
+    t.add_argument(
+        "--test_only",
+        action="store_true",
+        help="no training: evaluate video-level top-1/top-5 on the val and test data with "
+        "--weights, --resume or --pretrained (default: output_dir's best.ckpt)",
+    )
+    _add_spellings(p)
     return p
+
+
+def _add_spellings(parser: argparse.ArgumentParser) -> None:
+    """Give every flag its hyphenated spelling and torchvision's names (one help entry each),
+    and make the spellings that mean something else here an error that says so."""
+    for action in list(parser._actions):
+        names = list(action.option_strings)
+        for name in action.option_strings:
+            if name.startswith("--"):
+                names.append(name.replace("_", "-"))
+            names.extend(TORCHVISION_SPELLINGS.get(name, ()))
+        for alias in dict.fromkeys(names):
+            if alias not in parser._option_string_actions and alias not in MISLEADING:
+                action.option_strings.append(alias)
+                parser._option_string_actions[alias] = action
+    for flag, why in MISLEADING.items():
+        parser.add_argument(flag, nargs="?", action=_Refused, help=argparse.SUPPRESS, why=why)
+
+
+class _Refused(argparse.Action):
+    def __init__(self, *args, why: str, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.why = why
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        parser.error(f"{option_string}: {self.why}")
 
 
 class _HelpFormatter(argparse.HelpFormatter):
     """Shows a flag's default where it says something: not for switches, unset (None)
-    defaults, or help that already names its default."""
+    defaults, or help that already names its default; and each flag's spellings once, with
+    the value's name once (``--batch_size, --batch-size, -b BATCH_SIZE``)."""
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        if not action.option_strings or action.nargs == 0:
+            return super()._format_action_invocation(action)
+        metavar = self._format_args(action, self._get_default_metavar_for_optional(action))
+        return f"{', '.join(action.option_strings)} {metavar}"
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
@@ -242,9 +328,20 @@ def fill_split_folders(args: argparse.Namespace, root: Path) -> None:
 
 def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
     """Check flag values and fill data defaults; ``parser.error`` on the first problem."""
-    for flag in ("batch_size", "clips_per_video", "num_nodes", "max_epochs"):
-        if getattr(args, flag) < 1 and not (flag == "max_epochs" and args.max_epochs == -1):
+    for flag in ("batch_size", "clips_per_video", "train_clips_per_video", "num_nodes"):
+        if getattr(args, flag) < 1:
             parser.error(f"--{flag} {getattr(args, flag)}: must be >= 1")
+    for flag in ("max_epochs", "max_steps"):
+        if getattr(args, flag) < 1 and getattr(args, flag) != -1:
+            parser.error(f"--{flag} {getattr(args, flag)}: must be >= 1, or -1 for no limit")
+    if args.frame_rate is not None and not args.frame_rate > 0:
+        parser.error(f"--frame_rate {args.frame_rate}: must be > 0")
+    if args.amp and args.precision:
+        parser.error(f"--amp and --precision {args.precision} both given: choose one")
+    if args.resume and not Path(args.resume).is_file():
+        parser.error(f"--resume {args.resume}: no such checkpoint file")
+    if args.resume and args.no_resume:
+        parser.error("--resume PATH and --no_resume both given: choose one")
     for flag in ("num_workers", "warmup_epochs", "weight_decay", "momentum", "unfreeze_epoch"):
         if getattr(args, flag) < 0:
             parser.error(f"--{flag} {getattr(args, flag)}: must be >= 0")
@@ -255,7 +352,10 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argpa
     if args.pretrained and args.weights:
         parser.error("--pretrained and --weights both given: choose one")
     if args.weights and not Path(args.weights).is_file():
-        parser.error(f"--weights {args.weights}: no such file")
+        hint = " (published weights: --pretrained)" if "Weights." in args.weights else ""
+        parser.error(f"--weights {args.weights}: no such file{hint}")
+    if args.test_only and args.finetune_strategy != "no_freeze":
+        parser.error("--test_only trains nothing: drop --finetune_strategy")
     if args.finetune_strategy != "no_freeze" and not (args.pretrained or args.weights):
         parser.error(
             f"--finetune_strategy {args.finetune_strategy} freezes a randomly initialised "

@@ -3,11 +3,19 @@
 Batches:
 
 - train: ``{"video": Tensor[B, C, T, H, W] (or [slow, fast]), "label": LongTensor[B]}``, one
-  random clip per video per epoch (random start, scale jitter, crop, optional flip);
-- val/test: one item per *video* with ``clips_per_video`` uniformly spaced clips stacked,
-  ``{"video": Tensor[B, N, C, T, H, W] (or [slow, fast] of such), "label", "index"}``, so the
-  model averages the N clip logits (video-level accuracy, as published Kinetics numbers are);
+  clip per item of the ``clip_sampler`` (by default one random clip per video per epoch:
+  random start, scale jitter, crop, optional flip);
+- val/test: **6-D**, one item per *video* with ``clips_per_video`` uniformly spaced clips
+  stacked, ``{"video": Tensor[B, N, C, T, H, W] (or [slow, fast] of such), "label", "index"}``,
+  so the model averages the N clip scores (video-level accuracy, as published Kinetics numbers
+  are). With ``stack_clips=False`` every clip is its own item instead, 5-D like training
+  (``{"video": [B, C, T, H, W], "label", "index": its video, "clip"}``), as PyTorchVideo's
+  datasets yield them to a LightningModule of one's own;
 - predict: as val without ``label``, with ``path`` (list of str).
+
+The clip geometry (``video_input``) may be left out: it then follows the model's backbone when
+a Trainer runs the model on this data module (``VideoClassifier.video_input``), with
+``clip_duration`` seconds, if given, spread over the backbone's frames at the data's frame rate.
 
 Everything about the videos (frame counts, rates, keyframes) is scanned once at construction,
 in parallel, and cached (:mod:`trainer.meta_cache`); unusable files are skipped and listed in
@@ -22,7 +30,8 @@ import tempfile
 import warnings
 import weakref
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -39,6 +48,8 @@ from trainer.datasets import (
     MultiClipDataset,
     VideoItem,
     VideoSource,
+    check_clip_sampler,
+    training_clips,
 )
 from trainer.meta_cache import scan
 from trainer.transforms import eval_transform, train_transform
@@ -96,15 +107,33 @@ class VideoDataModule(pl.LightningDataModule):
     :meth:`from_csv` or :meth:`from_kinetics`, or pass :class:`VideoSource` objects.
 
     ``labels`` and ``num_classes`` are known right after construction (no ``setup()``): the
-    sorted labels of the data (of the Kinetics annotations when given), or ``labels=`` for
-    predict-only use. ``hflip=False`` disables the horizontal flip augmentation (needed when
-    left/right carries the class).
+    sorted labels of the data (of the Kinetics annotations when given; numerically sorted when
+    every label is an integer, so label ``k`` is class ``k``), or ``labels=`` for predict-only
+    use (left out, a predict-only module takes the model's labels). ``hflip=False`` disables
+    the horizontal flip augmentation (needed when left/right carries the class).
+
+    Clips: ``video_input`` (default: the model's, see the module docstring), ``clip_duration``
+    (seconds a clip spans), ``clip_sampler`` for training (``random``, ``uniform`` or
+    ``constant_clips_per_video``, with ``clip_sampler_kwargs``; see
+    :func:`trainer.datasets.training_clips`), ``train_clips_per_video`` random clips per video
+    per epoch, ``clips_per_video`` clips averaged per video at evaluation, ``stack_clips``.
+    ``video_sampler``: a Sampler class for the training items (default: shuffled).
+
+    Transforms (default: the fast backbone-aware presets of :mod:`trainer.transforms`):
+    ``train_transform``/``val_transform``/``test_transform``/``predict_transform`` are
+    per-sample callables on the clip dict (test and predict default to ``val_transform``;
+    see :class:`trainer.datasets._VideoDataset` for what they get and return);
+    ``per_batch_transform_on_device`` is called on each batch dict once it is on the device
+    (``on_after_batch_transfer``; e.g. kornia's video augmentations): one callable for every
+    stage, or a dict ``{"train": fn, "val": fn, "test": fn, "predict": fn}``.
     """
+
+    multi_label = False  # one label per video (as Flash's attribute says)
 
     def __init__(
         self,
         *,
-        video_input: VideoInput,
+        video_input: VideoInput | None = None,
         train: VideoSource | None = None,
         val: VideoSource | None = None,
         test: VideoSource | None = None,
@@ -116,6 +145,17 @@ class VideoDataModule(pl.LightningDataModule):
         hflip: bool = True,
         cache_dir: str | Path | None = None,
         seed: int = 0,
+        clip_duration: float | None = None,
+        clip_sampler: str = "random",
+        clip_sampler_kwargs: dict | None = None,
+        train_clips_per_video: int = 1,
+        stack_clips: bool = True,
+        video_sampler: Callable | None = None,
+        train_transform: Callable | None = None,
+        val_transform: Callable | None = None,
+        test_transform: Callable | None = None,
+        predict_transform: Callable | None = None,
+        per_batch_transform_on_device: Callable | dict[str, Callable] | None = None,
     ):
         super().__init__()
         if batch_size < 1 or num_workers < 0 or clips_per_video < 1:
@@ -123,9 +163,26 @@ class VideoDataModule(pl.LightningDataModule):
                 f"batch_size={batch_size}, clips_per_video={clips_per_video}, "
                 f"num_workers={num_workers}: the first two must be >= 1, num_workers >= 0"
             )
+        if train_clips_per_video < 1:
+            raise DataError(f"train_clips_per_video={train_clips_per_video}: must be >= 1")
+        if clip_duration is not None and not clip_duration > 0:
+            raise DataError(f"clip_duration={clip_duration}: must be > 0 seconds")
+        check_clip_sampler(clip_sampler, clip_sampler_kwargs)
         if not any(s is not None for s in (train, val, test, predict)):
             raise DataError("no data given: pass at least one of train, val, test or predict")
-        self.video_input = video_input
+        self._video_input = video_input
+        self._given_input = video_input
+        self.clip_duration = clip_duration
+        self.clip_sampler, self.clip_sampler_kwargs = clip_sampler, dict(clip_sampler_kwargs or {})
+        self.train_clips_per_video, self.stack_clips = train_clips_per_video, stack_clips
+        self.video_sampler = video_sampler
+        self.transforms = {
+            "train": train_transform,
+            "val": val_transform,
+            "test": test_transform or val_transform,
+            "predict": predict_transform or val_transform,
+        }
+        self.batch_transforms = _per_stage(per_batch_transform_on_device)
         self.batch_size, self.num_workers = batch_size, num_workers
         self.clips_per_video, self.hflip, self.seed = clips_per_video, hflip, seed
         self._scan_skipped: dict[str, str] = {}
@@ -156,15 +213,59 @@ class VideoDataModule(pl.LightningDataModule):
                     f"{len(self.labels)} given labels"
                 )
         else:
-            self.labels = sorted(found | declared)
-        if not self.labels:
+            self.labels = sort_labels(found | declared)
+        if not self.labels and predict is None:
             raise DataError("no labels: give labels= for predict-only use")
         index = {label: i for i, label in enumerate(self.labels)}
         self.items = {
             split: [VideoItem(p, index[label], meta) for p, label, meta in usable]
             for split, usable in resolved.items()
         }
+        fps = sorted(it.meta.fps for items in self.items.values() for it in items)
+        # The data's frame rate (the median video's), onto which clip_duration is mapped.
+        self.frame_rate: float | None = fps[len(fps) // 2] if fps else None
         self._predict = predict
+        if video_input is not None and clip_duration is not None:
+            self._video_input = with_clip_duration(video_input, clip_duration, self.frame_rate)
+
+    # -- the clip geometry, given or the model's -------------------------------------------------
+    @property
+    def video_input(self) -> VideoInput:
+        if self._video_input is None:
+            raise DataError(
+                "video_input: not given, and no model to take it from yet; pass video_input= "
+                "or let a Trainer run a VideoClassifier on this data module"
+            )
+        return self._video_input
+
+    @video_input.setter
+    def video_input(self, value: VideoInput) -> None:
+        self._video_input = self._given_input = value
+
+    def setup(self, stage: str | None = None) -> None:
+        """Take the clip geometry (and, predicting, the labels) from the model being run."""
+        model = self.trainer.lightning_module if self.trainer is not None else None
+        if model is None or not hasattr(model, "video_input"):
+            return
+        if not self.labels:
+            self.labels = list(model.labels)
+        if self._given_input is not None:
+            return  # given explicitly: the model must fit it (checked by its forward)
+        vi = model.video_input
+        if self.clip_duration is not None:
+            vi = with_clip_duration(vi, self.clip_duration, self.frame_rate)
+            if stage == "fit" and vi != model.video_input:
+                # The clip's span is part of the preprocessing the checkpoint carries, so
+                # prediction samples clips as training did.
+                model.hparams.video_input = vi.to_dict()
+        self._video_input = vi
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if not self.batch_transforms or self.trainer is None:
+            return batch
+        stage = _STAGES.get(str(self.trainer.state.stage), "val")
+        fn = self.batch_transforms.get(stage)
+        return fn(batch) if fn is not None else batch
 
     # -- construction helpers ------------------------------------------------------------------
     @classmethod
@@ -235,26 +336,45 @@ class VideoDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         if "train" not in self.items:
             raise DataError("no train data: give a train folder, CSV or annotations")
-        ds = ClipDataset(
+        vi = self.video_input
+        clips = training_clips(
             self.items["train"],
-            self.video_input,
-            train_transform(self.video_input, hflip=self.hflip),
-            self._failures,
+            vi,
+            self.clip_sampler,
+            self.train_clips_per_video,
+            **self.clip_sampler_kwargs,
         )
-        collate = ClipCollate(self.video_input, None, ["label"])
-        return self._loader(ds, True, collate, self.batch_size)
+        transform = self.transforms["train"] or train_transform(vi, hflip=self.hflip)
+        ds = ClipDataset(self.items["train"], vi, transform, self._failures, clips=clips)
+        collate = ClipCollate(vi, None, ["label"])
+        if self.video_sampler is None:
+            return self._loader(ds, True, collate, self.batch_size)
+        loader = self._loader(ds, False, collate, self.batch_size)
+        return DataLoader(
+            ds,
+            batch_size=self.batch_size,
+            sampler=self.video_sampler(ds),
+            num_workers=loader.num_workers,
+            collate_fn=collate,
+            pin_memory=loader.pin_memory,
+            persistent_workers=loader.persistent_workers,
+        )
 
     def _eval_loader(self, split: str) -> DataLoader | list:
         if split not in self.items:
             return []  # Lightning's "no such split": the loop is skipped, not an error
+        vi = self.video_input
         ds = MultiClipDataset(
             self.items[split],
-            self.video_input,
-            eval_transform(self.video_input),
+            vi,
+            self.transforms[split] or eval_transform(vi),
             self._failures,
             clips=self.clips_per_video,
+            stacked=self.stack_clips,
         )
-        collate = ClipCollate(self.video_input, self.clips_per_video, ["label", "index"])
+        collate = ClipCollate(
+            vi, self.clips_per_video if self.stack_clips else None, ["label", "index"]
+        )
         loader = self._loader(ds, False, collate, self.batch_size)
         return _unpadded(loader, self.trainer, f"{split} data")
 
@@ -276,9 +396,56 @@ class VideoDataModule(pl.LightningDataModule):
             self.batch_size,
             self.num_workers,
             failures=self._failures,
+            transform=self.transforms["predict"],
         )
         self._scan_skipped.update(skipped)
         return _unpadded(loader, self.trainer, "videos to predict")
+
+
+# Lightning's running stages -> the names of the transform hooks.
+_STAGES = {
+    "train": "train",
+    "validate": "val",
+    "sanity_check": "val",
+    "test": "test",
+    "predict": "predict",
+}
+
+
+def _per_stage(fn: Callable | dict[str, Callable] | None) -> dict[str, Callable]:
+    if fn is None:
+        return {}
+    if isinstance(fn, dict):
+        bad = sorted(set(fn) - {"train", "val", "test", "predict"})
+        if bad:
+            raise DataError(
+                f"per_batch_transform_on_device stages {bad}: allowed: train, val, test, predict"
+            )
+        return dict(fn)
+    if not callable(fn):
+        raise DataError(
+            f"per_batch_transform_on_device {fn!r}: a callable on the batch dict, or a dict "
+            "of them per stage"
+        )
+    return dict.fromkeys(("train", "val", "test", "predict"), fn)
+
+
+def sort_labels(labels) -> list[str]:
+    """Sorted labels; numerically when every one is an integer (then label k is class k, and a
+    list with labels 0..K-1 keeps them in that order, not 0, 1, 10, 11, 2...)."""
+    labels = set(labels)
+    if labels and all(str(label).isdigit() for label in labels):
+        return sorted(labels, key=int)
+    return sorted(labels)
+
+
+def with_clip_duration(vi: VideoInput, seconds: float, fps: float | None) -> VideoInput:
+    """``vi`` with its ``num_frames`` spread over ``seconds``: the sampling rate (every Nth
+    frame) that spans it at the data's frame rate ``fps`` (30 if unknown), the nominal rate
+    adjusted so the clip spans ``seconds`` exactly."""
+    fps = fps or vi.fps
+    rate = max(1, round(seconds * fps / vi.num_frames))
+    return replace(vi, sampling_rate=rate, fps=vi.num_frames * rate / seconds)
 
 
 def _sources(make, train, val, test) -> dict[str, VideoSource | None]:
@@ -337,13 +504,15 @@ def predict_loader(
     cache_dir: str | Path | None = None,
     failures: FailureLog | None = None,
     summarise: bool = True,
+    transform: Callable | None = None,
 ) -> tuple[DataLoader, dict[str, str]]:
     """A loader of ``{"video": [B, N, C, T, H, W], "index", "path"}`` over videos to classify,
     and the ``{path: reason}`` of the ones the metadata scan skipped (missing, not a video).
     If every file is bad the loader is empty; only a folder or list holding no file at all is
     an error. A file that fails to decode while loading is left out of its batch and recorded
     in ``failures`` (a fresh log by default): read it with ``loader.dataset.failures.read()``.
-    ``summarise=False`` leaves out the warning that counts the skipped files.
+    ``summarise=False`` leaves out the warning that counts the skipped files; ``transform``
+    replaces the evaluation preset (a per-sample callable on the clip dict).
     """
     from trainer.meta_cache import user_cache_dir
 
@@ -356,7 +525,7 @@ def predict_loader(
     ds = MultiClipDataset(
         items,
         video_input,
-        eval_transform(video_input),
+        transform or eval_transform(video_input),
         failures or _temp_failure_log(),
         clips=clips_per_video,
         with_label=False,

@@ -17,7 +17,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from pytorch_lightning.utilities import move_data_to_device
-from torch import Tensor
+from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from trainer.backbones import build_backbone, check_input, get_backbone
@@ -30,31 +30,57 @@ Video = Tensor | list[Tensor]
 
 
 def _merge_clips(video: Video) -> tuple[Video, int, int]:
-    """[B, N, C, T, H, W] (or a list of two) -> [B*N, C, T, H, W], B, N."""
+    """[B, N, C, T, H, W] (or a list of two) -> [B*N, C, T, H, W], B, N; a batch of single
+    clips ([B, C, T, H, W], ``stack_clips=False``) is B videos of one clip."""
+    first = video[0] if isinstance(video, list | tuple) else video
+    if first.ndim == 5:
+        return video, first.shape[0], 1
+    b, n = first.shape[:2]
     if isinstance(video, list | tuple):
-        b, n = video[0].shape[:2]
         return [v.flatten(0, 1) for v in video], b, n
-    b, n = video.shape[:2]
     return video.flatten(0, 1), b, n
+
+
+def _choice(kind: str, value, allowed: tuple[str, ...]) -> str:
+    """A case-insensitive choice (Flash spells them "Adam", "SGD"); None means "none"."""
+    if value is None and "none" in allowed:
+        return "none"
+    if isinstance(value, type):  # torch.optim.AdamW and the like
+        value = value.__name__
+    if isinstance(value, str) and value.lower() in allowed:
+        return value.lower()
+    raise ValueError(f"unknown {kind} {value!r}; choose one of: {', '.join(allowed)}")
 
 
 class VideoClassifier(pl.LightningModule):
     """Video classifier over a registry backbone.
 
     Args:
-        backbone: registry name (see ``trainer.backbones.REGISTRY``).
-        labels: class names; their order defines the output indices.
+        backbone: registry name (see :meth:`available_backbones`).
+        labels: class names; their order defines the output indices. Or ``num_classes``
+            alone (Flash's spelling): the labels are then "0" ... "N-1".
         video_input: ``VideoInput.to_dict()`` of the clips the model is trained on; defaults to
             the backbone's published input.
-        lr, optimizer, weight_decay, momentum: the optimizer (``sgd`` uses ``momentum``).
+        lr (or Flash's ``learning_rate``), optimizer (sgd, adam, adamw; any case),
+            weight_decay, momentum: the optimizer (``sgd`` uses ``momentum``).
         lr_scheduler: ``cosine`` (to 0 over training), ``step`` (x0.1 at 50% and 75% of the
-            steps) or ``none``; ``warmup_epochs`` of linear warmup precede it.
-        finetune_strategy, unfreeze_epoch: see ``trainer.finetune`` (applied by its callback).
+            steps) or ``none``/None; ``warmup_epochs`` of linear warmup precede it.
+        finetune_strategy, unfreeze_epoch: see ``trainer.finetune``. The model brings its own
+            finetuning callback (``configure_callbacks``), so the strategy holds however it is
+            trained: a plain ``pl.Trainer().fit`` too.
         pretrained, weights: initial backbone weights (published Kinetics weights, or a file).
         clips_per_video: clips averaged per video at validation, test and prediction.
+        head: None for the backbone's own linear classifier, or an ``nn.Module`` (or a callable
+            ``(in_features, num_classes) -> nn.Module``) put in its place. A checkpoint of a
+            model with such a head loads with the same ``head=`` passed to
+            ``load_from_checkpoint``.
         load_weights: fetch ``pretrained``/``weights`` at construction. Saved as False in
             checkpoints, so loading one never downloads or needs the original weights file.
+
+    ``serve()`` (Flash's model server) is out of scope here: it raises NotImplementedError.
     """
+
+    multi_label = False  # one label per video
 
     def __init__(
         self,
@@ -65,7 +91,7 @@ class VideoClassifier(pl.LightningModule):
         optimizer: str = "sgd",
         weight_decay: float = 5e-5,
         momentum: float = 0.9,
-        lr_scheduler: str = "cosine",
+        lr_scheduler: str | None = "cosine",
         warmup_epochs: float = 0.0,
         finetune_strategy: str = "no_freeze",
         unfreeze_epoch: int = 1,
@@ -73,23 +99,57 @@ class VideoClassifier(pl.LightningModule):
         weights: str | None = None,
         clips_per_video: int = 4,
         load_weights: bool = True,
+        num_classes: int | None = None,
+        learning_rate: float | None = None,
+        head: Any = None,
+        multi_label: bool = False,
     ) -> None:
         super().__init__()
+        if multi_label:
+            raise ValueError("multi_label=True: not supported; each video has one label")
+        if labels is None and num_classes is not None:
+            if num_classes < 1:
+                raise ValueError(f"num_classes {num_classes}: need at least one class")
+            labels = [str(i) for i in range(num_classes)]
         if not labels:
-            raise ValueError("labels: need at least one class name")
+            raise ValueError("labels: need at least one class name (or give num_classes)")
+        labels = list(labels)
+        if num_classes is not None and num_classes != len(labels):
+            raise ValueError(f"num_classes {num_classes} and {len(labels)} labels disagree")
         if len(set(labels)) != len(labels):
             raise ValueError(f"labels must be unique, got {labels}")
-        if optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {optimizer!r}; choose one of: {OPTIMIZERS}")
-        if lr_scheduler not in SCHEDULERS:
-            raise ValueError(f"unknown lr_scheduler {lr_scheduler!r}; choose one of: {SCHEDULERS}")
+        if learning_rate is not None:
+            lr = learning_rate
+        optimizer = _choice("optimizer", optimizer, OPTIMIZERS)
+        lr_scheduler = _choice("lr_scheduler", lr_scheduler, SCHEDULERS)
         check_strategy(finetune_strategy, unfreeze_epoch)
         entry = get_backbone(backbone)
         vi = VideoInput.from_dict(video_input) if video_input else entry.default_input
         check_input(backbone, vi)
-        if video_input is None:
-            video_input = vi.to_dict()
-        self.save_hyperparameters()
+        custom_head = head is not None and head != "custom"
+        self.save_hyperparameters(ignore=["head"])
+        # What is saved is what the model is: one spelling of each choice.
+        self.hparams.update(
+            labels=labels,
+            num_classes=None,
+            lr=lr,
+            learning_rate=None,
+            optimizer=optimizer,
+            lr_scheduler=lr_scheduler,
+            video_input=vi.to_dict(),
+            head="custom" if custom_head else None,
+        )
+        if head == "custom":
+            raise ValueError(
+                "this checkpoint's model has a head of its own: pass the same head= to "
+                "load_from_checkpoint"
+            )
+        if finetune_strategy != "no_freeze" and not (pretrained or weights) and load_weights:
+            warnings.warn(
+                f"finetune_strategy {finetune_strategy!r} freezes a randomly initialised "
+                "backbone (no pretrained= or weights=): only the head learns",
+                stacklevel=2,
+            )
         self.head_path = entry.head
         self.backbone = build_backbone(
             backbone,
@@ -98,6 +158,8 @@ class VideoClassifier(pl.LightningModule):
             pretrained=pretrained and load_weights,
             weights=weights if load_weights else None,
         )
+        if custom_head:
+            _replace_head(self.backbone, entry.head, head, len(labels))
         # One clip of the model's input: Lightning's model summary runs it to report the
         # layers' sizes and the FLOPs per clip (else it prints "Total FLOPs: 0").
         clip = torch.zeros(1, 3, vi.num_frames, vi.crop_size, vi.crop_size)
@@ -111,6 +173,43 @@ class VideoClassifier(pl.LightningModule):
             setattr(
                 self, f"{stage}_acc5", MulticlassAccuracy(len(labels), top_k=k5, average="micro")
             )
+
+    @staticmethod
+    def available_backbones() -> list[str]:
+        """The registry's backbone names."""
+        from trainer.backbones import REGISTRY
+
+        return sorted(REGISTRY)
+
+    available_models = available_backbones  # Flash's older spelling
+
+    @staticmethod
+    def available_optimizers() -> list[str]:
+        return list(OPTIMIZERS)
+
+    @staticmethod
+    def available_lr_schedulers() -> list[str]:
+        return list(SCHEDULERS)
+
+    def serve(self, *args, **kwargs):
+        """Flash's model server: out of scope here (no serving stack is shipped)."""
+        raise NotImplementedError(
+            "VideoClassifier.serve(): serving is out of scope for this project; classify with "
+            "model.predict(paths), Trainer.predict, or python -m trainer.predict CKPT VIDEOS"
+        )
+
+    def configure_callbacks(self):
+        """The finetuning strategy's callback: it replaces one given to the Trainer, so the
+        model's own ``finetune_strategy`` holds under any Trainer."""
+        from trainer.finetune import VideoFinetuning
+
+        return [VideoFinetuning(self.hparams.finetune_strategy, self.hparams.unfreeze_epoch)]
+
+    def set_finetune_strategy(self, strategy: str, unfreeze_epoch: int | None = None) -> None:
+        """Change the strategy before training (``Trainer.finetune`` does)."""
+        epoch = self.hparams.unfreeze_epoch if unfreeze_epoch is None else unfreeze_epoch
+        check_strategy(strategy, epoch)
+        self.hparams.finetune_strategy, self.hparams.unfreeze_epoch = strategy, epoch
 
     # --- what a checkpoint tells ----------------------------------------------------------
 
@@ -160,7 +259,7 @@ class VideoClassifier(pl.LightningModule):
         epoch = dict(on_step=False, on_epoch=True, batch_size=bs)
         self.log("train_loss", loss, prog_bar=True, sync_dist=True, **epoch)
         self.log("train_acc1", self.train_acc1, **epoch)
-        self.log("lr", self.optimizers().param_groups[0]["lr"], sync_dist=True, **epoch)
+        # The learning rate of every parameter group is logged by LearningRateMonitor.
         return loss
 
     def _eval_step(self, batch: dict, stage: str) -> None:
@@ -218,15 +317,26 @@ class VideoClassifier(pl.LightningModule):
         top_k: int | None = None,
         batch_size: int = 4,
         num_workers: int = 0,
-    ) -> list:
+    ) -> list | dict:
         """Classify videos with the stored preprocessing: one result per video.
 
         Returns labels, or with ``top_k`` lists of ``(label, probability)`` pairs, best first.
-        For a list of paths the results follow its order; a file that cannot be decoded gives
-        ``None`` and a warning naming it and why. For a folder, the videos found in it, sorted.
+        For a list of paths (or one path) a list in its order; a file that cannot be decoded
+        (or is not a video: an image, a text file) gives ``None`` and a warning naming it and
+        why. For a folder, a dict ``{path: result}`` of the videos found in it, sorted: keyed,
+        because once some files are skipped a bare list could not be matched to the files.
+        A path that does not exist raises FileNotFoundError.
         """
-        if isinstance(paths_or_folder, str | Path) and not Path(paths_or_folder).is_dir():
+        folder = isinstance(paths_or_folder, str | Path) and Path(paths_or_folder).is_dir()
+        if isinstance(paths_or_folder, str | Path) and not folder:
             paths_or_folder = [paths_or_folder]  # one file: [result], [None] if it is unusable
+        if not folder:
+            missing = [str(p) for p in paths_or_folder if not Path(p).exists()]
+            if missing:
+                raise FileNotFoundError(
+                    f"no such video file(s): {', '.join(missing[:5])}"
+                    + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+                )
         results, skipped = self.predict_paths(paths_or_folder, top_k, batch_size, num_workers)
         if skipped:
             warnings.warn(
@@ -238,7 +348,7 @@ class VideoClassifier(pl.LightningModule):
             # Results are keyed by str(Path(p)) of each given p (as the loader's items are).
             by_path = dict(results)
             return [by_path.get(str(Path(p))) for p in paths_or_folder]
-        return [r for _, r in results]
+        return dict(results)
 
     @torch.no_grad()
     def predict_paths(
@@ -313,3 +423,22 @@ def _schedule(kind: str, warmup: int, total: int):
         return 0.1 ** ((progress >= 0.5) + (progress >= 0.75))
 
     return factor
+
+
+def _replace_head(backbone: nn.Module, path: str, head: Any, num_classes: int) -> None:
+    """Put ``head`` (a module, or ``(in_features, num_classes) -> module``) at ``path``."""
+    parent_path, _, name = path.rpartition(".")
+    parent = backbone.get_submodule(parent_path) if parent_path else backbone
+    old = getattr(parent, name)
+    if not isinstance(head, nn.Module):
+        if not callable(head):
+            raise ValueError(
+                f"head {head!r}: an nn.Module or a callable (in_features, num_classes) -> module"
+            )
+        if not isinstance(old, nn.Linear):
+            raise ValueError(
+                f"head: this backbone's classifier ({path}) is a {type(old).__name__}, not a "
+                "Linear layer, so a head builder cannot be given its in_features; pass a module"
+            )
+        head = head(old.in_features, num_classes)
+    setattr(parent, name, head)

@@ -3,7 +3,9 @@
 Lightning's CSVLogger writes this attempt's metrics to a scratch folder outside the output dir;
 ``metrics.csv`` at the top is the one table users read, one row per (epoch, step): the history
 of earlier attempts (a run interrupted and resumed) merged with this attempt's rows. So the
-output dir holds a single metrics.csv and a single hparams.yaml.
+output dir holds a single metrics.csv and a single hparams.yaml. Beside it, ``tensorboard/``
+holds the same metrics as TensorBoard event files (``tensorboard --logdir OUTPUT_DIR``), each
+attempt appending its own events file.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import weakref
 from pathlib import Path
 
 from pytorch_lightning import Callback
+from pytorch_lightning.callbacks import LearningRateMonitor
+from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 Rows = dict[tuple[int, int], dict[str, str]]
@@ -31,6 +35,7 @@ class RunOutputs:
         self.last_ckpt = self.ckpt_dir / "last.ckpt"
         self.best_ckpt = self.ckpt_dir / "best.ckpt"
         self.metrics_csv = self.root / "metrics.csv"
+        self.tensorboard_dir = self.root / "tensorboard"
         self.predictions_csv = self.root / "predictions.csv"
         self._history: Rows = {}
         self._columns: list[str] = ["epoch", "step"]
@@ -49,6 +54,10 @@ class RunOutputs:
         logger = CSVLogger(scratch, name="", version=0)
         self._log_dir = Path(logger.log_dir)
         return logger
+
+    def loggers(self, resume: bool) -> list:
+        """This attempt's CSVLogger (see :meth:`logger`) and the TensorBoard logger."""
+        return [self.logger(resume), _TensorBoard(str(self.root), name="tensorboard", version="")]
 
     def write_run_info(self, args, labels: list[str], model) -> None:
         """labels.txt and args.json (the flags, resolved input included)."""
@@ -116,6 +125,39 @@ def _read_rows(path: Path, columns: list[str]) -> Rows:
     return rows
 
 
+class _TensorBoard(TensorBoardLogger):
+    """TensorBoard's events only: the hyperparameters are in the output dir's hparams.yaml
+    already (one copy, not a second one under tensorboard/)."""
+
+    def save(self) -> None:
+        if self._experiment is not None:
+            self._experiment.flush()
+
+
+class LearningRates(LearningRateMonitor):
+    """Every parameter group's learning rate (``lr-SGD``, or ``lr-SGD/pg1``, ``lr-SGD/pg2`` once
+    freeze_unfreeze adds the backbone), one value per epoch: the rate its first batch trained
+    with, logged with the epoch's other metrics so metrics.csv keeps one row per epoch."""
+
+    def __init__(self) -> None:
+        super().__init__(logging_interval="epoch")
+        self._stats: dict[str, float] | None = None
+
+    def on_train_epoch_start(self, trainer, *args, **kwargs) -> None:
+        self._stats = None  # read at the first batch: after this epoch's new groups are added
+
+    def on_train_batch_start(self, trainer, *args, **kwargs) -> None:
+        if self._stats is None:
+            self._stats = self._extract_stats(trainer, "any")
+
+    def on_train_epoch_end(self, trainer, *args, **kwargs) -> None:
+        if self._stats:
+            # The step Lightning logs the epoch's metrics at, so they share a row.
+            step = max(0, trainer.fit_loop.epoch_loop._batches_that_stepped - 1)
+            for logger in trainer.loggers:
+                logger.log_metrics({**self._stats, "epoch": trainer.current_epoch}, step=step)
+
+
 class MetricsCsv(Callback):
     """Refresh metrics.csv after every epoch, so an interrupted run still has its history."""
 
@@ -132,7 +174,7 @@ class EpochLine(Callback):
     """Print one line per finished epoch (for logs, where there is no progress bar): its
     metrics and how long it took."""
 
-    KEYS = ("train_loss", "train_acc1", "val_loss", "val_acc1", "val_acc5", "lr")
+    KEYS = ("train_loss", "train_acc1", "val_loss", "val_acc1", "val_acc5")
 
     def __init__(self) -> None:
         self.started: float | None = None  # unknown for an epoch resumed mid-way
@@ -147,6 +189,7 @@ class EpochLine(Callback):
         # Top-5 accuracy says nothing with 5 classes or fewer (it is always 1).
         few = len(getattr(pl_module, "labels", ())) <= 5
         keys = [k for k in self.KEYS if k in m and not (few and k.endswith("acc5"))]
+        keys += sorted(k for k in m if k.startswith("lr-"))  # from LearningRates
         values = " ".join(f"{k}={float(m[k]):.4g}" for k in keys)
         last = f"/{trainer.max_epochs - 1}" if (trainer.max_epochs or -1) > 0 else ""
         took = f" ({time.monotonic() - self.started:.1f}s)" if self.started is not None else ""

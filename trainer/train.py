@@ -4,13 +4,19 @@ Writes to ``--output_dir`` (default ``$LAUNCH_ARTIFACTS_DIR``, else ./outputs):
 
     checkpoints/best.ckpt   best val_acc1 (the latest epoch when there is no validation data)
     checkpoints/last.ckpt   end of the latest epoch, or where SIGTERM stopped it
-    metrics.csv             one row per logged (epoch, step): train_loss, val_acc1, ...
+    metrics.csv             one row per logged (epoch, step): train_loss, val_acc1, lr-SGD, ...
+    tensorboard/            the same as TensorBoard event files (``tensorboard --logdir OUT``)
     labels.txt, args.json, hparams.yaml
     predictions.csv         with --predict_folder: the best model's label for each video
 
 A rerun with the same output_dir resumes from checkpoints/last.ckpt, so a run stopped by a spot
 interruption (the launcher sends SIGTERM, then restarts it elsewhere with the same outputs)
 continues from where it stopped. SIGTERM saves last.ckpt and exits with status 143.
+``--fast_dev_run`` (a smoke test) neither resumes nor leaves a checkpoint. ``--test_only``
+trains nothing: it evaluates a checkpoint or weights on the val and test data.
+
+Under ``torchrun --nproc_per_node=N`` the processes train one model together (DDP): Lightning
+detects torchrun, and the device defaults follow it.
 """
 
 from __future__ import annotations
@@ -43,6 +49,8 @@ MODEL_FLAGS = (
     "weights",
     "clips_per_video",
 )
+# What TorchElasticEnvironment.detected() looks for: the script runs under torchrun.
+TORCHRUN_VARS = ("RANK", "GROUP_RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
 
 
 def _flags(args, *names: str) -> dict:
@@ -63,10 +71,13 @@ def parse_args(argv: list[str] | None = None):
             sampling_rate=args.sampling_rate,
             crop_size=args.crop_size,
             short_side=args.short_side,
+            frame_rate=args.frame_rate,
         )
     except BackboneError as e:
         parser.error(str(e))
     args.accelerator, args.devices = _hardware(parser, args)
+    if args.amp:
+        args.precision = "bf16-mixed" if _on_cpu(args.accelerator) else "16-mixed"
     if args.sync_batchnorm and _on_cpu(args.accelerator):
         parser.error(
             "--sync_batchnorm: PyTorch's SyncBatchNorm runs on GPUs only; drop it to train on "
@@ -92,26 +103,47 @@ def _hardware(parser, args) -> tuple[str, int | str | list[int]]:
             devices = [int(d) for d in devices.split(",") if d] if "," in devices else int(devices)
         except ValueError:
             parser.error(f"--devices {args.devices}: a count, a list like 0,1, or auto")
+    elastic = _torchrun()
+    if elastic is not None and devices == "auto" and args.num_nodes == 1:
+        # torchrun started one process per device: they train one model together, so the
+        # devices and nodes are torchrun's, not this script's defaults (1 device, 1 node).
+        devices, args.num_nodes = elastic
     if args.gpus is None:
         return args.accelerator, devices
     if args.gpus == 0:
-        return "cpu", 1
+        return "cpu", devices if elastic else 1
     import torch
 
     have = torch.cuda.device_count()
     if have == 0:
         warnings.warn(f"--gpus {args.gpus}: no GPU here; training on the CPU", stacklevel=1)
-        return "cpu", 1
+        return "cpu", devices if elastic else 1
+    if elastic:
+        return "gpu", devices
     if args.gpus > have:
         warnings.warn(f"--gpus {args.gpus}: only {have} GPU(s) here; using {have}", stacklevel=1)
     return "gpu", min(args.gpus, have)
+
+
+def _torchrun() -> tuple[int, int] | None:
+    """(processes per node, nodes) when started by torchrun, else None."""
+    import os
+
+    if not all(v in os.environ for v in TORCHRUN_VARS):
+        return None
+    local = int(os.environ["LOCAL_WORLD_SIZE"])
+    world = int(os.environ.get("WORLD_SIZE", local))
+    return local, max(1, world // max(1, local))
 
 
 def make_datamodule(args):
     """The VideoDataModule for the chosen data source."""
     from trainer.data import VideoDataModule
 
-    common = _flags(args, "batch_size", "num_workers", "clips_per_video", "hflip", "seed")
+    common = _flags(
+        args, "batch_size", "num_workers", "clips_per_video", "train_clips_per_video", "hflip"
+    )
+    common["seed"] = args.seed
     common["video_input"] = args.video_input
     if args.kinetics_splits:
         return VideoDataModule.from_kinetics(
@@ -159,7 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     import pytorch_lightning as pl
     from lightning_fabric.utilities.exceptions import MisconfigurationException
 
+    from trainer.backbones import BackboneError
     from trainer.model import VideoClassifier
+    from trainer.predict import CheckpointError
     from trainer.run_outputs import RunOutputs
 
     pl.seed_everything(args.seed, workers=True)
@@ -171,38 +205,38 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for path, why in dm.skipped.items():
         print(f"skipped {path}: {why}", file=sys.stderr)
+    if args.test_only:
+        return _evaluate(args, dm, out)
 
-    resume = out.last_ckpt if args.resume and out.last_ckpt.is_file() else None
+    try:
+        resume = _resume_from(args, out, dm)
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if resume is not None:
-        from trainer.predict import check_checkpoint
-
-        old = check_checkpoint(resume)
-        if list(old["labels"]) != list(dm.labels) or old["backbone"] != args.backbone:
-            print(
-                f"error: {resume} was trained with backbone {old['backbone']} on labels "
-                f"{old['labels']}, not {args.backbone} on {dm.labels}; use another "
-                "--output_dir or --no_resume",
-                file=sys.stderr,
-            )
-            return 2
         print(f"resuming from {resume}", flush=True)
 
-    model = VideoClassifier(
-        labels=dm.labels,
-        video_input=args.video_input.to_dict(),
-        load_weights=resume is None,  # the checkpoint holds the weights
-        **_flags(args, *MODEL_FLAGS),
-    )
+    try:
+        model = VideoClassifier(
+            labels=dm.labels,
+            video_input=args.video_input.to_dict(),
+            load_weights=resume is None,  # the checkpoint holds the weights
+            **_flags(args, *MODEL_FLAGS),
+        )
+    except BackboneError as e:  # weights that do not fit, a failed download
+        print(f"error: {_first_line(e)}", file=sys.stderr)
+        return 2
     try:
         trainer = pl.Trainer(
             **_trainer_kwargs(args, out, has_val="val" in dm.items),
-            logger=out.logger(resume=resume is not None),
+            logger=out.loggers(resume=resume is not None),
         )
     except (MisconfigurationException, ValueError, ImportError) as e:
         # Lightning's checks of --accelerator/--devices/--strategy/--precision together.
         print(f"error: {_hardware_flags(args)}: {_first_line(e)}", file=sys.stderr)
         return 2
-    out.write_run_info(args, dm.labels, model)
+    if trainer.is_global_zero:
+        out.write_run_info(args, dm.labels, model)
 
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
@@ -226,11 +260,118 @@ def main(argv: list[str] | None = None) -> int:
     return _finish(args, dm, model, trainer, out)
 
 
+def _resume_from(args, out, dm) -> Path | None:
+    """The checkpoint to resume from: --resume PATH, else output_dir's last.ckpt (unless
+    --no_resume, or a --fast_dev_run smoke test, which starts afresh and writes none)."""
+    from trainer.predict import CheckpointError, check_checkpoint
+
+    if args.resume:
+        resume = Path(args.resume)
+    elif args.no_resume or args.fast_dev_run or not out.last_ckpt.is_file():
+        return None
+    else:
+        resume = out.last_ckpt
+    old = check_checkpoint(resume)
+    if list(old["labels"]) != list(dm.labels) or old["backbone"] != args.backbone:
+        raise CheckpointError(
+            f"{resume} was trained with backbone {old['backbone']} on labels "
+            f"{old['labels']}, not {args.backbone} on {dm.labels}; use another "
+            "--output_dir or --no_resume"
+        )
+    return resume
+
+
+def _evaluate(args, dm, out) -> int:
+    """--test_only: video-level top-1/top-5 of a checkpoint or weights on val and test."""
+    import pytorch_lightning as pl
+
+    from trainer.backbones import BackboneError
+    from trainer.model import VideoClassifier
+    from trainer.predict import CheckpointError, check_checkpoint
+
+    source = args.resume or args.weights
+    if source is None and not args.pretrained:
+        source = out.best_ckpt if out.best_ckpt.is_file() else None
+        if source is None:
+            print(
+                "error: --test_only: give --weights PATH, --resume PATH or --pretrained "
+                f"(or an --output_dir holding checkpoints/best.ckpt; {out.best_ckpt} is missing)",
+                file=sys.stderr,
+            )
+            return 2
+    if not ("val" in dm.items or "test" in dm.items):
+        print("error: --test_only: no val or test data to evaluate on", file=sys.stderr)
+        return 2
+    try:
+        try:
+            check_checkpoint(source) if source else None
+            is_ckpt = source is not None
+        except CheckpointError:
+            is_ckpt = False
+        if is_ckpt:
+            model = VideoClassifier.load_from_checkpoint(source)
+            if model.labels != dm.labels:
+                raise CheckpointError(
+                    f"{source} was trained on labels {model.labels[:5]}"
+                    f"{'...' if len(model.labels) > 5 else ''} ({len(model.labels)}), not the "
+                    f"data's {dm.labels[:5]}{'...' if len(dm.labels) > 5 else ''} "
+                    f"({len(dm.labels)})"
+                )
+            dm.video_input = model.video_input  # the checkpoint's preprocessing
+        else:
+            model = VideoClassifier(
+                labels=dm.labels,
+                video_input=args.video_input.to_dict(),
+                weights=str(source) if source else None,
+                **_flags(args, "backbone", "pretrained", "clips_per_video"),
+            )
+            _check_head_loaded(model, source or "pretrained weights")
+    except (BackboneError, CheckpointError) as e:
+        print(f"error: --test_only: {_first_line(e)}", file=sys.stderr)
+        return 2
+    model.hparams.clips_per_video = args.clips_per_video
+    trainer = pl.Trainer(
+        accelerator=args.accelerator,
+        devices=args.devices if args.devices != "auto" else 1,
+        precision=args.precision or "32-true",
+        logger=False,
+        enable_progress_bar=sys.stderr.isatty(),
+        enable_model_summary=False,
+    )
+    results = {}
+    if "val" in dm.items:
+        results.update(trainer.validate(model, datamodule=dm, verbose=False)[0])
+    if "test" in dm.items:
+        results.update(trainer.test(model, datamodule=dm, verbose=False)[0])
+    if trainer.is_global_zero:
+        shown = {k: v for k, v in results.items() if k.endswith(("acc1", "acc5", "loss"))}
+        print(" ".join(f"{k}={float(v):.4f}" for k, v in sorted(shown.items())), flush=True)
+    return 0
+
+
+def _check_head_loaded(model, source) -> None:
+    """--test_only with a plain weights file: its classifier must be the data's, else the
+    head would be random and the scores meaningless."""
+    from trainer.backbones import BackboneError, get_backbone
+    from trainer.weights import read_weights_file
+
+    head = get_backbone(model.hparams.backbone).head + ".weight"
+    if source == "pretrained weights":
+        n = 400  # the published heads are Kinetics-400's
+    else:
+        state = read_weights_file(source, backbone=model.hparams.backbone)
+        n = state[head].shape[0] if head in state else None
+    if n != len(model.labels):
+        raise BackboneError(
+            f"{source}: its classifier has {n} classes, the data {len(model.labels)}; "
+            "evaluate a checkpoint trained on these labels"
+        )
+
+
 def _trainer_kwargs(args, out, has_val: bool) -> dict:
     from pytorch_lightning.callbacks import ModelCheckpoint
 
-    from trainer.finetune import VideoFinetuning
-    from trainer.run_outputs import EpochLine, MetricsCsv, SigtermCheckpoint
+    from trainer.run_outputs import EpochLine, LearningRates, MetricsCsv, SigtermCheckpoint
 
     best = ModelCheckpoint(
         dirpath=out.ckpt_dir,
@@ -241,12 +382,14 @@ def _trainer_kwargs(args, out, has_val: bool) -> dict:
         enable_version_counter=False,  # a resumed run overwrites best.ckpt, not best-v1.ckpt
     )
     progress_bar = sys.stderr.isatty()
+    # The finetuning callback comes with the model (VideoClassifier.configure_callbacks).
     callbacks = [
-        best,
-        VideoFinetuning(args.finetune_strategy, args.unfreeze_epoch),
         SigtermCheckpoint(out.last_ckpt),
         MetricsCsv(out),
+        LearningRates(),  # each parameter group's (freeze_unfreeze adds the backbone's)
     ]
+    if not args.fast_dev_run:  # a smoke test must leave nothing a later run resumes from
+        callbacks.insert(0, best)
     if not progress_bar:  # a log file: one line per epoch instead of a progress bar
         callbacks.append(EpochLine())
     multi = args.num_nodes > 1 or (
@@ -263,6 +406,7 @@ def _trainer_kwargs(args, out, has_val: bool) -> dict:
         max_epochs=args.max_epochs,
         max_steps=args.max_steps,
         fast_dev_run=args.fast_dev_run,
+        enable_checkpointing=not args.fast_dev_run,
         default_root_dir=str(out.root),
         callbacks=callbacks,
         log_every_n_steps=args.log_every_n_steps,
@@ -351,6 +495,14 @@ def _finish(args, dm, model, trainer, out) -> int:
         print(f"predicted {len(results)} video(s) ({len(skipped)} skipped): {out.predictions_csv}")
     metric = "val_acc1" if score is not None else "train_loss"
     value = score if score is not None else trainer.callback_metrics.get("train_loss")
+    if value is None:  # resumed at --max_epochs/--max_steps already: nothing left to train
+        print(
+            f"nothing trained: {best_path} is already at epoch {trainer.current_epoch}, step "
+            f"{trainer.global_step}; raise --max_epochs/--max_steps to train on, or use "
+            "--no_resume",
+            flush=True,
+        )
+        return 0
     print(f"best {metric}={float(value):.4f} checkpoint={best_path}", flush=True)
     return 0
 

@@ -36,9 +36,11 @@ def load_into(model: nn.Module, state_dict: dict, head: str, origin: str) -> Non
         raise BackboneError(f"{origin} has other shapes for {shapes[:3]}")
 
 
-def read_weights_file(path: str | Path) -> dict:
-    """A local weights file: a plain state dict, PyTorchVideo's ``{"model_state": ...}`` or a
-    Lightning checkpoint of this project (``state_dict`` with ``model.`` prefixes)."""
+def read_weights_file(path: str | Path, backbone: str | None = None) -> dict:
+    """A local weights file: a plain state dict, PyTorchVideo's ``{"model_state": ...}``,
+    torchvision's reference checkpoint, or a Lightning checkpoint: this project's own
+    ``best.ckpt``/``last.ckpt`` (its ``backbone.`` weights; another backbone's checkpoint is
+    an error naming it) or another module's (``model.`` prefixes dropped)."""
     import torch
 
     p = Path(path)
@@ -47,11 +49,23 @@ def read_weights_file(path: str | Path) -> dict:
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a bad file
-        raise BackboneError(f"--weights {path}: not a PyTorch weights file ({e})") from None
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise BackboneError(f"--weights {path}: not a PyTorch weights file ({why})") from None
     if isinstance(obj, dict) and "model_state" in obj:
         obj = obj["model_state"]
     elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = {k.removeprefix("model."): v for k, v in obj["state_dict"].items()}
+        hp = obj.get("hyper_parameters") if isinstance(obj.get("hyper_parameters"), dict) else {}
+        trained = hp.get("backbone")
+        if backbone is not None and trained is not None and trained != backbone:
+            raise BackboneError(
+                f"--weights {path}: a checkpoint of backbone {trained}, not {backbone}; "
+                f"pass --backbone {trained}"
+            )
+        state = obj["state_dict"]
+        if any(k.startswith("backbone.") for k in state):  # a trainer.VideoClassifier's
+            obj = {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")}
+        else:
+            obj = {k.removeprefix("model."): v for k, v in state.items()}
     elif isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]  # torchvision reference scripts' checkpoints
     if not isinstance(obj, dict) or not all(hasattr(v, "shape") for v in obj.values()):

@@ -49,15 +49,17 @@ def test_predict_labels_and_top_k(checkpoint, _motion_master):
     for pairs, label in zip(top, labels, strict=True):
         assert len(pairs) == 2 and pairs[0][0] == label
         assert 1 >= pairs[0][1] >= pairs[1][1] >= 0
-    # A folder gives the videos found in it, sorted.
-    assert model.predict(_motion_master / "val" / "left") == labels[:3]
+    # A folder gives the videos found in it, sorted, keyed by path.
+    folder = _motion_master / "val" / "left"
+    assert model.predict(folder) == dict(zip(map(str, videos[:3]), labels[:3], strict=True))
 
 
 def test_predict_agrees_with_trainer_predict(checkpoint, _motion_master, lightning_predict):
     model = VideoClassifier.load_from_checkpoint(checkpoint)
     probs = lightning_predict(model, _motion_master / "val")
     assert probs.shape == (len(_videos(_motion_master)), len(model.labels))
-    assert [model.labels[i] for i in probs.argmax(1)] == model.predict(_motion_master / "val")
+    predicted = list(model.predict(_motion_master / "val").values())
+    assert [model.labels[i] for i in probs.argmax(1)] == predicted
 
 
 def test_skipped_file_is_reported(checkpoint, _motion_master, corrupt_video, monkeypatch):
@@ -67,8 +69,8 @@ def test_skipped_file_is_reported(checkpoint, _motion_master, corrupt_video, mon
         result = model.predict(videos)
     assert result[0] in model.labels and result[1] is None
     # One path gives one result, like a list of one: None (and the warning) if unusable.
-    with pytest.warns(UserWarning, match=r"nowhere\.mp4 \(file not found\)"):
-        assert model.predict("nowhere.mp4") == [None]
+    with pytest.warns(UserWarning, match=r"corrupt\.mp4"):
+        assert model.predict(corrupt_video) == [None]
     assert model.predict(str(videos[0])) == result[:1]
     # A path spelt another way (relative, with ./) still gets its own result.
     monkeypatch.chdir(videos[0].parent)
@@ -124,7 +126,7 @@ def test_cli_lines_json_and_errors(checkpoint, _motion_master, text_file, capsys
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 3
     model = load_model(checkpoint)
-    for line, label in zip(lines, model.predict(folder), strict=True):
+    for line, label in zip(lines, model.predict(folder).values(), strict=True):
         path, got = line.split("\t")
         assert Path(path).parent == folder and got == label
     # The folder's files given one by one (classified together) give the same lines.

@@ -55,7 +55,10 @@ def test_help_from_repo_root_imports_no_torch():
     help_text = " ".join(done.stdout.split())
     # Defaults are shown where they say something, once, and never for switches.
     assert "--lr LR peak learning rate (default: 0.1)" in help_text
-    assert "--batch_size BATCH_SIZE videos per batch, per device (default: 8)" in help_text
+    # Every spelling of a flag in one entry, the value's name once.
+    assert "--batch_size, --batch-size, -b BATCH_SIZE videos per batch, per device" in help_text
+    assert "--max_epochs, --max-epochs, --epochs MAX_EPOCHS" in help_text
+    assert help_text.count("--batch-size") == 1
     assert "(default: None)" not in help_text and "(default: False)" not in help_text
     assert done.stdout.startswith("usage: train.py [--data_dir DIR | --train_folder DIR")
 
