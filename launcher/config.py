@@ -145,3 +145,13 @@ def env_float(name: str, default: float) -> float:
         return float(raw)
     except ValueError:
         raise ConfigError(f"{name}={raw!r} must be a number of seconds") from None
+
+
+def heartbeat_interval() -> float:
+    """Seconds between heartbeats (``LAUNCH_HEARTBEAT_S``, default 10)."""
+    return env_float("LAUNCH_HEARTBEAT_S", 10.0)
+
+
+def stale_timeout() -> float:
+    """Seconds without a heartbeat after which an attempt is dead (``LAUNCH_STALE_S``, 120)."""
+    return env_float("LAUNCH_STALE_S", 120.0)

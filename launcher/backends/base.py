@@ -1,15 +1,26 @@
-"""The contract every backend keeps, and the registry that maps names to backends.
+"""The contract every backend keeps.
 
 A backend turns a *prepared run* (already written to storage under ``ROOT/runs/RUN/`` by the
 generic code: run.json, code.tar.gz, experiments/EXP/params.json) into nodes that run
 ``launcher.node.agent`` until no experiment is left. Everything else (claims, heartbeats, logs,
-artifacts, status) goes through storage, so the generic code never asks which backend it talks to;
-it asks what the backend can do (:class:`Capabilities`).
+artifacts, status) goes through storage, so the generic code never asks which backend it talks
+to; it asks what the backend can do (:class:`Capabilities`).
+
+Queries never change anything: :meth:`Backend.nodes` (and so listing, status, cost, stop and
+delete) only reads. :meth:`Backend.reconcile` is the one step that may: it re-queues what dead
+nodes held and starts the missing nodes within the run's budget. It is idempotent and safe when
+several callers run it at once (8 concurrent ``launch status`` start at most the missing nodes),
+and only ``launch status`` and ``--wait``/``--follow`` call it.
+
+A new backend joins by subclassing :class:`Backend`, adding itself to the registry in
+:mod:`launcher.backends`, and adding one fixture to the contract suite in
+``tests/launcher/contract/``.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -27,9 +38,6 @@ class Capabilities:
     stop: bool = True
     gpus: bool = True
     cost: bool = False  # reports instance-hours cost
-    # `launch status`/`--wait` may start replacement nodes for an unfinished run with no live node
-    # (cheap and safe locally; a cloud backend relies on its own recovery instead)
-    reconcile: bool = False
     # stop() itself lets agents end gracefully (SIGTERM: the script is stopped, its last logs and
     # artifacts shipped), so `launch stop` need not wait for them to notice at a heartbeat
     graceful_stop: bool = False
@@ -48,12 +56,77 @@ class NodeInfo:
     ended_at: float | None = None
     extra: dict = field(default_factory=dict)
 
+    @property
+    def live(self) -> bool:
+        return self.state in LIVE_STATES
+
+
+LIVE_STATES = ("pending", "running")
+
+
+@dataclass
+class Reconciled:
+    """What one :meth:`Backend.reconcile` did."""
+
+    requeued: list[str] = field(default_factory=list)  # experiments a dead node held
+    started: list[NodeInfo] = field(default_factory=list)  # replacement nodes
+    notes: list[str] = field(default_factory=list)  # what it could not do, for the user
+
+    def summary(self) -> str:
+        parts = []
+        if self.requeued:
+            parts.append(f"re-queued {', '.join(self.requeued)} (their node went away)")
+        if self.started:
+            parts.append(f"restarted {len(self.started)} agent(s)")
+        return "; ".join(parts + self.notes)
+
+
+def missing_nodes(max_nodes: int, statuses: Mapping[str, dict], live: int) -> int:
+    """How many nodes a run lacks: one per unfinished experiment up to ``max_nodes``, less those
+    alive. The one rule every backend's reconcile applies."""
+    from launcher.storage.records import TERMINAL
+
+    unfinished = sum(1 for st in statuses.values() if st.get("state") not in TERMINAL)
+    return max(0, min(int(max_nodes), unfinished) - live)
+
+
+def requeue_orphans(
+    storage: Storage, run: str, statuses: Mapping[str, dict], gone: Mapping[str, str]
+) -> list[str]:
+    """Put back in the queue each experiment whose status says it runs on a node that is gone
+    (``gone``: node -> why). The dead attempt keeps its claim number, so the next claim is a new
+    attempt that restores the shipped artifacts first (the trainer resumes from last.ckpt).
+    Only the attempt the dead node holds: a later claim means someone took it over already.
+    Returns the experiments re-queued."""
+    from launcher.storage import records
+
+    requeued = []
+    for exp, status in statuses.items():
+        node = status.get("node")
+        if status.get("state") != "running" or node not in gone:
+            continue
+        attempt = int(status.get("attempt") or 0)
+        taken = records.claim_numbers(storage, run, exp)
+        if taken and taken[-1] != attempt:
+            continue
+        records.write_status(storage, run, exp, state="queued",
+                             message=f"node {node} went away while running attempt {attempt} "
+                             f"({gone[node]}); re-queued")  # fmt: skip
+        requeued.append(exp)
+    return requeued
+
 
 class Backend(ABC):
-    """Submit, inspect and stop the nodes of runs. One instance per CLI invocation."""
+    """Submit, inspect, reconcile and stop the nodes of runs. One instance per CLI invocation."""
 
     name: str = ""
     capabilities: Capabilities = Capabilities()
+
+    @classmethod
+    def configured(cls) -> bool:
+        """Whether this machine is set up to reach the backend's storage (its runs are then
+        listed by ``launch status`` and found by name without the index)."""
+        return True
 
     @abstractmethod
     def storage(self) -> Storage:
@@ -65,7 +138,14 @@ class Backend(ABC):
 
     @abstractmethod
     def nodes(self, run: str) -> list[NodeInfo]:
-        """The nodes started for a run, with their live state (reconciled, never cached)."""
+        """The nodes started for a run, with their live state. Read-only, never cached."""
+
+    @abstractmethod
+    def reconcile(self, run: str, statuses: Mapping[str, dict]) -> Reconciled:
+        """Re-queue the experiments dead nodes held, then start :func:`missing_nodes` within the
+        run's budget. ``statuses`` maps each experiment to its status.json as the caller just
+        read it. Idempotent; concurrent callers together start at most the missing nodes. The
+        caller does not call it for a run whose stop was requested."""
 
     @abstractmethod
     def stop(self, run: str) -> list[NodeInfo]:

@@ -34,7 +34,7 @@ def status(run: str | None, as_json: bool) -> None:
         )  # fmt: skip
         return
     ctx = runs.RunContext(run)
-    row, views = ctx.refresh()
+    row, views = ctx.refresh(reconcile=True)
     nodes = ctx.nodes()  # those refresh asked for: live, and only in this one-run view
     if as_json:
         from dataclasses import asdict
@@ -89,7 +89,9 @@ def logs(target: str, follow: bool) -> None:
     ctx = RunContext(target)
     ids = ctx.experiment_ids()
     if follow:
-        for exp, text in follow_logs(ctx.storage, ctx.name, ids, tick=lambda: ctx.refresh()):
+        for exp, text in follow_logs(
+            ctx.storage, ctx.name, ids, tick=lambda: ctx.refresh(reconcile=True)
+        ):
             if len(ids) > 1:
                 text = "".join(f"[{exp}] {line}" for line in text.splitlines(keepends=True))
             click.echo(text, nl=False)
@@ -115,7 +117,7 @@ def stop(target: str) -> None:
 
     ctx = RunContext(target)
     ids = ctx.experiment_ids()  # NotFoundError before anything else
-    row, views = ctx.refresh(reconcile=False)
+    row, views = ctx.refresh()
     states = {v.id: v.state for v in views}
     if all(states[e] in FINISHED for e in ids):
         what = states[ctx.exp] if ctx.exp else row.status

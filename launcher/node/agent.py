@@ -37,7 +37,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from launcher.config import env_float
+from launcher.config import env_float, heartbeat_interval, stale_timeout
 from launcher.errors import StorageError
 from launcher.node import claims as cl
 from launcher.node.interruption import NoInterruption, interruption_source
@@ -77,8 +77,8 @@ class Agent:
         self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix=f"launch-{run}-{node}-"))
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.interruption = interruption or NoInterruption()
-        self.heartbeat_s = cl.heartbeat_interval()
-        self.stale_s = cl.stale_timeout()
+        self.heartbeat_s = heartbeat_interval()
+        self.stale_s = stale_timeout()
         self.sync_s = env_float("LAUNCH_ARTIFACT_SYNC_S", 30.0)
         self.grace_s = env_float("LAUNCH_STOP_GRACE_S", 10.0)
         self.record = storage.read_json(f"runs/{run}/run.json")

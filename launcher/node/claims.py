@@ -15,20 +15,10 @@ import socket
 import time
 from dataclasses import dataclass
 
-from launcher.config import env_float
+from launcher.config import stale_timeout
 from launcher.processes import process_alive
 from launcher.storage.records import TERMINAL, claim_key, claim_numbers, exp_key, read_status
 from launcher.storage.root import Storage
-
-
-def heartbeat_interval() -> float:
-    """Seconds between heartbeats (``LAUNCH_HEARTBEAT_S``, default 10)."""
-    return env_float("LAUNCH_HEARTBEAT_S", 10.0)
-
-
-def stale_timeout() -> float:
-    """Seconds without a heartbeat after which an attempt is dead (``LAUNCH_STALE_S``, 120)."""
-    return env_float("LAUNCH_STALE_S", 120.0)
 
 
 def node_is_dead(storage: Storage, run: str, node: str) -> bool:

@@ -9,16 +9,14 @@ prints). Storage holds the truth; the index is a cache of it.
 - :mod:`~launcher.runs.logs`, :mod:`~launcher.runs.metrics`: reading what experiments produced
 """
 
+from launcher.runs.control import delete_run, stop_run, wait_run
 from launcher.runs.launching import Plan, new_run_name, plan_run, prepare_run
 from launcher.runs.state import (
     ExperimentView,
     RunContext,
-    delete_run,
     list_runs,
     run_detail,
-    stop_run,
     summarize,
-    wait_run,
 )
 
 __all__ = [

@@ -1,26 +1,29 @@
-"""Runs: read their state, reconcile dead agents, stop, delete, wait (launching: launching.py).
+"""Reading a run's state: storage is the truth, the SQLite index a cache of it.
 
-A run lives in storage (``runs/RUN/...``, the source of truth) and has a summary row in the local
-SQLite index (:mod:`launcher.runs.index`). The summary of a finished run never changes, so listing
-many runs reads only the index plus the storage of the unfinished ones.
+Nothing here changes a run (reading never provisions, re-queues or stops): listing, status and
+cost only read storage and ask the backend what exists. The one step that may change things is
+:mod:`launcher.runs.reconcile`. A run is found by name in the index or, when the index does not
+know it (another machine launched it, the index was lost), in the storage of every configured
+backend; ``launch status`` lists what storage holds, so the index is rebuilt as a side effect.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from launcher.errors import LaunchError, NotFoundError, SpecError
-from launcher.node import claims as cl
+from launcher.errors import LaunchError, NotFoundError
 from launcher.runs.index import FINISHED, RunIndex, RunRow
 from launcher.runs.launching import run_row
 from launcher.storage import records
-from launcher.storage.records import check_name
 
 if TYPE_CHECKING:
-    from launcher.backends.base import NodeInfo
+    from launcher.backends.base import Backend, NodeInfo
     from launcher.storage.root import Storage
+
+log = logging.getLogger("launcher")
 
 
 @dataclass
@@ -40,18 +43,22 @@ class ExperimentView:
     message: str = ""
 
 
-# -- reading state --------------------------------------------------------------------------
 def load_record(storage: Storage, run: str) -> dict:
-    record = storage.read_json(f"runs/{run}/run.json", default=None)
+    record = storage.read_json(records.run_key(run, "run.json"), default=None)
     if record is None:
         raise NotFoundError(f"run {run!r} not found under {storage.root_url}")
     return record
 
 
-def experiment_views(storage: Storage, run: str, record: dict) -> list[ExperimentView]:
+def read_statuses(storage: Storage, run: str, record: dict) -> dict[str, dict]:
+    """Each experiment's status.json, read once per refresh."""
+    return {e["id"]: records.read_status(storage, run, e["id"]) for e in record["experiments"]}
+
+
+def experiment_views(record: dict, statuses: dict[str, dict]) -> list[ExperimentView]:
     out = []
     for e in record["experiments"]:
-        st = records.read_status(storage, run, e["id"])
+        st = statuses[e["id"]]
         out.append(ExperimentView(
             id=e["id"], args=e["args"], params=e.get("params") or {},
             state=st.get("state", "queued"), exit_code=st.get("exit_code"),
@@ -74,36 +81,87 @@ def summarize(views: list[ExperimentView], stop_requested: bool = False) -> tupl
     return ("running" if "running" in states else "queued"), done
 
 
+# -- finding runs in storage ----------------------------------------------------------------
+def configured_backends() -> list[Backend]:
+    """Every backend this machine can reach, the local one first (it needs no setup)."""
+    import importlib
+
+    from launcher.backends import BACKENDS, get_backend
+
+    out = []
+    for name, target in BACKENDS.items():
+        module_name, cls_name = target.split(":")
+        if getattr(importlib.import_module(module_name), cls_name).configured():
+            out.append(get_backend(name))
+    return out
+
+
+def find_run(name: str) -> tuple[Backend, dict] | None:
+    """The backend whose storage holds run ``name``, and its run.json; None if none does."""
+    for backend in configured_backends():
+        try:
+            record = backend.storage().read_json(records.run_key(name, "run.json"), default=None)
+        except LaunchError as e:  # one unreachable backend must not hide the others
+            log.warning("could not look for run %s on %s: %s", name, backend.name, e)
+            continue
+        if record is not None:
+            return backend, record
+    return None
+
+
+def adopt(index: RunIndex, name: str, backend: Backend, record: dict) -> RunRow:
+    """Index a run found in storage (as queued: the next refresh reads its real state)."""
+    row = run_row(name, backend, backend.storage(), record["spec"], record["created"],
+                  "queued", 0, len(record["experiments"]))  # fmt: skip
+    index.upsert(row)
+    return row
+
+
+def discover_runs(index: RunIndex) -> None:
+    """Index every run in the storage of every configured backend that the index lacks."""
+    known = set(index.names())
+    for backend in configured_backends():
+        storage = backend.storage()
+        try:
+            names = [n for n in storage.list("runs") if n not in known]
+        except LaunchError as e:
+            log.warning("could not list the runs on %s: %s", backend.name, e)
+            continue
+        for name in names:
+            if not records.NAME.fullmatch(name):
+                continue
+            try:
+                record = storage.read_json(records.run_key(name, "run.json"), default=None)
+            except (LaunchError, ValueError) as e:
+                log.warning("run %s on %s: %s", name, backend.name, e)
+                continue
+            if record is not None:  # without run.json a run is still being created
+                adopt(index, name, backend, record)
+                known.add(name)
+
+
 class RunContext:
-    """A run's index row, backend and storage, opened by name."""
+    """A run's index row, backend and storage, opened by name (``RUN`` or ``RUN/EXP``)."""
 
     def __init__(self, name: str, index: RunIndex | None = None):
         from launcher.backends import get_backend
 
         self.index = index or RunIndex()
         run, _, exp = name.partition("/")
-        self.name, self.exp = check_name(run), exp or None
+        self.name, self.exp = records.check_name(run), exp or None
         self.row = self.index.get(run)
         if self.row is None:
-            self._adopt()
-        self.backend = get_backend(self.row.backend)
+            found = find_run(self.name)
+            if found is None:
+                known = self.index.names()[:5]
+                hint = f"; recent runs: {', '.join(known)}" if known else "; no runs yet"
+                raise NotFoundError(f"run {self.name!r} not found{hint} (see `launch status`)")
+            self.backend, record = found
+            self.row = adopt(self.index, self.name, self.backend, record)
+        else:
+            self.backend = get_backend(self.row.backend)
         self.storage = self.backend.storage()
         self._nodes: list[NodeInfo] | None = None
-
-    def _adopt(self) -> None:
-        """A run in local storage but not in the index (index deleted): index it again."""
-        from launcher.backends.local import LocalBackend
-
-        backend = LocalBackend()
-        storage = backend.storage()
-        record = storage.read_json(f"runs/{self.name}/run.json", default=None)
-        if record is None:
-            known = self.index.names()[:5]
-            hint = f"; recent runs: {', '.join(known)}" if known else "; no runs yet"
-            raise NotFoundError(f"run {self.name!r} not found{hint} (see `launch status`)")
-        self.row = run_row(self.name, backend, storage, record["spec"], record["created"],
-                        "queued", 0, len(record["experiments"]))  # fmt: skip
-        self.index.upsert(self.row)
 
     def record(self) -> dict:
         return load_record(self.storage, self.name)
@@ -118,58 +176,44 @@ class RunContext:
             )
         return [self.exp]
 
+    def stop_requested(self) -> bool:
+        return self.storage.exists(records.run_key(self.name, "stop"))
+
     def nodes(self) -> list[NodeInfo]:
-        """The run's nodes as the backend reports them, asked once per refresh: asking is not
-        free (AWS: describe_instances, re-queueing orphans, launching replacements)."""
+        """The run's nodes as the backend reports them (read-only), asked once per refresh."""
         if self._nodes is None:
             self._nodes = self.backend.nodes(self.name)
         return self._nodes
 
-    def refresh(self, *, reconcile: bool = True) -> tuple[RunRow, list[ExperimentView]]:
-        """Read the run's state from storage, reconcile dead agents, update the index."""
+    def refresh(self, *, reconcile: bool = False) -> tuple[RunRow, list[ExperimentView]]:
+        """Read the run's state from storage and update its index row. Only with
+        ``reconcile=True`` (``launch status``, ``--wait``, ``--follow``) may it change anything:
+        then :func:`launcher.runs.reconcile.reconcile_run` runs on an unfinished run."""
         self._nodes = None  # live state: ask the backend again
         record = self.record()
-        views = experiment_views(self.storage, self.name, record)
-        stop = self.storage.exists(f"runs/{self.name}/stop")
-        status, done = summarize(views, stop)
+        statuses = read_statuses(self.storage, self.name, record)
+        stop = self.stop_requested()
+        status, done = summarize(experiment_views(record, statuses), stop)
         message = ""
-        if status not in FINISHED and reconcile and self.backend.capabilities.reconcile:
-            message = self._reconcile(record, views, stop)
-            if message.startswith("stopped"):
-                views = experiment_views(self.storage, self.name, record)
-                status, done = summarize(views, stop)
+        if reconcile and status not in FINISHED:
+            from launcher.runs.reconcile import reconcile_run
+
+            message, changed = reconcile_run(self, statuses, stop)
+            if changed:
+                self._nodes = None
+                statuses = read_statuses(self.storage, self.name, record)
+        views = experiment_views(record, statuses)
+        status, done = summarize(views, stop)
         row = self.row
         row.status, row.done, row.total, row.message = status, done, len(views), message
         if status in FINISHED:
             row.ended = max((v.ended or 0 for v in views), default=None) or time.time()
-        row.cost = self._cost()
+        row.cost = self.cost()
         self.index.upsert(row)
         return row, views
 
-    def _reconcile(self, record: dict, views: list[ExperimentView], stop: bool) -> str:
-        """Agents for an unfinished run whose agents died: with none alive, a replacement (or,
-        stopped, the run is closed); with some alive, a top-up when a dead agent left an
-        experiment behind, so it does not wait for a busy one to finish first."""
-        live = {n.node_id for n in self.nodes() if n.state == "running"}
-        if live:
-            orphaned = [v for v in views if v.state == "running" and v.node not in live]
-            if stop or not orphaned or len(live) >= int(record["spec"].get("max_nodes") or 1):
-                return ""
-        if stop:
-            for v in views:
-                if v.state not in records.TERMINAL:
-                    records.write_status(self.storage, self.name, v.id, state="stopped",
-                                    ended=time.time(),
-                                    message="stopped (no agent left)")  # fmt: skip
-            return "stopped: no agent was left to stop it"
-        from launcher.spec.jobspec import JobSpec
-
-        started = self.backend.submit(self.name, JobSpec.from_dict(record["spec"]))
-        if started:
-            self._nodes = None  # the new agents are nodes too
-        return f"restarted {len(started)} agent(s)" if started else ""
-
-    def _cost(self) -> float | None:
+    def cost(self) -> float | None:
+        """Instance-hours so far times the catalog price (backends with the capability)."""
         if not self.backend.capabilities.cost or not self.row.instance_type:
             return None
         from launcher.spec.catalog import get_instance
@@ -184,8 +228,10 @@ class RunContext:
 
 
 def list_runs(index: RunIndex | None = None, *, reconcile: bool = True) -> list[RunRow]:
-    """Every indexed run, newest first; unfinished ones refreshed from storage first."""
+    """Every run in storage, newest first: runs the index lacks are indexed first, then the
+    unfinished ones are refreshed (and, with ``reconcile``, reconciled)."""
     index = index or RunIndex()
+    discover_runs(index)
     for row in index.list(unfinished_only=True):
         try:
             RunContext(row.name, index).refresh(reconcile=reconcile)
@@ -199,98 +245,5 @@ def list_runs(index: RunIndex | None = None, *, reconcile: bool = True) -> list[
 
 
 def run_detail(name: str, index: RunIndex | None = None) -> tuple[RunRow, list[ExperimentView]]:
-    return RunContext(name, index).refresh()
-
-
-# -- changing state -------------------------------------------------------------------------
-def stop_run(name: str, *, index: RunIndex | None = None, wait: float | None = None) -> RunRow:
-    """Ask agents to stop a run (``RUN``) or one experiment (``RUN/EXP``), wait for them, then
-    stop what did not answer. Queued experiments become ``stopped`` at once."""
-    ctx = RunContext(name, index)
-    ids = ctx.experiment_ids()
-    if ctx.exp:
-        ctx.storage.write_text(records.exp_key(ctx.name, ctx.exp, "stop"), "")
-    else:
-        ctx.storage.write_text(f"runs/{ctx.name}/stop", "")
-    now = time.time()
-    for e in ids:
-        if records.read_status(ctx.storage, ctx.name, e)["state"] == "queued":
-            records.write_status(ctx.storage, ctx.name, e, state="stopped", ended=now,
-                            message="stopped before it started")  # fmt: skip
-    if ctx.exp:
-        status = records.read_status(ctx.storage, ctx.name, ctx.exp)
-        if status["state"] == "running" and status.get("node"):
-            # where the backend can, its agent looks at once instead of at its next heartbeat
-            ctx.backend.notify_stop(ctx.name, status["node"])
-    graceful = not ctx.exp and ctx.backend.capabilities.graceful_stop
-    if graceful:
-        ctx.backend.stop(ctx.name)  # returns once the agents have wound down
-        wait = 0.0 if wait is None else wait
-    if wait is None:
-        from launcher.config import env_float
-
-        wait = cl.heartbeat_interval() + env_float("LAUNCH_STOP_GRACE_S", 10.0) + 5
-    deadline = time.time() + wait
-    while time.time() < deadline:
-        if all(
-            records.read_status(ctx.storage, ctx.name, e)["state"] in records.TERMINAL for e in ids
-        ):
-            break
-        time.sleep(0.2)
-    if not ctx.exp:
-        if not graceful:  # a graceful stop() above already stopped every node
-            ctx.backend.stop(ctx.name)
-        for e in ids:
-            if records.read_status(ctx.storage, ctx.name, e)["state"] not in records.TERMINAL:
-                records.write_status(ctx.storage, ctx.name, e, state="stopped", ended=time.time(),
-                                message="its agent did not answer; stopped")  # fmt: skip
-    return ctx.refresh(reconcile=False)[0]
-
-
-def delete_run(name: str, *, index: RunIndex | None = None) -> None:
-    """Stop a run if it is still going, then remove it from storage, the backend and the index."""
-    ctx = RunContext(name, index)
-    if ctx.exp:
-        raise SpecError(f"delete takes a run, not an experiment: {name!r}")
-    row, _ = ctx.refresh(reconcile=False)
-    if row.status not in FINISHED and row.status != "missing":
-        stop_run(ctx.name, index=ctx.index)
-    ctx.backend.stop(ctx.name)
-    ctx.backend.delete(ctx.name)
-    ctx.storage.delete(f"runs/{ctx.name}", recursive=True)
-    ctx.index.delete(ctx.name)
-
-
-def wait_run(
-    name: str,
-    *,
-    index: RunIndex | None = None,
-    poll: float = 1.0,
-    on_log=None,
-    timeout: float | None = None,
-) -> tuple[RunRow, list[ExperimentView]]:
-    """Block until a run finishes, reconciling dead agents; ``on_log(exp, text)`` streams logs."""
-    ctx = RunContext(name, index)
-    deadline = None if timeout is None else time.time() + timeout
-    if on_log is not None:
-        from launcher.runs.logs import follow_logs
-
-        last = [0.0]
-
-        def tick() -> None:
-            if time.time() - last[0] > 5 * poll:  # reconcile now and then, not every poll
-                last[0] = time.time()
-                ctx.refresh()
-            if deadline and time.time() > deadline:
-                raise LaunchError(f"run {ctx.name!r} did not finish within {timeout:g}s")
-
-        for exp, text in follow_logs(ctx.storage, ctx.name, ctx.experiment_ids(), poll=poll,
-                                     tick=tick):  # fmt: skip
-            on_log(exp, text)
-    while True:
-        row, views = ctx.refresh()
-        if row.status in FINISHED:
-            return row, views
-        if deadline and time.time() > deadline:
-            raise LaunchError(f"run {ctx.name!r} did not finish within {timeout:g}s")
-        time.sleep(poll)
+    """What ``launch status RUN`` shows: the run refreshed and reconciled."""
+    return RunContext(name, index).refresh(reconcile=True)

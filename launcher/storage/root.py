@@ -15,6 +15,11 @@ from typing import Any
 from launcher.errors import StorageError
 
 
+class CorruptRecord(StorageError, ValueError):
+    """A stored JSON record that does not parse (cut short by a crash or a full disk). A
+    ValueError too, so code that treats an unparsable record as 'being written' still does."""
+
+
 def _check_key(key: str) -> str:
     if not key or key.startswith("/") or "\\" in key or "\x00" in key:
         raise StorageError(f"invalid storage key {key!r}: must be a relative '/'-separated path")
@@ -79,7 +84,12 @@ class Storage:
 
     def read_bytes(self, key: str) -> bytes:
         try:
+            if self.protocol == "file":  # no fsspec layer: status reads thousands of small files
+                with open(self.path(key), "rb") as f:
+                    return f.read()
             return self.fs.cat_file(self.path(key))
+        except IsADirectoryError:
+            raise FileNotFoundError(self.path(key)) from None
         except FileNotFoundError:
             raise
         except Exception as e:  # network, permissions
@@ -91,11 +101,18 @@ class Storage:
     def read_json(self, key: str, default: Any = ...) -> Any:
         """Parsed JSON at a key; ``default`` (when given) if it does not exist."""
         try:
-            return json.loads(self.read_bytes(key))
+            data = self.read_bytes(key)
         except FileNotFoundError:
             if default is ...:
                 raise
             return default
+        try:
+            return json.loads(data)
+        except ValueError as e:  # truncated or garbled: name the file, not just the parser's error
+            raise CorruptRecord(
+                f"{self.url(key)} is not valid JSON ({e.__class__.__name__}: {e}); "
+                "it was cut short or overwritten"
+            ) from None
 
     def list(self, prefix: str) -> list[str]:
         """Names (not keys) directly under a prefix; empty if it does not exist."""

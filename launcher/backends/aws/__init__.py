@@ -4,11 +4,18 @@
 group (no inbound rules) and the run's least-privilege instance profile, then launches up to
 ``max_nodes`` instances with zone fallback. Each instance's user-data installs the code
 snapshot and runs ``python -m launcher.node.agent`` against ``s3://BUCKET/PREFIX``, then powers off
-(and so terminates). ``nodes`` reconciles EC2 with S3: experiments left running on a vanished
-instance are re-queued, and, while experiments are left and fewer than ``max_nodes`` instances
-live (a spot interruption, a crash), ``launch status`` launches replacements, within a budget of
-``max_nodes + experiments x (retries + 1)`` instances per run so a broken node image cannot
-spend without end. ``AwsBackend(replace=False)`` turns that off.
+(and so terminates). ``nodes`` only reads (describe_instances by tag). ``reconcile`` compares
+EC2 with S3: experiments left running on a vanished instance are re-queued, and, while
+experiments are left and fewer than ``max_nodes`` instances live (a spot interruption, a crash),
+replacements are launched within a budget of ``max_nodes + experiments x (retries + 1)``
+instances per run, so a broken node image cannot spend without end. ``AwsBackend(replace=False)``
+turns replacements off.
+
+Concurrent reconcilers (several ``launch status`` on several laptops) agree through S3: a node
+is launched only by whoever creates its record ``runs/RUN/nodes/node-K.json`` exclusively (a
+conditional put), the next number is one past the highest record, and a record that is being
+launched, or whose instance EC2 does not list yet, counts as live for ``LAUNCH_GRACE_S``. So each
+missing node is launched once, whoever runs reconcile.
 
 Setup: an S3 bucket (``launch config set aws.bucket BUCKET``; prefix ``aws.prefix``, default
 ``launch``), credentials and region from the standard AWS chain, a default VPC. The AMI is the
@@ -25,8 +32,12 @@ boto3 is imported only when a client is first needed: ``launch --help`` never lo
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import socket
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from launcher.backends.aws import ec2 as ec2req
@@ -35,8 +46,15 @@ from launcher.backends.aws import provision as prov
 from launcher.backends.aws import reconcile as rec
 from launcher.backends.aws.config import AwsSettings, resolve_ami, resolve_settings
 from launcher.backends.aws.userdata import UserDataValues, build_user_data
-from launcher.backends.base import Backend, Capabilities, NodeInfo
-from launcher.errors import BackendError, CapacityError
+from launcher.backends.base import (
+    Backend,
+    Capabilities,
+    NodeInfo,
+    Reconciled,
+    missing_nodes,
+    requeue_orphans,
+)
+from launcher.errors import BackendError, CapacityError, LaunchError
 
 if TYPE_CHECKING:
     from launcher.spec.jobspec import JobSpec
@@ -94,6 +112,15 @@ class AwsBackend(Backend):
     @property
     def root_url(self) -> str:
         return self.settings.root_url
+
+    @classmethod
+    def configured(cls) -> bool:
+        """A bucket is set (``LAUNCH_AWS_BUCKET`` or ``aws.bucket``): its runs are listed too."""
+        try:
+            resolve_settings()
+        except LaunchError:
+            return False
+        return True
 
     # -- submit -----------------------------------------------------------------------------
     def submit(self, run: str, spec: JobSpec) -> list[NodeInfo]:
@@ -169,6 +196,8 @@ class AwsBackend(Backend):
         )
         launched: list[NodeInfo] = []
         for node in names:
+            if not self._reserve(run, node):
+                continue  # another reconciler launches this one
             result = prov.launch_with_fallback(
                 ec2,
                 lambda z, node=node: request(node, z, sg, profile, False),
@@ -179,6 +208,9 @@ class AwsBackend(Backend):
                 why = prov.describe_failures(
                     spec["instance_type"], spec.get("spot"), result.failures
                 )
+                self.storage().write_json(
+                    rec.node_key(run, node), {"node": node, "failed": why, "ended": time.time()}
+                )
                 if first and not launched:
                     raise CapacityError(why)
                 self.launch_notes.append(f"{node} not launched: {why}")
@@ -187,7 +219,7 @@ class AwsBackend(Backend):
             # Later nodes try the zone that just had room first.
             zones = [result.zone] + [z for z in zones if z != result.zone]
             self.storage().write_json(
-                f"runs/{run}/nodes/{node}.json",
+                rec.node_key(run, node),
                 {
                     "node": node,
                     "instance_id": result.instance["InstanceId"],
@@ -201,49 +233,52 @@ class AwsBackend(Backend):
             launched.append(rec.node_info(result.instance))
         return launched
 
-    # -- inspect ----------------------------------------------------------------------------
+    def _reserve(self, run: str, node: str) -> bool:
+        """Take the right to launch ``node`` (its record, created exclusively); False if taken."""
+        body = {"node": node, "reserved": time.time(), "host": socket.gethostname(),
+                "pid": os.getpid()}  # fmt: skip
+        return self.storage().create_exclusive(rec.node_key(run, node), json.dumps(body).encode())
+
+    # -- inspect (read-only) ----------------------------------------------------------------
     def nodes(self, run: str) -> list[NodeInfo]:
-        infos = [
-            rec.node_info(i) for i in rec.find_instances(self.client("ec2"), self.root_url, run)
-        ]
-        storage = self.storage()
-        requeued = rec.requeue_orphans(storage, run, infos)
-        for exp in requeued:
-            log.warning("re-queued %s: its node went away before it finished", exp)
-        if self.replace and infos and not storage.exists(f"runs/{run}/stop"):
-            infos += self._replace(run, infos)
+        instances = rec.find_instances(self.client("ec2"), self.root_url, run)
+        infos = [rec.node_info(i) for i in instances]
         return sorted(infos, key=lambda n: (len(n.node_id), n.node_id))
 
-    def _replace(self, run: str, infos: list[NodeInfo]) -> list[NodeInfo]:
-        """Launch nodes for experiments left without one, within the run's budget."""
+    # -- reconcile --------------------------------------------------------------------------
+    def reconcile(self, run: str, statuses: Mapping[str, dict]) -> Reconciled:
         storage = self.storage()
-        record = storage.read_json(f"runs/{run}/run.json", default=None)
-        if not record:
-            return []
+        records = rec.node_records(storage, run)  # before EC2: a node reserved after is unseen
+        infos = self.nodes(run)  # by both, so its reserver and we pick the same name for it
+        gone = {n.node_id: rec.why_gone(n) for n in infos if not n.live}
+        requeued = requeue_orphans(storage, run, statuses, gone)
+        done = Reconciled(requeued=requeued)
+        for exp in requeued:
+            log.warning("re-queued %s: its node went away before it finished", exp)
+        if not self.replace or storage.exists(f"runs/{run}/stop"):
+            return done
+        record = storage.read_json(f"runs/{run}/run.json")
         spec = record["spec"]
-        left = rec.open_experiments(storage, run, record)
-        live = sum(1 for n in infos if n.state in rec.LIVE)
-        want = min(int(spec["max_nodes"]), len(left)) - live
+        statuses = {**statuses, **{e: {"state": "queued"} for e in requeued}}
+        live = rec.live_count(infos, records)
+        want = missing_nodes(int(spec["max_nodes"]), statuses, live)
         tries = int(spec.get("retries") or 0) + 1
-        budget = int(spec["max_nodes"]) + len(record["experiments"]) * tries - len(infos)
+        budget = int(spec["max_nodes"]) + len(record["experiments"]) * tries - len(records)
         count = min(want, budget)
+        if want > 0 and budget <= 0:
+            done.notes.append(f"no replacement: the run's budget of {len(records)} nodes is spent")
         if count <= 0:
-            return []
-        used = {n.node_id for n in infos} | {
-            name.removesuffix(".json") for name in storage.list(f"runs/{run}/nodes")
-        }
-        numbers = [int(n[5:]) for n in used if n.startswith("node-") and n[5:].isdigit()]
-        start = max(numbers, default=-1) + 1
+            return done
+        start = max((rec.node_number(r["node"]) for r in records), default=-1) + 1
         names = [f"node-{start + i}" for i in range(count)]
-        log.warning(
-            "%d experiment(s) left and %d node(s) live: launching %s", len(left), live, names
-        )
+        log.warning("%d node(s) missing and %d live: launching %s", want, live, names)
         try:
-            return self._launch(run, record, names, first=False)
+            done.started = self._launch(run, record, names, first=False)
         except BackendError as e:  # status still reports; the next status tries again
-            self.launch_notes.append(f"replacement not launched: {e}")
+            done.notes.append(f"replacement not launched: {e}")
             log.warning("replacement not launched: %s", e)
-            return []
+        done.notes.extend(self.launch_notes)
+        return done
 
     # -- stop and delete --------------------------------------------------------------------
     def stop(self, run: str) -> list[NodeInfo]:

@@ -96,46 +96,57 @@ def node_info(instance: dict[str, Any], now: float | None = None) -> NodeInfo:
     )
 
 
-def requeue_orphans(storage: Any, run: str, nodes: list[NodeInfo]) -> list[str]:
-    """Experiments S3 says are running on a node that is gone: put them back in the queue.
+# A node record with no instance yet (being launched), or whose instance EC2 does not list yet
+# (describe_instances is eventually consistent), counts as live this long.
+def launch_grace_s() -> float:
+    from launcher.config import env_float
 
-    The dead attempt keeps its claim number, so the next claim is a new attempt that restores
-    the shipped artifacts first (resume from last.ckpt). Returns the experiments re-queued.
-    """
+    return env_float("LAUNCH_GRACE_S", 600.0)
 
-    gone = {n.node_id: n for n in nodes if n.state in ("stopped", "terminated", "dead")}
-    if not gone:
-        return []
-    record = storage.read_json(f"runs/{run}/run.json", default=None) or {}
-    requeued = []
-    for exp in (e["id"] for e in record.get("experiments", [])):
-        status = records.read_status(storage, run, exp)
-        if status.get("state") != "running" or status.get("node") not in gone:
+
+def node_key(run: str, node: str) -> str:
+    return records.run_key(run, "nodes", f"{node}.json")
+
+
+def node_number(node: str) -> int:
+    tail = node.removeprefix("node-")
+    return int(tail) if tail.isdigit() else -1
+
+
+def node_records(storage: Any, run: str) -> list[dict[str, Any]]:
+    """Every node record of the run (one per node ever reserved), unreadable ones as stubs: a
+    record being written still holds its name."""
+    out = []
+    for name in storage.list(records.run_key(run, "nodes")):
+        if not name.endswith(".json"):
             continue
-        # Only the attempt the dead node holds: a later claim means someone took it already.
-        taken = records.claim_numbers(storage, run, exp)
-        if taken and taken[-1] != int(status.get("attempt") or 0):
+        try:
+            body = storage.read_json(records.run_key(run, "nodes", name), default=None)
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            body = {"reserved": time.time()}  # created a moment ago: being written
+        out.append({**body, "node": name.removesuffix(".json")})
+    return out
+
+
+def live_count(infos: list[NodeInfo], node_records: list[dict[str, Any]]) -> int:
+    """Nodes that are live or about to be: live instances, plus young records whose instance
+    EC2 does not show (yet)."""
+    listed = {n.node_id for n in infos}
+    live = sum(1 for n in infos if n.live)
+    now = time.time()
+    for r in node_records:
+        if r["node"] in listed or r.get("failed"):
             continue
-        node = gone[status["node"]]
-        node.state = "dead"
-        why = node.extra.get("reason") or node.extra.get("ec2_state", "")
-        records.write_status(
-            storage,
-            run,
-            exp,
-            state="queued",
-            message=f"node {node.node_id} ({node.extra.get('instance_id')}) went away "
-            f"while running attempt {status.get('attempt')} ({why}); re-queued",
-        )
-        requeued.append(exp)
-    return requeued
+        since = float(r.get("launched") or r.get("reserved") or 0)
+        live += now - since < launch_grace_s()
+    return live
 
 
-def open_experiments(storage: Any, run: str, record: dict[str, Any]) -> list[str]:
-    """Experiments of the run's record (run.json) not finished yet (queued or running)."""
-
-    return [
-        e["id"]
-        for e in record.get("experiments", [])
-        if records.read_status(storage, run, e["id"]).get("state") not in records.TERMINAL
-    ]
+def why_gone(node: NodeInfo) -> str:
+    """``i-0abc terminated: Server.SpotInstanceTermination`` for a node that is gone."""
+    reason = node.extra.get("reason")
+    return f"{node.extra.get('instance_id')} {node.extra.get('ec2_state')}" + (
+        f": {reason}" if reason else ""
+    )

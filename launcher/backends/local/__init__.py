@@ -17,10 +17,18 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from launcher.backends.base import Backend, Capabilities, NodeInfo
+from launcher.backends.base import (
+    Backend,
+    Capabilities,
+    NodeInfo,
+    Reconciled,
+    missing_nodes,
+    requeue_orphans,
+)
 from launcher.config import env_float, launch_home
 from launcher.processes import process_alive, process_start
 from launcher.storage.root import Storage
@@ -60,7 +68,7 @@ class LocalBackend(Backend):
 
     name = "local"
     capabilities = Capabilities(spot=False, multi_node=True, stop=True, gpus=True, cost=False,
-                                reconcile=True, graceful_stop=True)  # fmt: skip
+                                graceful_stop=True)  # fmt: skip
 
     def __init__(self, home: Path | str | None = None):
         self.home = Path(home) if home else launch_home()
@@ -85,35 +93,48 @@ class LocalBackend(Backend):
         return out
 
     def submit(self, run: str, spec: JobSpec) -> list[NodeInfo]:
-        """Start agents for a run: up to max_nodes live ones in all (counting those alive).
+        """Start the run's first agents: one per experiment, up to max_nodes."""
+        experiments = self.storage().list(f"runs/{run}/experiments")
+        return self._top_up(run, spec, {e: {} for e in experiments} or {"": {}})
 
-        Also how a run with no live agent gets replacements; a lock file makes concurrent
-        callers (two `launch status`) start them once.
-        """
+    def reconcile(self, run: str, statuses: Mapping[str, dict]) -> Reconciled:
+        """Re-queue what dead agents held, then start the missing agents. A lock file makes
+        concurrent callers (several `launch status` at once) start them once between them."""
+        from launcher.spec.jobspec import JobSpec
+
+        record = self.storage().read_json(f"runs/{run}/run.json")
+        dead = {r["node"]: f"its agent (pid {r.get('pid')}) exited"
+                for r in self._records(run) if not _alive(r)}  # fmt: skip
+        requeued = requeue_orphans(self.storage(), run, statuses, dead)
+        if requeued:  # their status changed: count them as unfinished below
+            statuses = {**statuses, **{e: {"state": "queued"} for e in requeued}}
+        started = self._top_up(run, JobSpec.from_dict(record["spec"]), statuses)
+        return Reconciled(requeued=requeued, started=started)
+
+    def _top_up(self, run: str, spec: JobSpec, statuses: Mapping[str, dict]) -> list[NodeInfo]:
         import fcntl
 
-        n_exp = len(self.storage().list(f"runs/{run}/experiments")) or 1
-        wanted = min(int(spec.max_nodes), n_exp)
         d = self._nodes_dir(run)
         d.mkdir(parents=True, exist_ok=True)
         with open(d / ".lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             records = self._records(run)
-            alive = [r for r in records if _alive(r)]
-            if len(alive) >= wanted:
+            alive = sum(1 for r in records if _alive(r))
+            count = missing_nodes(int(spec.max_nodes), statuses, alive)
+            if count == 0:
                 return []
             available = detect_gpus()
-            total_gpus = int(spec.gpus or 0) * wanted
+            total_gpus = int(spec.gpus or 0) * (alive + count)
             if spec.gpus and available < total_gpus:
                 cpu = " (CPU only)" if not available else ""
                 log.warning(
                     "this machine has %d GPU(s), %d requested (%d per node x %d nodes); "
                     "running on what is there%s",
-                    available, total_gpus, spec.gpus, wanted, cpu,
+                    available, total_gpus, spec.gpus, alive + count, cpu,
                 )  # fmt: skip
             started = []
             index = len(records)
-            for _ in range(wanted - len(alive)):
+            for _ in range(count):
                 while (d / f"node-{index}.json").exists():
                     index += 1
                 gpus = assign_gpus(index, int(spec.gpus or 0), available)

@@ -21,6 +21,11 @@ from tests.launcher.waiting import wait_for
 pytestmark = pytest.mark.aws
 
 
+def statuses(storage, run: str) -> dict[str, dict]:
+    record = storage.read_json(f"runs/{run}/run.json")
+    return {e["id"]: records.read_status(storage, run, e["id"]) for e in record["experiments"]}
+
+
 def test_cost_so_far_uses_hours_and_the_catalog_price():
     launched = datetime(2026, 1, 1, 10, 0, tzinfo=UTC)
     inst = {
@@ -61,13 +66,18 @@ def test_vanished_node_is_requeued_and_replaced_within_budget(aws, tmp_path):
     proc.wait()
     boto3.client("ec2").terminate_instances(InstanceIds=[node.extra["instance_id"]])
 
-    nodes = backend.nodes(run)
+    # asking what exists changes nothing (it used to re-queue and launch from here)
+    assert [n.state for n in backend.nodes(run)] == ["terminated"]
+    assert records.read_status(storage, run, "exp-0")["state"] == "running"
+    done = backend.reconcile(run, statuses(storage, run))
+    assert done.requeued == ["exp-0"] and [n.node_id for n in done.started] == ["node-1"]
     status = records.read_status(storage, run, "exp-0")
     assert status["state"] == "queued" and "node-0" in status["message"]
     assert node.extra["instance_id"] in status["message"]
-    states = {n.node_id: n.state for n in nodes}
-    assert states["node-0"] == "dead" and states["node-1"] in ("pending", "running")
-    assert len(states) == 2
+    states = {n.node_id: n.state for n in backend.nodes(run)}
+    assert len(states) == 2 and states["node-0"] == "terminated"
+    assert states["node-1"] in ("pending", "running")
+    assert backend.reconcile(run, statuses(storage, run)).started == []  # idempotent
     # the next claim is a new attempt that resumes
     claim = cl.try_claim(storage, run, "exp-0", "node-1")
     assert claim is not None and claim.attempt == 2 and claim.resumed
@@ -78,20 +88,23 @@ def test_budget_and_stop_bound_replacements(aws, tmp_path):
     run = prepare(backend, make_project(tmp_path / "p"), "broken", max_nodes=1)
     ec2 = boto3.client("ec2")
     launched = []
+    storage = backend.storage()
     for _ in range(4):  # every node dies at boot (a broken image): each status replaces it
-        live = [n for n in backend.nodes(run) if n.state in ("pending", "running")]
+        live = [n for n in backend.nodes(run) if n.live]
         if not live:
             break
         launched += [n.node_id for n in live]
         ec2.terminate_instances(InstanceIds=[n.extra["instance_id"] for n in live])
+        done = backend.reconcile(run, statuses(storage, run))
+    assert "budget" in done.summary()
     # budget: max_nodes + experiments x (retries + 1) = 1 + 1 = 2 instances in all
     assert launched == ["node-0", "node-1"]
     assert len(backend.nodes(run)) == 2
 
     run2 = prepare(backend, make_project(tmp_path / "p"), "stopped", max_nodes=1)
-    storage = backend.storage()
     storage.write_text(f"runs/{run2}/stop", "")
     backend.stop(run2)
+    assert backend.reconcile(run2, statuses(storage, run2)).started == []
     assert [n.state for n in backend.nodes(run2)] == ["terminated"]  # no replacement
 
 
@@ -100,3 +113,5 @@ def test_replace_can_be_turned_off(aws, tmp_path):
     run = prepare(backend, make_project(tmp_path / "p"), "manual", max_nodes=1)
     backend.stop(run)
     assert [n.state for n in backend.nodes(run)] == ["terminated"]
+    storage = backend.storage()
+    assert backend.reconcile(run, statuses(storage, run)).started == []

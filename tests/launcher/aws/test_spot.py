@@ -9,6 +9,7 @@ import time
 import boto3
 import pytest
 
+from launcher import runs
 from launcher.backends.aws import AwsBackend
 from launcher.backends.aws.interruption import ImdsInterruption
 from launcher.storage import records
@@ -86,9 +87,10 @@ def test_interrupted_spot_node_is_replaced_and_the_experiment_resumes(aws, tmp_p
     )
 
     # `launch status` sees the experiment left with no live node: one replacement, spot again
-    nodes = backend.nodes(run)
-    live = [n for n in nodes if n.state in ("pending", "running")]
+    assert runs.run_detail(run)[0].message == "restarted 1 agent(s)"
+    live = [n for n in backend.nodes(run) if n.live]
     assert [n.node_id for n in live] == ["node-1"] and live[0].spot
+    runs.run_detail(run)
     assert len(backend.nodes(run)) == 2  # asking again launches nothing more
 
     out = start_instance(live[0].extra["instance_id"], tmp_path / "node-1",
