@@ -1,0 +1,91 @@
+"""Grid's command lines run to the end on the local backend (the dry runs are in
+tests/launcher/test_grid.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from localjob import JOB, read_records
+
+from launcher.cli.app import cli
+
+
+def launch(*args: str):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def run_json(name: str) -> dict:
+    return json.loads((Path(os.environ["LAUNCH_HOME"]) / f"store/runs/{name}/run.json").read_text())
+
+
+def tutorial(mount_dir: Path, *extra: str) -> list[str]:
+    """The seed tutorial's Grid run, verbatim but for a writable mount dir and a 2-point sweep."""
+    return ["--grid_name", "transformers-run", "--grid_strategy", "grid_search",
+            "--grid_disk_size", "200", "--grid_max_nodes", "10",
+            "--grid_datastore_mount_dir", str(mount_dir), "--grid_instance_type", "p3.2xlarge",
+            "--grid_credential", "cc-b87v8", "--grid_framework", "lightning", "--grid_gpus", "1",
+            *extra, "train.py", "--gpus", "1", "--max_epochs", "[5, 10]"]  # fmt: skip
+
+
+@pytest.fixture
+def toy(home, workdir, tmp_path):
+    """train.py (the fast stand-in trainer) in the working directory and a datastore ``toy``."""
+    (workdir / "train.py").write_text(JOB)
+    src = tmp_path / "data"
+    (src / "train").mkdir(parents=True)
+    (src / "train" / "a.txt").write_text("A")
+    assert launch("datastore", "create", "--name", "toy", "--source", str(src)).exit_code == 0
+    return tmp_path / "record.jsonl"
+
+
+def test_the_tutorials_grid_run_sweeps_to_success(toy, tmp_path):
+    args = tutorial(tmp_path / "mnt" / "datastore", "--grid_datastore_name", "toy", "--wait")
+    r = launch("run", *args, "--record", str(toy))
+    assert r.exit_code == 0, r.output
+    assert r.stdout.splitlines()[0] == "transformers-run"
+    assert "run transformers-run succeeded" in r.stderr
+    starts = [x for x in read_records(toy) if x["event"] == "start"]
+    assert sorted(x["argv"][3] for x in starts) == ["10", "5"]
+    for x in starts:
+        assert (Path(x["env"]["LAUNCH_DATASTORE_DIR"]) / "train" / "a.txt").read_text() == "A"
+    run = run_json("transformers-run")
+    assert run["spec"]["instance_type"] == "p3.2xlarge" and run["spec"]["max_nodes"] == 10
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="not done: the local node mounts a file:// datastore in place and ignores "
+    "datastore_mount_dir (launcher/storage/datastores.py mount_datastore, outside issue 12's "
+    "change); LAUNCH_DATASTORE_DIR is where the files are",
+)
+def test_the_datastore_appears_at_the_grid_mount_dir(toy, tmp_path):
+    mount = tmp_path / "mnt" / "datastore"
+    r = launch("run", *tutorial(mount, "--grid_datastore_name", "toy", "--wait"), "--record",
+               str(toy))  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert (mount / "train" / "a.txt").read_text() == "A"
+
+
+def test_description_and_dependency_file_are_kept_in_run_json(toy, workdir):
+    (workdir / "requirements.txt").write_text("numpy\n")
+    r = launch("run", "--instance", "t3.medium", "--gpus", "0", "--name", "described",
+               "--description", "baseline on toy", "--dependency_file", "requirements.txt",
+               "--wait", "train.py")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "note: --dependency_file requirements.txt: checked and kept" in r.stderr
+    run = run_json("described")
+    assert run["spec"]["description"] == "baseline on toy"
+    assert run["spec"]["dependency_file"] == "requirements.txt"
+
+
+def test_auto_resume_retries_a_failed_experiment(toy):
+    r = launch("run", "--instance", "t3.medium", "--gpus", "0", "--auto_resume", "--wait",
+               "train.py", "--fail-first", "--record", str(toy))  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "note: --auto_resume:" in r.stderr
+    attempts = [x["attempt"] for x in read_records(toy) if x["event"] == "start"]
+    assert attempts == [1, 2]
