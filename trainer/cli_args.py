@@ -83,8 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--kinetics_annotations",
         nargs="+",
         metavar="CSV",
-        help="Kinetics annotation CSVs; the split comes from the file name "
-        "(train.csv, validate.csv, test.csv)",
+        help="Kinetics annotation CSVs; each row's split comes from its split column, else "
+        "from the file name (train.csv, validate.csv, test.csv)",
     )
     d.add_argument("--video_root", help="where the videos of --*_csv / --kinetics_annotations are")
     d.add_argument(
@@ -318,6 +318,25 @@ def _split_of(csv: str) -> str | None:
     return None
 
 
+def _split_column(parser: argparse.ArgumentParser, csv_path: str) -> list[str]:
+    """The splits named in a Kinetics CSV's ``split`` column (read here, torch-free)."""
+    import csv
+
+    try:
+        with open(csv_path, newline="", encoding="utf-8") as f:
+            values = {(row.get("split") or "").strip().lower() for row in csv.DictReader(f)}
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        parser.error(f"--kinetics_annotations {csv_path}: cannot read it ({e})")
+    values.discard("")
+    unknown = sorted(v for v in values if v not in SPLIT_WORDS and v != "validation")
+    if unknown:
+        parser.error(
+            f"--kinetics_annotations {csv_path}: split column values {unknown}; "
+            "allowed: train, val, validate, test"
+        )
+    return sorted({SPLIT_WORDS.get(v, "val") for v in values})
+
+
 def fill_split_folders(args: argparse.Namespace, root: Path) -> None:
     """Set ``--train/val/test_folder`` not given to ``root``'s split folders that exist:
     folders given explicitly win; a data dir's own split folders fill in the rest."""
@@ -395,13 +414,19 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argpa
     for csv in args.kinetics_annotations or []:
         if not Path(csv).is_file():
             parser.error(f"--kinetics_annotations {csv}: no such file")
-        split = _split_of(csv)
-        if split is None:
+        splits = _split_column(parser, csv) or [_split_of(csv)]
+        if splits == [None]:
             parser.error(
-                f"--kinetics_annotations {csv}: cannot tell its split from the name; "
-                "name it train.csv, validate.csv or test.csv"
+                f"--kinetics_annotations {csv}: cannot tell its split: its split column is "
+                "empty and its name says none; name it train.csv, validate.csv or test.csv"
             )
-        args.kinetics_splits[split] = csv
+        for split in splits:
+            if split in args.kinetics_splits:
+                parser.error(
+                    f"--kinetics_annotations: the {split} split is in both "
+                    f"{args.kinetics_splits[split]} and {csv}"
+                )
+            args.kinetics_splits[split] = csv
     if args.kinetics_annotations and not args.video_root:
         parser.error("--kinetics_annotations needs --video_root (where the videos are)")
     has_train = args.train_folder or args.train_csv or "train" in args.kinetics_splits

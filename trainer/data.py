@@ -296,17 +296,29 @@ class VideoDataModule(pl.LightningDataModule):
 
     @classmethod
     def from_kinetics(
-        cls, annotations: dict[str, str | Path], video_root: str | Path, **kw
+        cls,
+        annotations: dict[str, str | Path] | str | Path,
+        video_root: str | Path,
+        **kw,
     ) -> VideoDataModule:
-        """Kinetics annotation CSVs per split (``{"train": ..., "val": ...}``) over the crawler's
-        ``video_root/<label>/<ytid>_<start>_<end>.mp4`` layout. Classes come from the CSVs."""
-        from trainer.kinetics import kinetics_source
+        """Kinetics annotation CSVs per split (``{"train": ..., "val": ...}``), or one CSV whose
+        ``split`` column says each row's split, over the crawler's
+        ``video_root/<label>/<ytid>_<start>_<end>.mp4`` layout (or flat ``<split>/...``, any
+        extension: see :mod:`trainer.kinetics`). Classes come from the CSVs."""
+        from trainer.kinetics import kinetics_source, read_annotations, splits_of
 
+        if not isinstance(annotations, dict):
+            found = splits_of(read_annotations(annotations))
+            if not found:
+                raise DataError(
+                    f"{annotations}: no split column values; pass {{split: csv}} instead"
+                )
+            annotations = dict.fromkeys(sorted(found), annotations)
         allowed = {"train", "val", "test"}
         bad = sorted(set(annotations) - allowed)
         if bad:
             raise DataError(f"unknown split(s) {bad} in annotations; allowed: {sorted(allowed)}")
-        src = {k: kinetics_source(v, video_root) for k, v in annotations.items()}
+        src = {k: kinetics_source(v, video_root, split=k) for k, v in annotations.items()}
         return cls(**src, **kw)
 
     # -- what the model reads -------------------------------------------------------------------

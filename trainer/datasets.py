@@ -105,26 +105,39 @@ class VideoSource:
 
     @classmethod
     def from_csv(cls, csv_path: str | Path, root: str | Path | None = None) -> VideoSource:
-        """A CSV of ``path,label`` rows (an optional ``path,label`` header), paths relative to
-        ``root`` or, by default, to the CSV's folder."""
+        """A CSV of ``path,label`` rows (an optional ``path,label`` header), or PyTorchVideo's
+        list of space-separated ``path label`` lines; paths relative to ``root`` or, by
+        default, to the file's folder. Integer labels are class indices: a list labelled
+        0..K-1 declares the classes "0" ... "K-1" (so label k is output k)."""
         csv_path = Path(csv_path)
         if not csv_path.is_file():
             raise DataNotFoundError(f"CSV file {csv_path} does not exist")
         base = Path(root) if root is not None else csv_path.parent
-        items: list[tuple[Path, str | None]] = []
         with open(csv_path, newline="") as f:
-            for n, row in enumerate(csv.reader(f), start=1):
-                if not row or row[0].startswith("#"):
-                    continue
-                if n == 1 and [c.strip().lower() for c in row[:2]] == ["path", "label"]:
-                    continue
-                if len(row) != 2 or not row[0].strip() or not row[1].strip():
-                    raise DataError(f"{csv_path}:{n}: expected 'path,label', got {row!r}")
-                items.append((base / row[0].strip(), row[1].strip()))
+            lines = f.read().splitlines()
+        first = next((ln for ln in lines if ln.strip() and not ln.startswith("#")), "")
+        spaced = "," not in first and len(first.split()) >= 2
+        rows = _space_rows(lines) if spaced else list(enumerate(csv.reader(lines), start=1))
+        items: list[tuple[Path, str | None]] = []
+        for n, row in rows:
+            if not row or row[0].startswith("#"):
+                continue
+            if n == 1 and [c.strip().lower() for c in row[:2]] == ["path", "label"]:
+                continue
+            if len(row) != 2 or not row[0].strip() or not row[1].strip():
+                expected = "'path label'" if spaced else "'path,label'"
+                raise DataError(f"{csv_path}:{n}: expected {expected}, got {row!r}")
+            items.append((base / row[0].strip(), row[1].strip()))
+        labels = {label for _, label in items}
+        classes = None
+        if labels and all(label.isdigit() for label in labels):
+            classes = tuple(str(i) for i in range(max(int(x) for x in labels) + 1))
+            items = [(path, str(int(label))) for path, label in items]  # "007" is class 7
         return cls(
             str(csv_path),
             base,
             items,
+            classes=classes,
             empty_message=f"no videos listed in {csv_path} (expected rows 'path,label')",
         )
 
@@ -152,6 +165,12 @@ class VideoSource:
             [(p, None) for p in files],
             empty_message="none of the given paths is a readable video",
         )
+
+
+def _space_rows(lines: list[str]) -> list[tuple[int, list[str]]]:
+    """PyTorchVideo's ``path label`` lines: the label is the last word (paths may hold
+    spaces)."""
+    return [(n, line.rsplit(None, 1)) for n, line in enumerate(lines, start=1)]
 
 
 def _list_files(folder: Path) -> list[Path]:

@@ -6,20 +6,28 @@ Formats (header row first; labels with spaces or commas are double-quoted):
 - ``youtube_id,time_start,time_end,split`` (the unlabelled test sets).
 
 The crawler saves each row as ``<label>/<youtube_id>_<start:06d>_<end:06d>.mp4`` (the label
-with its spaces kept; unlabelled rows under ``test/``). The class list is the sorted set of the
-raw labels, which is the order published class indices follow. Downloads always miss some
-clips, so a missing file is counted and reported, and only an error if no clip exists at all.
+with its spaces kept; unlabelled rows under ``test/``); other downloaders keep them flat by
+split, ``<split>/<youtube_id>_<start>_<end>.<ext>``, or in other containers (.webm, .mkv...).
+Any of these is found: the video root is listed once and each row's clip looked up by its
+``<youtube_id>_<start>_<end>`` name, preferring the row's label folder, then its split folder.
+The ``split`` column says which split a row is in (so one annotations file may hold several).
+The class list is the sorted set of the raw labels, which is the order published class indices
+follow. Downloads always miss some clips, so a missing file is counted and reported, and only
+an error if no clip exists at all.
 """
 
 from __future__ import annotations
 
 import csv
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from trainer.datasets import DataError, DataNotFoundError, VideoSource
 
 REQUIRED = ("youtube_id", "time_start", "time_end")
+# The split column's values (and annotation file names) -> this project's split names.
+SPLITS = {"train": "train", "val": "val", "validate": "val", "validation": "val", "test": "test"}
 
 
 @dataclass(frozen=True)
@@ -33,10 +41,15 @@ class KineticsRow:
     split: str
 
     @property
+    def stem(self) -> str:
+        """The clip's file name without its extension."""
+        return f"{self.youtube_id}_{self.time_start:06d}_{self.time_end:06d}"
+
+    @property
     def relpath(self) -> str:
         """Where the crawler saves this clip, relative to the video root."""
         folder = self.label if self.label is not None else "test"
-        return f"{folder}/{self.youtube_id}_{self.time_start:06d}_{self.time_end:06d}.mp4"
+        return f"{folder}/{self.stem}.mp4"
 
 
 def read_annotations(csv_path: str | Path) -> list[KineticsRow]:
@@ -77,27 +90,72 @@ def classes(rows: list[KineticsRow]) -> list[str]:
     return sorted({r.label for r in rows if r.label is not None})
 
 
-def kinetics_source(csv_path: str | Path, video_root: str | Path) -> VideoSource:
-    """A :class:`VideoSource` of the clips of ``csv_path`` found under ``video_root``.
+def splits_of(rows: list[KineticsRow]) -> set[str]:
+    """The splits named in the rows' ``split`` column (this project's names), or a DataError
+    for a value that is not a split."""
+    named = {r.split.strip().lower() for r in rows if r.split.strip()}
+    unknown = sorted(named - set(SPLITS))
+    if unknown:
+        raise DataError(f"split column values {unknown}: allowed: {', '.join(SPLITS)}")
+    return {SPLITS[v] for v in named}
+
+
+def _index(root: Path) -> dict[str, list[Path]]:
+    """Every file under ``root`` by its name without the extension (one walk)."""
+    found: dict[str, list[Path]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            if not name.startswith("."):
+                found.setdefault(os.path.splitext(name)[0], []).append(Path(dirpath) / name)
+    return found
+
+
+def _find(row: KineticsRow, root: Path, index: dict[str, list[Path]]) -> Path | None:
+    """The clip of ``row``: in its label folder first, then in its split's folder, then
+    wherever its name is."""
+    paths = index.get(row.stem)
+    if not paths:
+        return None
+    folders = [row.label or "test", row.split.strip().lower()]
+    for folder in folders:
+        for path in paths:
+            if folder and path.parent.name == folder:
+                return path
+    return sorted(paths)[0]
+
+
+def kinetics_source(
+    csv_path: str | Path, video_root: str | Path, split: str | None = None
+) -> VideoSource:
+    """A :class:`VideoSource` of the clips of ``csv_path`` found under ``video_root``: the rows
+    of ``split`` when the ``split`` column names splits (all rows when it does not, or when
+    ``split`` is None).
 
     Rows whose clip is missing go to ``skipped`` (the DataModule's one-line warning summary
     counts them); if none exists it is an error.
     """
     rows = read_annotations(csv_path)
+    if split is not None and splits_of(rows):
+        rows = [r for r in rows if SPLITS.get(r.split.strip().lower()) == split]
+        if not rows:
+            raise DataError(f"{csv_path} has no rows of split {split!r}")
     root = Path(video_root)
     if not root.is_dir():
         raise DataNotFoundError(f"Kinetics video root {root} does not exist")
+    index = _index(root)
     items, missing = [], {}
     for row in rows:
-        path = root / row.relpath
-        if path.is_file():
+        path = _find(row, root, index)
+        if path is not None:
             items.append((path, row.label))
         else:
-            missing[str(path)] = "clip not downloaded (file missing)"
+            missing[str(root / row.relpath)] = "clip not downloaded (file missing)"
     if not items:
         raise DataError(
             f"none of the {len(rows)} clips of {csv_path} exists under {root} "
-            "(expected <label>/<youtube_id>_<start:06d>_<end:06d>.mp4)"
+            "(expected <label>/<youtube_id>_<start:06d>_<end:06d>.mp4, or <split>/...)"
         )
     declared = classes(rows)
-    return VideoSource(str(csv_path), root, items, classes=tuple(declared) or None, skipped=missing)
+    name = f"{csv_path} ({split})" if split else str(csv_path)
+    return VideoSource(name, root, items, classes=tuple(declared) or None, skipped=missing)

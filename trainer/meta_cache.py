@@ -24,7 +24,7 @@ from pathlib import Path
 from trainer.video_io import VideoError, VideoMeta, probe
 
 CACHE_NAME = ".video_meta_cache.json"
-CACHE_VERSION = 2  # bump when VideoMeta or its meaning changes
+CACHE_VERSION = 3  # bump when VideoMeta or its meaning changes (3: images refused)
 
 
 def user_cache_dir() -> Path:

@@ -74,9 +74,18 @@ def _open(path: str | Path):
         container = av.open(str(path))
     except (av.error.FFmpegError, OSError, UnicodeDecodeError) as e:
         raise VideoError(path, f"not a readable video ({_reason(e)})") from e
+    fmt = container.format.name
+    if fmt == "image2" or fmt.endswith("_pipe"):  # png_pipe, jpeg_pipe, webp_pipe, ...
+        container.close()
+        raise VideoError(path, f"an image ({fmt.removesuffix('_pipe')}), not a video")
     if not container.streams.video:
         container.close()
         raise VideoError(path, "no video stream")
+    if container.streams.video[0].codec_context is None:
+        # A file cut short inside its header: FFmpeg found the stream but not its codec
+        # parameters (decoding would fail with "Decoder not found", which misleads).
+        container.close()
+        raise VideoError(path, "truncated or corrupt (its video stream has no codec parameters)")
     return container
 
 
@@ -107,12 +116,15 @@ def probe(path: str | Path) -> VideoMeta:
             for frame in stream.decode(None):
                 first_frame = frame
                 break
+    except av.error.DecoderNotFoundError as e:
+        codec = getattr(stream.codec_context, "name", "?")
+        raise VideoError(path, f"no decoder for its {codec} video in this FFmpeg") from e
     except av.error.FFmpegError as e:
         raise VideoError(path, f"undecodable ({_reason(e)})") from e
     finally:
         container.close()
     if not pts or first_frame is None:
-        raise VideoError(path, "no decodable video frames")
+        raise VideoError(path, "no decodable video frames (truncated or corrupt?)")
     pts.sort()
     time_base = float(stream.time_base)
     if len(pts) > 1:
