@@ -1,6 +1,8 @@
 """The local SQLite index of runs: what makes ``launch status`` fast with thousands of runs.
 
-Storage stays the source of truth. The index caches each run's summary; a run that has finished
+Storage stays the source of truth and the index is only a cache: a missing index is rebuilt by
+the next ``launch status`` (which indexes every run storage holds), an unreadable one is set aside
+and rebuilt the same way. The index caches each run's summary; a run that has finished
 (succeeded, failed, stopped) never changes again, so only unfinished runs are refreshed from
 storage. Every writer opens its own short transaction, so concurrent ``launch`` commands are safe
 (SQLite's file locking, WAL journal, a busy timeout).
@@ -8,13 +10,17 @@ storage. Every writer opens its own short transaction, so concurrent ``launch`` 
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import sqlite3
+import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from launcher.config import launch_home
 from launcher.errors import LaunchError
 
+log = logging.getLogger("launcher")
 FINISHED = ("succeeded", "failed", "stopped")
 
 _SCHEMA = """
@@ -76,19 +82,35 @@ class RunIndex:
     def conn(self) -> sqlite3.Connection:
         if self._conn is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            # autocommit mode; upsert_many opens an explicit transaction
             try:
-                conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=NORMAL")
-                conn.executescript(_SCHEMA)
+                self._conn = self._open()
             except sqlite3.DatabaseError as e:
-                raise LaunchError(
-                    f"the run index {self.path} is unreadable ({e}); move it away: runs are "
-                    "indexed again from storage as they are named (`launch status RUN`)"
-                ) from e
-            self._conn = conn
+                # a cache: set the broken file aside and start afresh; `launch status` indexes
+                # every run again from storage
+                aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+                for suffix in ("", "-wal", "-shm"):
+                    with contextlib.suppress(FileNotFoundError):
+                        Path(f"{self.path}{suffix}").rename(f"{aside}{suffix}")
+                log.warning("the run index %s was unreadable (%s); moved it to %s and rebuilt it "
+                            "from storage", self.path, e, aside.name)  # fmt: skip
+                try:
+                    self._conn = self._open()
+                except sqlite3.DatabaseError as e2:
+                    raise LaunchError(f"cannot open the run index {self.path}: {e2}") from e2
         return self._conn
+
+    def _open(self) -> sqlite3.Connection:
+        # autocommit mode; upsert_many opens an explicit transaction
+        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.executescript(_SCHEMA)
+            conn.execute("SELECT count(*) FROM runs").fetchone()  # reads every page's header
+        except sqlite3.DatabaseError:
+            conn.close()
+            raise
+        return conn
 
     def close(self) -> None:
         if self._conn is not None:

@@ -5,9 +5,6 @@ from __future__ import annotations
 import threading
 import time
 
-import pytest
-
-from launcher.errors import LaunchError
 from launcher.runs.index import RunIndex, RunRow
 
 
@@ -66,8 +63,13 @@ def test_thousand_rows_list_fast(tmp_path):
     assert time.perf_counter() - t0 < 0.2
 
 
-def test_a_corrupt_index_is_one_clear_error(tmp_path):
+def test_a_corrupt_index_is_set_aside_and_rebuilt(tmp_path, caplog):
     path = tmp_path / "runs.sqlite3"
     path.write_bytes(b"this is not a database" * 100)
-    with pytest.raises(LaunchError, match="unreadable"):
-        RunIndex(path).list()
+    index = RunIndex(path)
+    assert index.list() == []  # a fresh, empty cache: `launch status` refills it from storage
+    index.upsert(RunRow(name="r", backend="local", root="file:///x", created=1.0))
+    assert [r.name for r in RunIndex(path).list()] == ["r"]
+    (aside,) = tmp_path.glob("runs.sqlite3.corrupt-*")
+    assert aside.read_bytes().startswith(b"this is not a database")
+    assert "unreadable" in caplog.text

@@ -310,3 +310,24 @@ def test_bad_credentials_at_submit_remove_the_run_and_keep_the_error(home, workd
         runs.prepare_run(make_spec(name="creds"), BadCredentials())
     assert not LocalBackend().storage().exists("runs/creds")
     assert RunIndex().get("creds") is None
+
+
+@pytest.mark.parametrize("damage", ["delete", "corrupt"])
+def test_status_lists_what_storage_holds_when_the_index_is_lost(home, workdir, damage):
+    from click.testing import CliRunner
+
+    from launcher.cli import cli
+
+    names = [runs.prepare_run(make_spec(name=f"kept-{i}"), NoAgents()) for i in range(3)]
+    index = home / "runs.sqlite3"
+    if damage == "delete":
+        index.unlink()
+    else:
+        index.write_bytes(b"\0garbage" * 512)
+        for extra in ("runs.sqlite3-wal", "runs.sqlite3-shm"):
+            (home / extra).unlink(missing_ok=True)
+    r = CliRunner().invoke(cli, ["status"])
+    assert r.exit_code == 0, r.output
+    assert "no runs yet" not in r.output
+    listed = [line.split()[0] for line in r.stdout.splitlines()[1:]]
+    assert sorted(listed) == names
