@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from launcher.backends import BACKENDS
 from launcher.cli.output import size, table
 
 
@@ -17,7 +18,7 @@ def _storage(backend: str | None):
 
 _backend_option = click.option(
     "--backend",
-    type=click.Choice(["local", "aws"]),
+    type=click.Choice(list(BACKENDS)),
     help="Whose storage (default: config defaults.backend, else local).",
 )
 

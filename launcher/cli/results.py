@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from launcher.cli.output import table
-from launcher.errors import LaunchError, NotFoundError
+from launcher.errors import LaunchError
 
 
 @click.command()
@@ -58,6 +58,8 @@ def predict(
     checkpoint (pulled to DEST when not there yet)."""
     ckpt = Path(source)
     if not ckpt.is_file():
+        from launcher.runs.results import best_checkpoint
+
         ckpt = best_checkpoint(source, metric=metric, dest=dest)
         click.secho(f"using {ckpt}", err=True, dim=True)
     cmd = [sys.executable, "-m", "trainer.predict", str(ckpt), *videos]
@@ -68,26 +70,3 @@ def predict(
     code = subprocess.call(cmd)  # torch loads there, never in the launcher
     if code:
         raise LaunchError(f"prediction failed (trainer.predict exited with {code})")
-
-
-def best_checkpoint(run: str, *, metric: str | None = None, dest: str = "launch_artifacts") -> Path:
-    """The best experiment's best.ckpt (by the run's metric), pulled to DEST if not there yet."""
-    from launcher.runs import RunContext
-    from launcher.runs import metrics as m
-    from launcher.storage.artifacts import pull_artifacts
-
-    ctx = RunContext(run)
-    rows = m.leaderboard(ctx.storage, ctx.name, metric=metric)
-    order = [r.experiment for r in rows if r.best is not None]
-    order += [e for e in ctx.experiment_ids() if e not in order]  # no metrics: any checkpoint
-    for exp in order:
-        for name in ("best.ckpt", "last.ckpt"):
-            local = Path(dest) / ctx.name / exp / "checkpoints" / name
-            if local.is_file():
-                return local
-            key = f"runs/{ctx.name}/experiments/{exp}/artifacts/checkpoints/{name}"
-            if ctx.storage.exists(key):
-                pull_artifacts(ctx.storage, ctx.name, experiment=exp, dest=dest)
-                if local.is_file():
-                    return local
-    raise NotFoundError(f"run {ctx.name!r} has no checkpoint (checkpoints/best.ckpt) yet")

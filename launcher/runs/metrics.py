@@ -93,9 +93,9 @@ def read_run(storage: Storage, run: str) -> list[ExperimentData]:
     :func:`plot_metrics` read them themselves; pass this as ``data=`` to share one read."""
     data = []
     for e in experiment_ids(storage, run):
-        base = f"runs/{run}/experiments/{e}"
-        params = (storage.read_json(f"{base}/params.json", default={}) or {}).get("params") or {}
-        status = (storage.read_json(f"{base}/status.json", default={}) or {}).get("state", "queued")
+        params = storage.read_json(exp_key(run, e, "params.json"), default=None) or {}
+        status = storage.read_json(exp_key(run, e, "status.json"), default=None) or {}
+        params, status = params.get("params") or {}, status.get("state", "queued")
         data.append(ExperimentData(e, params, status, load_metrics(storage, run, e)))
     return data
 

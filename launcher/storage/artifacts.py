@@ -47,14 +47,10 @@ def _check(run: str, exp: str | None = None) -> None:
         records.check_experiment_id(exp)
 
 
-def _exp_key(run: str, exp: str, rest: str) -> str:
-    return f"runs/{run}/experiments/{exp}/{rest}"
-
-
 def read_manifest(storage: Storage, run: str, exp: str) -> dict[str, dict[str, Any]]:
     """An experiment's artifacts.json (empty if nothing was shipped yet)."""
     _check(run, exp)
-    key = _exp_key(run, exp, "artifacts.json")
+    key = records.exp_key(run, exp, "artifacts.json")
     return mf.check_manifest(storage.read_json(key, default={}), storage.url(key))
 
 
@@ -66,7 +62,7 @@ def ship_artifacts(storage: Storage, run: str, exp: str, local_dir: str | Path) 
     remote = read_manifest(storage, run, exp)
 
     def one(rel: str) -> tuple[str, dict | None, bool]:
-        key = _exp_key(run, exp, f"artifacts/{rel}")
+        key = records.exp_key(run, exp, "artifacts", rel)
         try:
             return (rel, *mf.upload_changed(storage, files[rel], key, remote.get(rel)))
         except mf.FileChanged:
@@ -78,9 +74,9 @@ def ship_artifacts(storage: Storage, run: str, exp: str, local_dir: str | Path) 
     manifest = {rel: entry for rel, entry, _ in results if entry is not None}
     gone = sorted(set(remote) - set(files))
     if manifest != remote:
-        storage.write_json(_exp_key(run, exp, "artifacts.json"), manifest)
+        storage.write_json(records.exp_key(run, exp, "artifacts.json"), manifest)
     for rel in gone:
-        storage.delete(_exp_key(run, exp, f"artifacts/{rel}"))
+        storage.delete(records.exp_key(run, exp, "artifacts", rel))
     uploaded = [entry for _, entry, sent in results if sent]
     return {
         "uploaded": len(uploaded),
@@ -103,7 +99,7 @@ def restore_artifacts(
     """
     files = read_manifest(storage, run, exp)
     Path(local_dir).mkdir(parents=True, exist_ok=True)
-    jobs = mf.plan_down(_exp_key(run, exp, "artifacts"), files, Path(local_dir))
+    jobs = mf.plan_down(records.exp_key(run, exp, "artifacts"), files, Path(local_dir))
     return mf.sync_down(storage, jobs, warn=warn or log.warning)
 
 
@@ -153,5 +149,5 @@ def pull_artifacts(
     jobs = []
     for e in exps:
         files = read_manifest(storage, run, e)
-        jobs += mf.plan_down(_exp_key(run, e, "artifacts"), files, Path(dest) / run / e)
+        jobs += mf.plan_down(records.exp_key(run, e, "artifacts"), files, Path(dest) / run / e)
     return mf.sync_down(storage, jobs, progress)
