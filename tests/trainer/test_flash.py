@@ -45,7 +45,9 @@ datamodule = VideoClassificationData.from_folders(
 model = VideoClassifier(backbone="x3d_xs", labels=datamodule.labels, pretrained=False)
 trainer = flash.Trainer(max_epochs=1, gpus=torch.cuda.device_count())
 trainer.finetune(model, datamodule=datamodule, strategy="freeze")
-datamodule = VideoClassificationData.from_folders(predict_folder="data/kinetics/predict", batch_size=1)
+datamodule = VideoClassificationData.from_folders(
+    predict_folder="data/kinetics/predict", batch_size=1
+)
 predictions = trainer.predict(model, datamodule=datamodule, output="labels")
 print(predictions)
 trainer.save_checkpoint("video_classification.pt")

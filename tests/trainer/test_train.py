@@ -557,3 +557,237 @@ def test_trains_to_high_accuracy_and_predicts(tmp_path, lightning_predict):
     with (out / "predictions.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert [r["label"] for r in rows] == predicted
+
+
+# --- torchvision-reference spellings, and the flags they bring ----------------------------------
+
+
+def test_hyphenated_and_torchvision_spellings(motion_dataset, tmp_path, monkeypatch):
+    monkeypatch.delenv("LAUNCH_DATASTORE_DIR", raising=False)
+    args = parse_args(
+        ["--data-path", str(motion_dataset), "--batch-size", "3", "--epochs", "2"]
+        + ["--workers", "0", "--output-dir", str(tmp_path), "--clip-len", "8", "--frame-rate", "15"]
+        + ["--lr-warmup-epochs", "0.5", "--model", "demo_cnn", "--train-clips-per-video", "2"]
+        + ["--crop-size", "32", "--no-resume", "--fast-dev-run"]
+    )
+    assert args.train_folder == str(motion_dataset / "train")
+    assert (args.batch_size, args.max_epochs, args.num_workers) == (3, 2, 0)
+    assert (args.output_dir, args.backbone, args.warmup_epochs) == (str(tmp_path), "demo_cnn", 0.5)
+    assert (args.video_input.num_frames, args.video_input.fps) == (8, 15.0)
+    assert (args.train_clips_per_video, args.no_resume, args.fast_dev_run) == (2, True, 1)
+    assert parse_args(["--data-path", str(motion_dataset), "-b", "5", "-j", "1"]).batch_size == 5
+
+
+def test_amp_means_mixed_precision(motion_dataset, capsys):
+    base = ["--train_folder", str(motion_dataset / "train"), "--accelerator", "cpu"]
+    assert parse_args([*base, "--amp"]).precision == "bf16-mixed"  # what the CPU can mix
+    with pytest.raises(SystemExit):
+        parse_args([*base, "--amp", "--precision", "32-true"])
+    assert "--amp and --precision 32-true both given" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--clips-per-video", "5"], "--clips-per-video: in torchvision's reference"),
+        (["--max_steps", "0"], "--max_steps 0: must be >= 1, or -1 for no limit"),
+        (["--max-epochs", "0"], "--max_epochs 0: must be >= 1, or -1 for no limit"),
+        (["--resume", "/nowhere/last.ckpt"], "--resume /nowhere/last.ckpt: no such checkpoint"),
+        (["--weights", "R3D_18_Weights.KINETICS400_V1"], r"no such file \(published weights:"),
+        (["--frame-rate", "0"], "--frame_rate 0.0: must be > 0"),
+    ],
+)
+def test_torchvision_habits_are_one_line_errors(flags, message, motion_dataset, capsys):
+    with pytest.raises(SystemExit) as e:
+        parse_args(["--train_folder", str(motion_dataset / "train"), *flags])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    import re
+
+    assert err[-1].startswith("train.py: error: ") and re.search(message, err[-1]), err
+
+
+def test_help_lists_each_flag_once():
+    from trainer.cli_args import build_parser
+
+    text = build_parser().format_help()
+    for flag in ("--batch_size", "--data-path", "--epochs", "--workers", "--output-dir"):
+        assert text.count(f"{flag}") >= 1, flag
+    entries = [line.split()[0] for line in text.splitlines() if line.startswith("  --")]
+    assert len(entries) == len(set(entries))
+    assert "--clips-per-video" not in text  # refused with its reason, not offered
+
+
+# --- one-line errors that were tracebacks --------------------------------------------------------
+
+
+def test_weights_that_do_not_fit_and_failed_download_are_one_line(
+    motion_dataset, tmp_path, capsys, monkeypatch
+):
+    import torch
+
+    from trainer.backbones import REGISTRY
+    from trainer.train import main
+
+    base = ["--train_folder", str(motion_dataset / "train"), *TINY, "--max_steps", "1"]
+    other = tmp_path / "other.pth"
+    torch.save({"conv.weight": torch.zeros(3, 3)}, other)
+    assert main([*base, "--weights", str(other), "--output_dir", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: --weights {other} does not fit"), err
+
+    def offline():
+        raise OSError("<urlopen error [Errno -3] Temporary failure in name resolution>\nmore")
+
+    import dataclasses
+
+    monkeypatch.setitem(
+        REGISTRY, "x3d_xs", dataclasses.replace(REGISTRY["x3d_xs"], fetch_pretrained=offline)
+    )
+    flags = ["--train_folder", str(motion_dataset / "train"), "--backbone", "x3d_xs"]
+    flags += ["--pretrained", "--crop_size", "32", "--max_steps", "1", "--num_workers", "0"]
+    assert main([*flags, "--output_dir", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: could not fetch pretrained x3d_xs"), err
+    assert "Temporary failure in name resolution" in err[0] and "--weights PATH" in err[0]
+
+
+def test_best_ckpt_of_an_earlier_run_as_weights(motion_dataset, tmp_path, capsys):
+    """Finetune from an earlier run: its best.ckpt is a --weights file (another backbone's is a
+    one-line error naming it)."""
+    import torch
+
+    from trainer.train import main
+
+    data = ["--train_folder", str(motion_dataset / "train"), *TINY, "--max_steps", "2"]
+    first = tmp_path / "first"
+    assert main([*data, "--output_dir", str(first)]) == 0
+    best = first / "checkpoints" / "best.ckpt"
+    second = tmp_path / "second"
+    flags = [*data, "--weights", str(best), "--finetune_strategy", "freeze", "--lr", "0.01"]
+    assert main([*flags, "--output_dir", str(second)]) == 0
+    old = torch.load(best, weights_only=True)["state_dict"]
+    new = torch.load(second / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    key = "backbone.features.0.0.weight"
+    assert torch.equal(old[key], new[key])  # loaded, then frozen
+    assert not torch.equal(old["backbone.fc.weight"], new["backbone.fc.weight"])  # head trained
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                *data,
+                "--backbone",
+                "r3d_18",
+                "--weights",
+                str(best),
+                "--output_dir",
+                str(tmp_path / "c"),
+            ]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"error: --weights {best}: a checkpoint of backbone demo_cnn, not r3d_18; "
+        "pass --backbone demo_cnn"
+    ]
+
+
+def test_fast_dev_run_then_a_real_run_in_the_same_output_dir(motion_dataset, tmp_path, capsys):
+    """A smoke run leaves no checkpoint the next run would resume from (Lightning 2.6 wrote a
+    last.ckpt, and the rerun "resumed" 0 steps, then crashed on float(None))."""
+    from trainer.train import main
+
+    out = tmp_path / "out"
+    data = ["--train_folder", str(motion_dataset / "train"), *TINY, "--output_dir", str(out)]
+    assert main([*data, "--fast_dev_run"]) == 0
+    assert not (out / "checkpoints").exists()
+    assert main([*data, "--max_epochs", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "resuming from" not in text and "best train_loss=" in text
+    # A rerun with nothing left to train says so instead of crashing.
+    assert main([*data, "--max_epochs", "1"]) == 0
+    assert "nothing trained: " in capsys.readouterr().out
+
+
+def test_test_only_evaluates_a_checkpoint_and_resume_path(motion_dataset, tmp_path, capsys):
+    from trainer.train import main
+
+    out = tmp_path / "out"
+    data = ["--train_folder", str(motion_dataset / "train"), "--val_folder"]
+    data += [str(motion_dataset / "val"), *TINY, "--max_epochs", "1"]
+    assert main([*data, "--output_dir", str(out)]) == 0
+    capsys.readouterr()
+    for flags in (
+        ["--test-only"],
+        ["--eval_only", "--weights", str(out / "checkpoints/best.ckpt")],
+    ):
+        assert main([*data, *flags, "--output_dir", str(out)]) == 0
+        line = capsys.readouterr().out.strip().splitlines()[-1]
+        assert line.startswith("val_acc1=") and " val_acc5=" in line, line
+    assert main([*data, "--test-only", "--output_dir", str(tmp_path / "empty")]) == 2
+    assert "error: --test_only: give --weights PATH" in capsys.readouterr().err
+    # --resume PATH: continue another output dir's run here.
+    again = tmp_path / "again"
+    flags = [*data[:-1], "2", "--resume", str(out / "checkpoints/last.ckpt")]
+    assert main([*flags, "--output_dir", str(again)]) == 0
+    assert f"resuming from {out / 'checkpoints' / 'last.ckpt'}" in capsys.readouterr().out
+    assert [r["epoch"] for r in metrics(again) if r["val_acc1"]] == ["1"]
+
+
+def test_tensorboard_events_and_lr_per_parameter_group(motion_dataset, tmp_path):
+    """TensorBoard beside metrics.csv; LearningRateMonitor's rate of each parameter group (the
+    backbone's joins at unfreeze_epoch 1) instead of a hand-logged average of the first."""
+    import torch
+
+    from trainer.backbones import build_backbone
+    from trainer.train import main
+
+    weights = tmp_path / "w.pth"
+    torch.save(build_backbone("demo_cnn", 3).state_dict(), weights)
+    out = tmp_path / "out"
+    flags = ["--train_folder", str(motion_dataset / "train"), *TINY, "--max_epochs", "2"]
+    flags += ["--weights", str(weights), "--finetune_strategy", "freeze_unfreeze"]
+    flags += ["--lr_scheduler", "none", "--lr", "0.02", "--output_dir", str(out)]
+    assert main(flags) == 0
+    events = list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(out / "tensorboard"))
+    acc.Reload()
+    assert {"train_loss", "lr-SGD/pg1", "lr-SGD/pg2"} <= set(acc.Tags()["scalars"])
+    rows = metrics(out)
+    assert len(rows) == 2  # one row per epoch, the rates beside the losses
+    # Lightning's names: lr-SGD while there is one group, then lr-SGD/pg1 and lr-SGD/pg2.
+    assert rows[0]["lr-SGD"] == "0.02" and rows[0]["lr-SGD/pg2"] == ""
+    assert rows[1]["lr-SGD/pg1"] == "0.02"
+    assert float(rows[1]["lr-SGD/pg2"]) == pytest.approx(0.002)  # the backbone's: head's / 10
+    assert "lr" not in rows[0] and rows[1]["train_loss"]
+    assert [p.name for p in out.rglob("*.yaml")] == ["hparams.yaml"]  # still one copy
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_train_one_model(motion_dataset, tmp_path):
+    """torchrun --nproc_per_node=2: one DDP group of 2 (not 2 separate models writing the same
+    output dir), one "best" line."""
+    out = tmp_path / "out"
+    torchrun = Path(sys.executable).parent / "torchrun"
+    done = subprocess.run(
+        [str(torchrun), "--nproc_per_node=2", "--master_port=29517", str(SCRIPT)]
+        + ["--train_folder", str(motion_dataset / "train"), "--val_folder"]
+        + [str(motion_dataset / "val"), *TINY, "--max_epochs", "1", "--output_dir", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={k: v for k, v in os.environ.items() if not k.startswith("LAUNCH_")},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = done.stdout + done.stderr
+    assert "MEMBER: 1/2" in text and "MEMBER: 2/2" in text  # one group, ranks 0 and 1
+    assert len([line for line in done.stdout.splitlines() if line.startswith("best ")]) == 1
+    import torch
+
+    last = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["global_step"] == 2  # 9 videos over 2 processes, batch 3: 2 steps each
