@@ -263,7 +263,8 @@ class VideoDataModule(pl.LightningDataModule):
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         if not self.batch_transforms or self.trainer is None:
             return batch
-        stage = _STAGES.get(str(self.trainer.state.stage), "val")
+        stage = self.trainer.state.stage
+        stage = _STAGES.get(getattr(stage, "value", stage), "val")
         fn = self.batch_transforms.get(stage)
         return fn(batch) if fn is not None else batch
 

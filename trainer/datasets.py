@@ -238,13 +238,13 @@ def training_clips(
     items: Sequence[VideoItem],
     vi: VideoInput,
     sampler: str = "random",
-    clips_per_video: int = 1,
+    random_clips: int = 1,
     **kwargs,
 ) -> list[tuple[int, int | None]]:
     """The training items of one epoch: ``(video index, clip start frame)``, the start None
     for a fresh random one each time the item is read.
 
-    - ``random``: ``clips_per_video`` random clips of each video (PyTorchVideo's
+    - ``random``: ``random_clips`` random clips of each video (PyTorchVideo's
       RandomClipSampler gives one; torchvision's reference up to ``--clips-per-video``);
     - ``uniform``: every clip of the video, one after the other (``stride`` seconds apart,
       default: one clip's duration), as PyTorchVideo's UniformClipSampler;
@@ -253,9 +253,9 @@ def training_clips(
     """
     check_clip_sampler(sampler, kwargs)
     if sampler == "random":
-        return [(i, None) for i in range(len(items)) for _ in range(clips_per_video)]
+        return [(i, None) for i in range(len(items)) for _ in range(random_clips)]
     if sampler == "constant_clips_per_video":
-        n = int(kwargs.get("clips_per_video", clips_per_video))
+        n = int(kwargs.get("clips_per_video", 1))
         augs = int(kwargs.get("augs_per_clip", 1))
         if n < 1 or augs < 1:
             raise DataError(f"clips_per_video={n}, augs_per_clip={augs}: both must be >= 1")

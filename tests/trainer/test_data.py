@@ -380,3 +380,129 @@ def test_failed_val_batch_leaves_metrics_finite_and_predict_failures_listed(
     assert 0 <= float(trainer.callback_metrics["val_acc1"]) <= 1
     assert sum(len(b["path"]) for b in loader) == 6
     assert {str(p) for p in (motion_dataset / "val" / "left").glob("*.mp4")} <= set(dm.skipped)
+
+
+# --- clip samplers, clip_duration, one clip per item, user transforms -------------------------
+
+
+def test_training_clip_samplers(motion_dm, tiny_input):
+    from trainer.datasets import training_clips
+
+    dm = motion_dm(batch_size=64)
+    items = dm.items["train"]  # 9 videos of 16 frames at 15 fps; a clip spans 16 frames
+    assert training_clips(items, tiny_input) == [(i, None) for i in range(9)]
+    assert len(training_clips(items, tiny_input, "random", random_clips=3)) == 27
+    half = tiny_input.with_overrides(sampling_rate=1)  # 8 frames: 2 clips per video
+    assert training_clips(items, half, "uniform")[:2] == [(0, 0), (0, 8)]
+    assert len(training_clips(items, half, "uniform", stride=0.2)) == 9 * 3  # 3-frame stride
+    spread = training_clips(items, half, "constant_clips_per_video", clips_per_video=3)
+    assert spread[:3] == [(0, 0), (0, 4), (0, 8)]
+    assert len(training_clips(items, half, "constant_clips_per_video", augs_per_clip=2)) == 18
+    dm = motion_dm(
+        half, batch_size=64, clip_sampler="constant_clips_per_video",
+        clip_sampler_kwargs={"clips_per_video": 2},
+    )  # fmt: skip
+    assert len(next(iter(dm.train_dataloader()))["label"]) == 18
+    dm = motion_dm(half, batch_size=64, train_clips_per_video=2)
+    assert len(next(iter(dm.train_dataloader()))["label"]) == 18
+
+
+def test_clip_duration_maps_onto_frames_times_stride(motion_dm, tiny_input):
+    from trainer.data import with_clip_duration
+
+    vi = with_clip_duration(tiny_input, 1.0, 15.0)  # 8 frames over 1 s of 15 fps video
+    assert (vi.sampling_rate, vi.clip_duration) == (2, pytest.approx(1.0))
+    assert with_clip_duration(tiny_input, 2.0, 30.0).sampling_rate == 8
+    assert with_clip_duration(tiny_input, 0.1, 30.0).sampling_rate == 1  # never below 1
+    dm = motion_dm(clip_duration=0.5)
+    assert dm.frame_rate == pytest.approx(15.0)
+    assert dm.video_input.clip_duration == pytest.approx(0.5)
+
+
+def test_video_input_follows_the_model(motion_dataset, quiet_trainer, tmp_path):
+    from trainer import VideoClassifier
+
+    dm = VideoDataModule.from_folders(
+        motion_dataset / "train", motion_dataset / "val", batch_size=9, clip_duration=0.8
+    )
+    model = VideoClassifier("demo_cnn", labels=dm.labels, video_input={**TINY, "sampling_rate": 5})
+    quiet_trainer(default_root_dir=tmp_path, max_steps=1).fit(model, datamodule=dm)
+    # 8 frames over 0.8 s at 15 fps: every 2nd frame; the model's checkpoint carries it.
+    assert dm.video_input.num_frames == 8 and dm.video_input.sampling_rate == 2
+    assert model.video_input == dm.video_input
+    assert model.video_input.clip_duration == pytest.approx(0.8)
+
+
+TINY = {"num_frames": 8, "sampling_rate": 2, "crop_size": 32, "short_side": 32, "fps": 15}
+
+
+def test_one_clip_per_item_for_a_users_own_module(motion_dm):
+    dm = motion_dm(batch_size=4, clips_per_video=3, stack_clips=False)
+    batches = list(dm.val_dataloader())
+    assert sum(len(b["label"]) for b in batches) == 27  # 9 videos x 3 clips, one per item
+    b = batches[0]
+    assert b["video"].shape == (4, 3, 8, 32, 32)  # 5-D, like training batches
+    assert b["index"].tolist() == [0, 0, 0, 1] and b["clip"].tolist() == [0, 1, 2, 0]
+    # And VideoClassifier takes such batches too (one clip per video).
+    from trainer import VideoClassifier
+
+    model = VideoClassifier("demo_cnn", labels=dm.labels, video_input=TINY).eval()
+    assert model.video_probs(b["video"]).shape == (4, 3)
+
+
+def test_user_transforms_torchvision_v2_and_on_device(motion_dm, quiet_trainer, tmp_path):
+    from torchvision.transforms import v2
+
+    seen = {}
+
+    def record(sample):
+        seen.setdefault("keys", set(sample))
+        seen.setdefault("type", type(sample["video"]).__name__)
+        seen.setdefault("shape", tuple(sample["video"].shape))
+        return sample
+
+    train = v2.Compose(
+        [
+            record,
+            v2.RandomResizedCrop(24, antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize([0.45] * 3, [0.225] * 3),
+        ]
+    )
+    dm = motion_dm(batch_size=3, train_transform=train, val_transform=v2.CenterCrop(24))
+    batch = next(iter(dm.train_dataloader()))
+    assert seen == {"keys": {"video", "label"}, "type": "Video", "shape": (8, 3, 32, 32)}
+    assert batch["video"].shape == (3, 3, 8, 24, 24) and batch["video"].dtype == torch.float32
+    val = next(iter(dm.val_dataloader()))  # uint8 out of the transform: normalised as usual
+    assert val["video"].shape == (3, 4, 3, 8, 24, 24) and val["video"].min() < 0
+
+    calls = []
+
+    def on_device(batch):
+        calls.append((batch["video"].device.type, tuple(batch["video"].shape)))
+        return {**batch, "video": batch["video"] * 0}
+
+    from trainer import VideoClassifier
+
+    model = VideoClassifier("demo_cnn", labels=dm.labels, video_input=TINY)
+    dm = motion_dm(batch_size=9, per_batch_transform_on_device={"train": on_device})
+    quiet_trainer(default_root_dir=tmp_path, max_steps=1, limit_val_batches=1).fit(
+        model, datamodule=dm
+    )
+    assert calls == [("cpu", (9, 3, 8, 32, 32))]  # training batches only, as asked
+
+
+def test_bad_transforms_are_clear_errors(motion_dm):
+    dm = motion_dm(batch_size=3, train_transform=lambda sample: sample["video"])
+    with pytest.raises(DataError, match="must return the clip dict with 'video'"):
+        next(iter(dm.train_dataloader()))
+    with pytest.raises(DataError, match=r"per_batch_transform_on_device stages \['fit'\]"):
+        motion_dm(per_batch_transform_on_device={"fit": print})
+
+
+def test_video_sampler_class(motion_dm):
+    from torch.utils.data import SequentialSampler
+
+    dm = motion_dm(batch_size=9, video_sampler=SequentialSampler)
+    assert next(iter(dm.train_dataloader()))["label"].tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]

@@ -95,3 +95,28 @@ def test_bad_strategy():
         VideoFinetuning("freeze_all")
     with pytest.raises(ValueError, match="--unfreeze_epoch -1"):
         VideoFinetuning("freeze_unfreeze", -1)
+
+
+def test_freeze_holds_under_a_plain_lightning_trainer(quiet_trainer, tmp_path):
+    """No VideoFinetuning given to the Trainer: the model brings it (configure_callbacks), so
+    ``finetune_strategy="freeze"`` changes no backbone tensor (parameters and BatchNorm
+    statistics alike; before, 17 of them changed)."""
+    import torch
+
+    model = make_model(finetune_strategy="freeze", lr=0.5)
+    before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    trainer = quiet_trainer(default_root_dir=tmp_path, max_epochs=2)
+    trainer.fit(model, DataLoader(Clips(), batch_size=3))
+    after = model.backbone.state_dict()
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert changed == ["fc.weight", "fc.bias"]
+
+
+def test_a_callback_given_to_the_trainer_is_replaced_by_the_models(quiet_trainer, tmp_path):
+    model = make_model(finetune_strategy="freeze")
+    trainer = quiet_trainer(
+        default_root_dir=tmp_path, max_steps=1, callbacks=[VideoFinetuning("no_freeze")]
+    )
+    trainer.fit(model, DataLoader(Clips(), batch_size=3))
+    (cb,) = [c for c in trainer.callbacks if isinstance(c, VideoFinetuning)]
+    assert cb.strategy == "freeze"
