@@ -156,12 +156,11 @@ class Agent:
         if self._data_dir is None:
             from launcher.storage.datastores import mount_datastore
 
-            mount_dir = self.spec.get("datastore_mount_dir") or str(
-                self.work_dir / "datastores" / name
-            )
-            self._data_dir = Path(
-                mount_datastore(self.storage, name, self.spec.get("datastore_version"), mount_dir)
-            )
+            self._data_dir = mount_datastore(
+                self.storage, name, self.spec.get("datastore_version"),
+                self.spec.get("datastore_mount_dir"),
+                default_dir=self.work_dir / "datastores" / name,
+            )  # fmt: skip
         return self._data_dir
 
     def restore(self, claim: cl.Claim) -> Path:

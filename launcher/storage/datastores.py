@@ -321,15 +321,18 @@ def mount_datastore(
     storage: Storage,
     name: str,
     version: int | None,
-    mount_dir: str | Path,
+    mount_dir: str | Path | None,
     *,
+    default_dir: str | Path | None = None,
     progress: Progress | None = None,
 ) -> Path:
     """Make a datastore version readable at a local path and return that path.
 
-    On a file:// root: the version's ``data`` folder itself (read-only, nothing copied;
-    ``mount_dir`` is unused). On s3://: a verified parallel download into ``mount_dir``;
-    files already there with the right sha256 are kept, so a second mount is quick.
+    On a file:// root: the version's ``data`` folder itself (read-only, nothing copied), or,
+    when a ``mount_dir`` is asked for (Grid's ``--datastore_mount_dir /opt/datastore``), a
+    symlink there to it. On s3://: a verified parallel download into ``mount_dir`` (else
+    ``default_dir``); files already there with the right sha256 are kept, so a second mount is
+    quick.
     """
     ref = name if version is None else f"{name}:{version}"
     name, version = resolve_datastore(storage, ref)
@@ -338,8 +341,34 @@ def mount_datastore(
         data = Path(storage.path(_key(name, version, "data")))
         if not data.is_dir():
             raise StorageError(f"datastore {name}:{version} is missing its data folder {data}")
-        return data
+        return data if mount_dir is None else _link(Path(mount_dir), data)
+    mount_dir = mount_dir or default_dir
+    if mount_dir is None:
+        raise StorageError(f"no folder to download datastore {name}:{version} into")
     Path(mount_dir).mkdir(parents=True, exist_ok=True)
     jobs = mf.plan_down(_key(name, version, "data"), files, Path(mount_dir))
     mf.sync_down(storage, jobs, progress)
     return Path(mount_dir)
+
+
+def _link(link: Path, data: Path) -> Path:
+    """``link`` -> ``data`` (agents of one run on one machine may race to make it)."""
+    for _ in range(2):
+        if link.is_symlink():
+            if link.resolve() == data.resolve():
+                return link
+            link.unlink()  # an earlier version's link: the run pins its own
+        elif link.is_dir() and not any(link.iterdir()):
+            link.rmdir()
+        elif link.exists():
+            raise StorageError(
+                f"datastore mount dir {link} already exists and is not empty; pick an empty or "
+                "new --datastore-mount-dir"
+            )
+        link.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            link.symlink_to(data, target_is_directory=True)
+            return link
+        except FileExistsError:
+            continue  # another agent made it a moment ago: check it is the same
+    raise StorageError(f"could not make {link} point at datastore data {data}")

@@ -162,9 +162,22 @@ def test_resume_reuploads_a_changed_file_and_drops_strays(storage, source, monke
 
 def test_file_root_is_read_only_and_mount_is_the_data_dir(file_storage, source, tmp_path):
     ds.create_datastore(file_storage, "kin", source)
-    data = ds.mount_datastore(file_storage, "kin", None, tmp_path / "unused")
+    data = ds.mount_datastore(file_storage, "kin", None, None, default_dir=tmp_path / "unused")
     assert data == Path(file_storage.path("datastores/kin/1/data"))
     assert not (tmp_path / "unused").exists()  # nothing copied
+    # a mount dir asked for (Grid's --datastore_mount_dir): a link there, still nothing copied
+    mnt = tmp_path / "opt" / "datastore"
+    assert ds.mount_datastore(file_storage, "kin", None, mnt) == mnt and mnt.is_symlink()
+    assert (mnt / "train" / "archery" / "a.mp4").read_bytes() == (
+        source / "train/archery/a.mp4"
+    ).read_bytes()
+    assert ds.mount_datastore(file_storage, "kin", None, mnt) == mnt  # a second agent: same link
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "mine.txt").write_text("keep")
+    with pytest.raises(StorageError, match="not empty"):
+        ds.mount_datastore(file_storage, "kin", None, busy)
+    assert (busy / "mine.txt").read_text() == "keep"
     video = data / "train" / "archery" / "a.mp4"
     assert video.read_bytes() == (source / "train/archery/a.mp4").read_bytes()
     assert not video.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
@@ -182,8 +195,8 @@ def test_mount_downloads_verified_and_reuses(storage, source, tmp_path):
     ds.create_datastore(storage, "kin", source)
     mount = tmp_path / "mnt"
     got = ds.mount_datastore(storage, "kin", 1, mount)
-    if storage.protocol == "file":  # the data dir itself, nothing copied (more above)
-        assert got == Path(storage.path("datastores/kin/1/data")) and not mount.exists()
+    if storage.protocol == "file":  # a link to the data dir, nothing copied (more above)
+        assert got == mount and mount.resolve() == Path(storage.path("datastores/kin/1/data"))
         return
     assert got == mount
     assert (mount / "train/archery/a.mp4").read_bytes() == (

@@ -56,12 +56,6 @@ def test_the_tutorials_grid_run_sweeps_to_success(toy, tmp_path):
     assert run["spec"]["instance_type"] == "p3.2xlarge" and run["spec"]["max_nodes"] == 10
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="not done: the local node mounts a file:// datastore in place and ignores "
-    "datastore_mount_dir (launcher/storage/datastores.py mount_datastore, outside issue 12's "
-    "change); LAUNCH_DATASTORE_DIR is where the files are",
-)
 def test_the_datastore_appears_at_the_grid_mount_dir(toy, tmp_path):
     mount = tmp_path / "mnt" / "datastore"
     r = launch("run", *tutorial(mount, "--grid_datastore_name", "toy", "--wait"), "--record",
