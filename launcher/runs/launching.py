@@ -10,7 +10,10 @@ the run failed with the error.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import os
+import posixpath
 import re
 import secrets
 import time
@@ -18,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from launcher.errors import NotFoundError, SpecError
+from launcher.errors import NotFoundError, SpecError, StorageError
 from launcher.runs.index import RunIndex, RunRow
 from launcher.storage import records
 from launcher.storage.records import check_name
@@ -149,9 +152,18 @@ def _submit_failed(name: str, backend: Backend, storage: Storage, index: RunInde
 
 def _write_run(storage: Storage, name: str, spec: JobSpec, experiments, code: bytes) -> float:
     storage.write_bytes(f"runs/{name}/code.tar.gz", code)
-    for e in experiments:
-        storage.write_json(records.exp_key(name, e.id, "params.json"), e.to_dict())
-        storage.write_json(records.exp_key(name, e.id, "status.json"), records.queued_status())
+    queued = json.dumps(records.queued_status(), sort_keys=True).encode()  # the same for all
+    _write_files(
+        storage,
+        {
+            records.exp_key(name, e.id, part): data
+            for e in experiments
+            for part, data in (
+                ("params.json", json.dumps(e.to_dict(), sort_keys=True).encode()),
+                ("status.json", queued),
+            )
+        },
+    )
     created = time.time()
     # run.json last: a run without it is incomplete and never claimed
     storage.write_json(
@@ -160,6 +172,39 @@ def _write_run(storage: Storage, name: str, spec: JobSpec, experiments, code: by
          "experiments": [e.to_dict() for e in experiments]},
     )  # fmt: skip
     return created
+
+
+def _write_files(storage: Storage, files: dict[str, bytes]) -> None:
+    """Write many small new objects at once (a sweep's params and statuses: 20,000 for 10,000
+    experiments). Not atomic one by one, unlike Storage.write_bytes: nothing reads them before
+    run.json exists, which is written after them. On a file system: one mkdir per folder and one
+    open per file, no temp name and rename; elsewhere (S3): fsspec's batched, concurrent put."""
+    if not files:
+        return
+    try:
+        if storage.protocol == "file":
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+            made: set[str] = set()
+            for key, data in files.items():
+                path = storage.path(key)
+                folder = posixpath.dirname(path)
+                if folder not in made:
+                    os.makedirs(folder, exist_ok=True)
+                    made.add(folder)
+                fd = os.open(path, flags, 0o644)
+                try:
+                    os.write(fd, data)
+                finally:
+                    os.close(fd)
+        else:
+            storage.fs.pipe({storage.path(key): data for key, data in files.items()})
+    except StorageError:
+        raise
+    except Exception as e:  # a full disk, the network: one clear error, not a botocore trace
+        first = next(iter(files))
+        raise StorageError(
+            f"write {storage.url(first)} and {len(files) - 1} more failed: {type(e).__name__}: {e}"
+        ) from e
 
 
 def _pin_datastore(spec: JobSpec, storage: Storage) -> JobSpec:

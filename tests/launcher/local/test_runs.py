@@ -331,3 +331,60 @@ def test_status_lists_what_storage_holds_when_the_index_is_lost(home, workdir, d
     assert "no runs yet" not in r.output
     listed = [line.split()[0] for line in r.stdout.splitlines()[1:]]
     assert sorted(listed) == names
+
+
+def test_max_experiments_lets_a_big_sweep_through_written_whole_run_json_last(
+    home, workdir, monkeypatch
+):
+    from launcher.runs import launching
+    from launcher.storage.root import Storage
+
+    order = []
+    write_files, write_json = launching._write_files, Storage.write_json
+
+    def files_then(storage, files):
+        write_files(storage, files)
+        order.append(len(files))
+
+    def json_then(storage, key, obj):
+        write_json(storage, key, obj)
+        order.append(key)
+
+    monkeypatch.setattr(launching, "_write_files", files_then)
+    monkeypatch.setattr(Storage, "write_json", json_then)
+    spec = make_spec(script_args=["--lr", "range(2000)"], max_experiments=2000)
+    name = runs.prepare_run(spec, NoAgents())
+    assert order == [4000, f"runs/{name}/run.json"]  # every experiment's files, then run.json
+    storage = LocalBackend().storage()
+    record = storage.read_json(f"runs/{name}/run.json")
+    assert len(record["experiments"]) == 2000 and record["spec"]["max_experiments"] == 2000
+    assert len(storage.list(f"runs/{name}/experiments")) == 2000
+    for exp in ("exp-0", "exp-1999"):
+        params = storage.read_json(f"runs/{name}/experiments/{exp}/params.json")
+        assert params == next(e for e in record["experiments"] if e["id"] == exp)
+        status = storage.read_json(f"runs/{name}/experiments/{exp}/status.json")
+        assert status == records.queued_status()
+    assert params["args"] == ["--lr", "1999"]
+
+
+def test_a_failed_experiment_write_leaves_no_run(home, workdir, monkeypatch):
+    import errno
+    import os
+
+    from launcher.errors import StorageError
+
+    real_open, opened = os.open, []
+
+    def full_disk(path, flags, mode=0o777, **kw):
+        if str(path).endswith(".json") and "/experiments/" in str(path):
+            opened.append(path)
+            if len(opened) > 5:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(path, flags, mode, **kw)
+
+    spec = make_spec(name="full", script_args=["--lr", "range(10)"])
+    with monkeypatch.context() as m, pytest.raises(StorageError, match=r"exp-0/params.json and 19"):
+        m.setattr(os, "open", full_disk)
+        runs.prepare_run(spec, NoAgents())
+    assert not LocalBackend().storage().exists("runs/full")  # whole or absent
+    assert runs.prepare_run(spec, NoAgents()) == "full"
