@@ -260,6 +260,10 @@ def run(spec_file, env, dry_run, wait, follow, script, script_args, **flags) -> 
             click.echo(f"note: {note}", err=True)
     backend = get_backend(spec.backend)
     spec.check_capabilities(backend.capabilities, backend.name)
+    if spec.datastore and spec.datastore_mount_dir and backend.storage().protocol == "file":
+        from launcher.spec.jobspec import check_mount_dir_here
+
+        check_mount_dir_here(spec.datastore_mount_dir)  # the nodes share this file system
     if dry_run:
         storage = backend.storage()
         # a local datastore is checked now; a cloud one is not worth a round trip here

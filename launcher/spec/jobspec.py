@@ -36,7 +36,7 @@ from launcher.storage.records import check_name
 if TYPE_CHECKING:
     from launcher.backends.base import Capabilities
 
-__all__ = ["JobSpec", "Experiment", "ALIASES", "field_help"]
+__all__ = ["JobSpec", "Experiment", "ALIASES", "field_help", "check_mount_dir_here"]
 
 MIN_DISK_GIB = 20
 MAX_DISK_GIB = 16384
@@ -360,6 +360,34 @@ def _check_datastore(name: str, v: Any) -> str:
     if not isinstance(v, str) or not v:
         raise SpecError(f"{name} must be NAME or NAME:VERSION, not {v!r}")
     return v
+
+
+def check_mount_dir_here(path: str) -> None:
+    """SpecError unless ``path`` can become a datastore mount on this machine (where the local
+    backend's nodes run): a link or an empty folder there, or nothing there and a writable
+    folder above it. Checked at launch, so a bad path is not a failure in the middle of a run."""
+    import os
+
+    p = Path(path)
+    if p.is_symlink():
+        return
+    if p.is_dir():
+        if any(p.iterdir()):
+            raise SpecError(
+                f"datastore_mount_dir {path} is a folder that is not empty; pick an empty or "
+                "new path"
+            )
+        return
+    if p.exists():
+        raise SpecError(f"datastore_mount_dir {path} is a file; pick an empty or new path")
+    above = p.parent
+    while not above.exists() and above != above.parent:
+        above = above.parent
+    if not above.is_dir() or not os.access(above, os.W_OK | os.X_OK):
+        raise SpecError(
+            f"datastore_mount_dir {path} cannot be created here ({above} is not a writable "
+            "folder); pick a path you can write, the datastore is linked there"
+        )
 
 
 def _check_mount_dir(name: str, v: Any) -> str:

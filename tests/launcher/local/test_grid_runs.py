@@ -83,3 +83,18 @@ def test_auto_resume_retries_a_failed_experiment(toy):
     assert "note: --auto_resume:" in r.stderr
     attempts = [x["attempt"] for x in read_records(toy) if x["event"] == "start"]
     assert attempts == [1, 2]
+
+
+@pytest.mark.parametrize("where", ["under-a-file", "non-empty"])
+def test_a_mount_dir_that_cannot_be_made_is_a_one_line_error_at_launch(toy, tmp_path, where):
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("x")
+    mount = tmp_path / "a-file" / "datastore" if where == "under-a-file" else tmp_path / "full"
+    for extra in (["--dry-run"], ["--wait"]):
+        r = launch("run", *tutorial(mount, "--grid_datastore_name", "toy", *extra))
+        assert r.exit_code == 1
+        (error,) = [ln for ln in r.stderr.splitlines() if not ln.startswith(("note:", "warning:"))]
+        assert error.startswith(f"error: datastore_mount_dir {mount} ")
+        assert "pick" in error
+    assert launch("status").stdout.strip() == ""  # nothing was launched
