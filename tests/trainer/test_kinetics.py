@@ -115,3 +115,88 @@ def test_unlabelled_test_file_cannot_be_an_evaluation_split(tmp_path):
         VideoDataModule.from_kinetics(
             {"test": csv_path}, tmp_path, video_input=VideoInput(4, 2, 32, 32)
         )
+
+
+def _clips(root: Path, relpaths: list[str]) -> None:
+    frames = np.random.default_rng(0).integers(0, 256, size=(8, 32, 32, 3), dtype=np.uint8)
+    for rel in relpaths:
+        make_video(root / rel, frames, fps=10)
+
+
+def test_split_column_of_one_annotations_file(tmp_path):
+    """The project's own generated annotations.csv (one file, a split column) is accepted, by
+    the DataModule and by train.py, which used to want the split in the file name."""
+    from trainer.train import parse_args
+
+    csv_path = tmp_path / "annotations.csv"
+    csv_path.write_text(
+        "label,youtube_id,time_start,time_end,split\n"
+        "archery,aaa,0,10,train\narchery,bbb,0,10,validate\nbowling,ccc,5,15,train\n"
+    )
+    _clips(tmp_path, ["archery/aaa_000000_000010.mp4", "archery/bbb_000000_000010.mp4"])
+    _clips(tmp_path, ["bowling/ccc_000005_000015.mp4"])
+    vi = VideoInput(num_frames=4, sampling_rate=2, crop_size=32, short_side=32, fps=10)
+    dm = VideoDataModule.from_kinetics(csv_path, tmp_path, video_input=vi)
+    assert {k: len(v) for k, v in dm.items.items()} == {"train": 2, "val": 1}
+    args = parse_args(["--kinetics_annotations", str(csv_path), "--video_root", str(tmp_path)])
+    assert args.kinetics_splits == {"train": str(csv_path), "val": str(csv_path)}
+
+
+def test_generated_annotations_train_through_the_script(tmp_path, capsys):
+    from trainer.sample_data import make_kinetics_like
+    from trainer.train import main
+
+    videos = tmp_path / "videos"
+    csv_path = make_kinetics_like(videos, 4, ["abseiling", "archery"], seconds=1, size=(48, 32))
+    flags = ["--kinetics_annotations", str(csv_path), "--video_root", str(videos)]
+    flags += ["--backbone", "demo_cnn", "--crop_size", "32", "--num_workers", "0"]
+    assert main([*flags, "--fast_dev_run", "--output_dir", str(tmp_path / "out")]) == 0
+    assert "fast_dev_run finished" in capsys.readouterr().out
+
+
+def test_flat_split_layout_and_any_extension(tmp_path):
+    csv_path = tmp_path / "val.csv"
+    csv_path.write_text(
+        "label,youtube_id,time_start,time_end,split\n"
+        "archery,aaa,0,10,val\nbowling,bbb,3,13,val\nbowling,ccc,0,10,val\n"
+    )
+    _clips(tmp_path, ["val/aaa_000000_000010.mp4"])
+    frames = np.zeros((8, 32, 32, 3), np.uint8)
+    import av  # a .mkv, as some downloaders save them
+
+    with av.open(str(tmp_path / "val" / "bbb_000003_000013.mkv"), "w") as c:
+        s = c.add_stream("libx264", rate=10)
+        s.width = s.height = 32
+        s.pix_fmt = "yuv420p"
+        for f in frames:
+            c.mux(s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+        c.mux(s.encode())
+    with pytest.warns(DataWarning, match=r"skipped 1 of 3 files \(1 clip not downloaded"):
+        src = kinetics_source(csv_path, tmp_path, split="val")
+        vi = VideoInput(num_frames=4, sampling_rate=2, crop_size=32, short_side=32, fps=10)
+        dm = VideoDataModule(val=src, video_input=vi)
+    assert sorted(p.name for p, _ in src.items) == [
+        "aaa_000000_000010.mp4",
+        "bbb_000003_000013.mkv",
+    ]
+    assert [dm.labels[it.label] for it in dm.items["val"]] == ["archery", "bowling"]
+
+
+def test_pytorchvideo_space_separated_list_with_integer_labels(tmp_path, motion_dataset):
+    from trainer.datasets import VideoSource
+    from trainer.train import main
+
+    videos = sorted((motion_dataset / "train").glob("*/*.mp4"))
+    index = {"left": 0, "right": 1, "up": 11}  # sparse, and sorted as text 11 < 2
+    listing = tmp_path / "train.txt"
+    listing.write_text("".join(f"{v} {index[v.parent.name]}\n" for v in videos))
+    src = VideoSource.from_csv(listing)
+    assert len(src.classes) == 12 and src.classes[:3] == ("0", "1", "2")
+    vi = VideoInput(num_frames=4, sampling_rate=2, crop_size=32, short_side=32, fps=15)
+    dm = VideoDataModule(train=src, video_input=vi)
+    assert dm.labels == [str(i) for i in range(12)]  # label k is class k
+    assert sorted({it.label for it in dm.items["train"]}) == [0, 1, 11]
+    out = tmp_path / "out"
+    flags = ["--train_csv", str(listing), "--backbone", "demo_cnn", "--crop_size", "32"]
+    assert main([*flags, "--num_workers", "0", "--fast_dev_run", "--output_dir", str(out)]) == 0
+    assert (out / "labels.txt").read_text().split()[11] == "11"

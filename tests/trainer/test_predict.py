@@ -185,3 +185,55 @@ def test_cli_as_module_bad_checkpoint_is_one_line(text_file, _motion_master):
     )
     assert done.returncode == 2
     assert done.stderr.strip() == f"error: {text_file}: not a PyTorch checkpoint"
+
+
+def test_predict_folder_is_keyed_by_path_missing_files_raise(checkpoint, _motion_master, tmp_path):
+    """A folder's results are keyed by path: a skipped file cannot shift the others. A path
+    that does not exist is FileNotFoundError, not a None among the results."""
+    from PIL import Image
+
+    model = load_model(checkpoint)
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    videos = _videos(_motion_master)[:2]
+    shutil.copy(videos[0], folder / "a.mp4")
+    shutil.copy(videos[1], folder / "c.mp4")
+    Image.new("RGB", (32, 32)).save(folder / "b.png")
+    Image.new("RGB", (32, 32)).save(folder / "b2.jpg")
+    with pytest.warns(UserWarning, match=r"b\.png \(an image \(png\), not a video\)"):
+        got = model.predict(folder)
+    assert list(got) == [str(folder / "a.mp4"), str(folder / "c.mp4")]
+    assert got == {
+        str(folder / n): label
+        for n, label in zip(["a.mp4", "c.mp4"], model.predict(videos), strict=True)
+    }
+    _, skipped = model.predict_paths(folder)
+    assert skipped[str(folder / "b2.jpg")] == "an image (jpeg), not a video"
+    with pytest.raises(FileNotFoundError, match=r"no such video file\(s\): nowhere\.mp4"):
+        model.predict("nowhere.mp4")
+    with pytest.raises(FileNotFoundError, match="nowhere.mp4"):
+        model.predict([videos[0], "nowhere.mp4"])
+
+
+def test_truncated_file_reason_is_not_decoder_not_found(tmp_path):
+    """A file cut inside its header (moov first, as with +faststart) used to be skipped as
+    "undecodable (Decoder not found)"."""
+    import av
+    import numpy as np
+
+    from trainer.video_io import VideoError, probe
+
+    whole = tmp_path / "whole.mp4"
+    with av.open(str(whole), "w", options={"movflags": "+faststart"}) as c:
+        s = c.add_stream("libx264", rate=15)
+        s.width = s.height = 32
+        s.pix_fmt = "yuv420p"
+        for f in np.random.default_rng(0).integers(0, 255, (30, 32, 32, 3), dtype=np.uint8):
+            c.mux(s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+        c.mux(s.encode())
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) // 50])
+    with pytest.raises(VideoError) as e:
+        probe(cut)
+    assert e.value.reason == "truncated or corrupt (its video stream has no codec parameters)"
