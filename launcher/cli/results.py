@@ -21,6 +21,8 @@ def metrics(run: str, metric: str | None, plot: str | None) -> None:
     from launcher.runs import RunContext
     from launcher.runs import metrics as m
 
+    if plot:
+        m.plot_figure()  # a missing matplotlib is said before anything is read
     ctx = RunContext(run)
     data = m.read_run(ctx.storage, ctx.name)  # read once for the table and the plot
     rows = m.leaderboard(ctx.storage, ctx.name, metric=metric, data=data)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from launcher.errors import NotFoundError, SpecError
+from launcher.errors import LaunchError, NotFoundError, SpecError
 from launcher.storage.artifacts import experiment_ids
 from launcher.storage.metrics_csv import Row, parse_metrics_csv
 from launcher.storage.records import exp_key
@@ -171,6 +171,25 @@ def label(exp: str, params: dict[str, Any]) -> str:
     return f"{exp}: {shown}"
 
 
+#: What to install for :func:`plot_metrics` on a launcher-only install (pyproject's ``plot`` extra).
+PLOT_EXTRA = "pip install 'launch-video[plot]'"
+
+
+def plot_figure():
+    """matplotlib's Figure class, imported on first use (it is heavy, and an optional extra); a
+    LaunchError saying what to install when it is missing."""
+    try:
+        from matplotlib.figure import Figure
+    except ModuleNotFoundError as e:
+        if (e.name or "").partition(".")[0] != "matplotlib":
+            raise  # matplotlib is there but something it needs is not: not ours to rename
+        raise LaunchError(
+            f"plotting metrics needs matplotlib (not installed here); install the plot extra: "
+            f"{PLOT_EXTRA}"
+        ) from None
+    return Figure
+
+
 def plot_metrics(
     storage: Storage,
     run: str,
@@ -188,10 +207,10 @@ def plot_metrics(
     series = [(name, pts) for name, pts in series if pts]
     if not series:
         raise NotFoundError(f"no experiment of run {run} has logged metrics yet")
-    from matplotlib.figure import Figure  # lazy: matplotlib is heavy and only needed here
+    figure = plot_figure()
 
     lower = minimize(metric)
-    fig = Figure(figsize=(9, 5.5), dpi=110, layout="constrained")
+    fig = figure(figsize=(9, 5.5), dpi=110, layout="constrained")
     ax = fig.subplots()
     for name, pts in series:
         xs, ys = zip(*pts, strict=True)

@@ -157,3 +157,34 @@ def test_pre_read_data_gives_the_same_results(run, tmp_path):
     )
     a = m.plot_metrics(run, RUN, tmp_path / "a.png", data=data).read_bytes()
     assert a == m.plot_metrics(run, RUN, tmp_path / "b.png").read_bytes()
+
+
+def test_plot_without_matplotlib_is_one_line_naming_the_extra(run, tmp_path, monkeypatch):
+    import sys
+
+    from launcher.errors import LaunchError
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # a launcher-only install
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    with pytest.raises(LaunchError) as e:
+        m.plot_metrics(run, RUN, tmp_path / "curves.png")
+    assert str(e.value) == (
+        "plotting metrics needs matplotlib (not installed here); install the plot extra: "
+        "pip install 'launch-video[plot]'"
+    )
+    assert not (tmp_path / "curves.png").exists()
+
+
+def test_plot_with_a_broken_matplotlib_is_not_renamed(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def kiwisolver_missing(name, *args, **kw):
+        if name.startswith("matplotlib"):
+            raise ModuleNotFoundError("No module named 'kiwisolver'", name="kiwisolver")
+        return real_import(name, *args, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", kiwisolver_missing)
+    with pytest.raises(ModuleNotFoundError, match="kiwisolver"):
+        m.plot_figure()

@@ -71,6 +71,27 @@ def test_max_experiments_lets_through_what_the_cap_refused(home, workdir):
     assert "pass --max-experiments 1500 " in one_line_error(r)
 
 
+def test_metrics_plot_on_a_launcher_only_install(home, workdir):
+    """A real process where matplotlib cannot be imported: one line naming the extra, exit 1,
+    before anything is read or printed."""
+    from localjob import NoAgents, make_spec
+
+    from launcher.runs import prepare_run
+
+    name = prepare_run(make_spec(), NoAgents())
+    code = (
+        "import sys; sys.modules['matplotlib'] = None; from launcher.cli.app import main; "
+        f"sys.argv = ['launch', 'metrics', {name!r}, '--plot', 'curves.png']; main()"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    assert out.stderr.strip() == (
+        "error: plotting metrics needs matplotlib (not installed here); install the plot extra: "
+        "pip install 'launch-video[plot]'"
+    )
+    assert out.stdout == "" and not (workdir / "curves.png").exists()
+
+
 def test_script_excluded_from_the_snapshot(home, workdir):
     (workdir / ".launchignore").write_text("job.py\n")
     line = one_line_error(launch("run", *CPU, "job.py"))
