@@ -188,3 +188,15 @@ def test_plot_with_a_broken_matplotlib_is_not_renamed(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", kiwisolver_missing)
     with pytest.raises(ModuleNotFoundError, match="kiwisolver"):
         m.plot_figure()
+
+
+def test_the_plot_extra_the_error_names_exists():
+    import tomllib
+    from pathlib import Path
+
+    project = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    assert m.PLOT_EXTRA == "pip install 'launch-video[plot]'"
+    assert any(d.startswith("matplotlib") for d in extras["plot"])
+    assert "plot" in extras["all"][0].partition("[")[2].rstrip("]").split(",")
+    assert not any(d.startswith("matplotlib") for d in project["dependencies"])  # stays optional
