@@ -233,7 +233,11 @@ def test_truncated_file_reason_is_not_decoder_not_found(tmp_path):
         c.mux(s.encode())
     data = whole.read_bytes()
     cut = tmp_path / "cut.mp4"
-    cut.write_bytes(data[: len(data) // 50])
-    with pytest.raises(VideoError) as e:
-        probe(cut)
-    assert e.value.reason == "truncated or corrupt (its video stream has no codec parameters)"
+    reasons = set()
+    for end in range(data.index(b"moov"), data.index(b"mdat") + 200, 20):  # cut in the header
+        cut.write_bytes(data[:end])
+        with pytest.raises(VideoError) as e:
+            probe(cut)
+        reasons.add(e.value.reason)
+    assert not [r for r in reasons if "Decoder not found" in r], reasons
+    assert "truncated or corrupt (its video stream has no codec parameters)" in reasons
