@@ -76,9 +76,14 @@ def test_metrics_plot_on_a_launcher_only_install(home, workdir):
     before anything is read or printed."""
     from localjob import NoAgents, make_spec
 
+    from launcher.backends.local import LocalBackend
     from launcher.runs import prepare_run
 
     name = prepare_run(make_spec(), NoAgents())
+    metrics_csv = "epoch,step,val_acc1\n0,9,0.5\n1,19,0.7\n"  # something to plot
+    LocalBackend().storage().write_text(
+        f"runs/{name}/experiments/exp-0/artifacts/metrics.csv", metrics_csv
+    )
     code = (
         "import sys; sys.modules['matplotlib'] = None; from launcher.cli.app import main; "
         f"sys.argv = ['launch', 'metrics', {name!r}, '--plot', 'curves.png']; main()"
