@@ -83,8 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--kinetics_annotations",
         nargs="+",
         metavar="CSV",
-        help="Kinetics annotation CSVs; each row's split comes from its split column, else "
-        "from the file name (train.csv, validate.csv, test.csv)",
+        help="Kinetics annotation CSVs; the split comes from the file name (train.csv, "
+        "validate.csv, test.csv), else each row's split column (annotations.csv)",
     )
     d.add_argument("--video_root", help="where the videos of --*_csv / --kinetics_annotations are")
     d.add_argument(
@@ -414,7 +414,9 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argpa
     for csv in args.kinetics_annotations or []:
         if not Path(csv).is_file():
             parser.error(f"--kinetics_annotations {csv}: no such file")
-        splits = _split_column(parser, csv) or [_split_of(csv)]
+        # The file's name says its split (train.csv, validate.csv); else its split column.
+        name_split = _split_of(csv)
+        splits = [name_split] if name_split else _split_column(parser, csv) or [None]
         if splits == [None]:
             parser.error(
                 f"--kinetics_annotations {csv}: cannot tell its split: its split column is "

@@ -129,17 +129,15 @@ def kinetics_source(
     csv_path: str | Path, video_root: str | Path, split: str | None = None
 ) -> VideoSource:
     """A :class:`VideoSource` of the clips of ``csv_path`` found under ``video_root``: the rows
-    of ``split`` when the ``split`` column names splits (all rows when it does not, or when
-    ``split`` is None).
+    the ``split`` column puts in ``split``; all rows when ``split`` is None or no row's column
+    names it (the caller named the file's split: ``validate.csv`` is the val split).
 
     Rows whose clip is missing go to ``skipped`` (the DataModule's one-line warning summary
     counts them); if none exists it is an error.
     """
     rows = read_annotations(csv_path)
     if split is not None and splits_of(rows):
-        rows = [r for r in rows if SPLITS.get(r.split.strip().lower()) == split]
-        if not rows:
-            raise DataError(f"{csv_path} has no rows of split {split!r}")
+        rows = [r for r in rows if SPLITS.get(r.split.strip().lower()) == split] or rows
     root = Path(video_root)
     if not root.is_dir():
         raise DataNotFoundError(f"Kinetics video root {root} does not exist")
