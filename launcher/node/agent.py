@@ -40,8 +40,10 @@ from pathlib import Path
 from launcher.config import env_float, heartbeat_interval, stale_timeout
 from launcher.errors import StorageError
 from launcher.node import claims as cl
+from launcher.node.heartbeat import Heartbeat
 from launcher.node.interruption import NoInterruption, interruption_source
-from launcher.processes import die_with_parent, process_start
+from launcher.node.script import ScriptTree, become_subreaper
+from launcher.processes import process_start
 from launcher.storage import records
 from launcher.storage.metrics_csv import latest_metrics
 from launcher.storage.root import Storage
@@ -85,6 +87,8 @@ class Agent:
         self.spec = self.record["spec"]
         self.max_runtime = max_runtime or self.spec.get("max_runtime")
         self.experiments = {e["id"]: e for e in self.record["experiments"]}
+        # attempts that may fail or die, per experiment (hand-backs on interruption are free)
+        self.max_attempts = int(self.spec.get("retries") or 0) + 1
         self._code_dir: Path | None = None
         self._data_dir: Path | None = None
         self._terminating = False  # SIGTERM to the agent: hand the experiment back, then exit
@@ -95,6 +99,7 @@ class Agent:
         """Run experiments until none is left; returns the process exit code."""
         signal.signal(signal.SIGTERM, self._on_sigterm)
         signal.signal(signal.SIGUSR1, self._on_sigusr1)
+        become_subreaper()  # what the script leaves behind comes back to us, to be ended
         self._report_node(state="running", started=time.time())
         try:
             while not self._should_exit():
@@ -109,25 +114,41 @@ class Agent:
         return 0
 
     def run_experiment(self, claim: cl.Claim) -> Outcome:
-        """One attempt, start to finish."""
+        """One attempt, start to finish, with its heartbeat beating throughout."""
         self._say(f"claimed {claim.exp} attempt {claim.attempt}")
+        with Heartbeat(self.storage, claim, self.heartbeat_s) as hb:
+            self._hb = hb
+            try:
+                outcome = self._attempt(claim)
+            except Exception as e:  # noqa: BLE001 - a bug here must not take the claim down silently
+                outcome = Outcome("failed", None, f"agent error: {type(e).__name__}: {e}")
+                with contextlib.suppress(Exception):
+                    self._log_line(claim, f"[launch] {outcome.message}")
+            try:
+                self.finish(claim, outcome)
+            except Exception as e:  # noqa: BLE001 - storage away: the claim goes stale, is retaken
+                self._say(f"could not record how {claim.exp} ended: {type(e).__name__}: {e}")
+        self._say(f"{claim.exp} attempt {claim.attempt}: {outcome.state} {outcome.message}")
+        return outcome
+
+    def _attempt(self, claim: cl.Claim) -> Outcome:
         try:
             code = self.unpack()
             data = self.mount()
             artifacts = self.restore(claim)
-            proc, log_path = self.start(claim, code, data, artifacts)
+            tree, log_path = self.start(claim, code, data, artifacts)
         except Exception as e:  # setup failed: the attempt fails like a crashed script
             outcome = Outcome("failed", None, f"setup failed: {type(e).__name__}: {e}")
             self._log_line(claim, f"[launch] {outcome.message}")
-            self.finish(claim, outcome)
             return outcome
-        outcome = self.supervise(claim, proc, log_path, artifacts)
+        try:
+            outcome = self.supervise(claim, tree, log_path, artifacts)
+        finally:
+            tree.reap()  # children the script left behind end with the attempt
         if outcome.state != "lost":
             problem = self.ship(claim, log_path, artifacts)
             if problem:
                 outcome.message = "; ".join(m for m in (outcome.message, problem) if m)
-        self.finish(claim, outcome)
-        self._say(f"{claim.exp} attempt {claim.attempt}: {outcome.state} {outcome.message}")
         return outcome
 
     # -- the steps --------------------------------------------------------------------------
@@ -135,7 +156,18 @@ class Agent:
         for exp in self.experiments:
             if self._should_exit():
                 return None
-            claim = cl.try_claim(self.storage, self.run, exp, self.node, stale_s=self.stale_s)
+            try:
+                claim = cl.try_claim(
+                    self.storage,
+                    self.run,
+                    exp,
+                    self.node,
+                    stale_s=self.stale_s,
+                    max_attempts=self.max_attempts,
+                )
+            except Exception as e:  # noqa: BLE001 - one unreadable experiment must not end the node
+                self._say(f"could not claim {exp}: {type(e).__name__}: {e}")
+                continue
             if claim is not None:
                 return claim
         return None
@@ -179,7 +211,7 @@ class Agent:
 
     def start(
         self, claim: cl.Claim, code: Path, data: Path | None, artifacts: Path
-    ) -> tuple[subprocess.Popen, Path]:
+    ) -> tuple[ScriptTree, Path]:
         exp = self.experiments[claim.exp]
         script = self.spec["script"]
         if not (code / script).is_file():
@@ -206,17 +238,9 @@ class Agent:
                 f"[launch] {claim.exp} attempt {claim.attempt} on {self.node}{resumed}\n".encode()
             )
             log.flush()
-            proc = subprocess.Popen(
-                [sys.executable, script, *exp["args"]],
-                cwd=code,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                preexec_fn=die_with_parent,
-            )
+            tree = ScriptTree.start([sys.executable, script, *exp["args"]], cwd=code, env=env,
+                                    log=log)  # fmt: skip
         now = time.time()
-        cl.beat(self.storage, claim)
         records.write_status(
             self.storage, self.run, claim.exp,
             state="running", attempt=claim.attempt, node=self.node, started=now, ended=None,
@@ -224,19 +248,22 @@ class Agent:
         )  # fmt: skip
         self._log_offset = 0
         self._log_seq = self._next_log_seq(claim.exp)
-        return proc, log_path
+        return tree, log_path
 
     def supervise(
-        self, claim: cl.Claim, proc: subprocess.Popen, log_path: Path, artifacts: Path
+        self, claim: cl.Claim, tree: ScriptTree, log_path: Path, artifacts: Path
     ) -> Outcome:
         """Wait for the script, beating and shipping meanwhile; how the attempt ended."""
         started = time.monotonic()
         next_beat = next_sync = 0.0
         self._metrics: dict = {}
         while True:
-            code = proc.poll()
+            code = tree.poll()
             if code is not None:
                 return self._exited(claim, code)
+            if self._hb.lost.is_set():  # fenced: another attempt owns the experiment now
+                tree.end(grace=0)
+                return Outcome("lost", None)
             now = time.monotonic()
             if self._poked:
                 self._poked = False
@@ -244,43 +271,44 @@ class Agent:
             try:
                 if now >= next_beat:
                     next_beat = now + self.heartbeat_s
-                    outcome = self.heartbeat(claim, proc, log_path, artifacts, now - started)
+                    outcome = self.check(claim, tree, log_path, artifacts, now - started)
                     if outcome is not None:
                         return outcome
                 if now >= next_sync:
                     next_sync = now + self.sync_s
                     self._ship_artifacts(claim, artifacts)
-            except StorageError as e:
-                # A storage hiccup (S3 5xx, network) must not kill a training: try again next
-                # time. If storage stays away past the stale timeout, another node takes over and
-                # fences this one. (Files the script replaces mid-ship are ship_artifacts' job.)
+            except Exception as e:  # noqa: BLE001
+                # A storage hiccup (S3 5xx, network) or anything the script did to its files
+                # must not kill a training: try again next time. If storage stays away past the
+                # stale timeout, another node takes over and fences this one.
                 print(f"[agent] {type(e).__name__}: {e}", file=sys.stderr, flush=True)
             with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=min(0.2, self.heartbeat_s))
+                tree.proc.wait(timeout=min(0.2, self.heartbeat_s))
 
-    def heartbeat(
-        self, claim: cl.Claim, proc: subprocess.Popen, log_path: Path, artifacts: Path,
-        elapsed: float,
-    ) -> Outcome | None:  # fmt: skip
-        """One beat: fencing, heartbeat, logs, metrics, then stop/interruption/time limit."""
-        if cl.claim_lost(self.storage, claim):
-            self._kill(proc, grace=0)
-            return Outcome("lost", None)
-        cl.beat(self.storage, claim)
+    def check(
+        self, claim: cl.Claim, tree: ScriptTree, log_path: Path, artifacts: Path, elapsed: float
+    ) -> Outcome | None:
+        """At each beat: logs, metrics, the tree on record, then stop/interruption/time limit."""
+        tree.record(self.work_dir / "tree.json")
         self._ship_log(claim, log_path)
         metrics = latest_metrics(artifacts / "metrics.csv")
         if metrics != self._metrics:
             self._metrics = metrics
             records.write_status(self.storage, self.run, claim.exp, metrics=metrics)
         if self._stop_requested(claim.exp):
-            return Outcome("stopped", self._kill(proc, self.grace_s), "stopped by the user")
+            return self._end(tree, "stopped", "stopped by the user")
         if self._terminating or self.interruption.pending():
-            code = self._kill(proc, self.grace_s)
-            return Outcome("interrupted", code, "node interrupted; queued again")
+            return self._end(tree, "interrupted", "node interrupted; queued again")
         if self.max_runtime and elapsed > float(self.max_runtime):
-            code = self._kill(proc, self.grace_s)
-            return Outcome("failed", code, f"exceeded max_runtime={self.max_runtime}s")
+            return self._end(tree, "failed", f"exceeded max_runtime={self.max_runtime}s")
         return None
+
+    def _end(self, tree: ScriptTree, state: str, message: str) -> Outcome:
+        """SIGTERM to the script's tree, SIGKILL after the grace period; say which it took."""
+        code, ignored = tree.end(self.grace_s)
+        if ignored:
+            message += f"; the script ignored SIGTERM and was killed after {self.grace_s:g}s"
+        return Outcome(state, code, message)
 
     def _exited(self, claim: cl.Claim, code: int) -> Outcome:
         if code == 0:
@@ -293,31 +321,55 @@ class Agent:
         return Outcome("failed", code, f"the script exited with code {code}")
 
     def ship(self, claim: cl.Claim, log_path: Path, artifacts: Path) -> str:
-        """The last logs and artifacts; an error message if they could not all be shipped."""
+        """The last artifacts (every file as the script left it), then the last logs, with a
+        warning line for each file that could not be shipped; a message if anything was not."""
+        problems = []
+        try:
+            report = self._ship_artifacts(claim, artifacts, final=True)
+        except StorageError as e:
+            problems.append(f"shipping the last artifacts failed: {type(e).__name__}: {e}")
+        else:
+            if report.skipped:
+                problems.append(report.skipped_message())
+                with contextlib.suppress(OSError), open(log_path, "a") as log:
+                    log.writelines(f"[launch] warning: not shipped: {rel!r}: {why}\n"
+                                   for rel, why in report.skipped)  # fmt: skip
         try:
             self._ship_log(claim, log_path)
-            self._ship_artifacts(claim, artifacts)
         except StorageError as e:
-            return f"shipping the last artifacts failed: {type(e).__name__}: {e}"
-        return ""
+            problems.append(f"shipping the last logs failed: {type(e).__name__}: {e}")
+        return "; ".join(problems)
 
     def finish(self, claim: cl.Claim, outcome: Outcome) -> None:
-        if outcome.state == "lost" or cl.claim_lost(self.storage, claim):
-            return  # a later attempt owns the status now
+        """Write how the attempt ended. A terminal state is recorded once (records.finish: the
+        first finisher wins, so a success is never overwritten by a taker, and a success of an
+        attempt judged dead while it still worked is kept); a re-queue only while this attempt
+        still holds the claim."""
         state, message = outcome.state, outcome.message
         retries = int(self.spec.get("retries") or 0)
-        if state == "failed" and claim.attempt <= retries:
+        status = records.read_status(self.storage, self.run, claim.exp)
+        interrupted = int(status.get("interruptions") or 0)  # handed back: no retry spent
+        used = claim.attempt - interrupted  # attempts that failed or died, this one included
+        if state == "failed" and used <= retries:
             state, message = (
                 "queued",
-                f"{message}; retrying ({claim.attempt}/{retries} retries used)",
+                f"{message}; retrying ({used}/{retries} retries used)",
             )
-        elif state == "interrupted":
-            state = "queued"
         metrics = latest_metrics(self.work_dir / "artifacts" / claim.exp / "metrics.csv")
         fields = dict(state=state, exit_code=outcome.exit_code, attempt=claim.attempt,
                       node=self.node, ended=time.time(), message=message)  # fmt: skip
+        if state == "interrupted":
+            fields.update(state="queued", interruptions=interrupted + 1)
         if metrics:
             fields["metrics"] = metrics
+        final = state in records.TERMINAL and (state == "succeeded" or outcome.state != "lost")
+        if final and records.finish(self.storage, self.run, claim.exp, **fields):
+            return
+        if outcome.state == "lost" or cl.claim_lost(self.storage, claim):
+            final = records.read_final(self.storage, self.run, claim.exp)
+            if final and records.read_status(self.storage, self.run, claim.exp) != final:
+                records.write_status(self.storage, self.run, claim.exp, **final)  # repair
+            return  # a later attempt, or an earlier finish, owns the status now
         records.write_status(self.storage, self.run, claim.exp, **fields)
 
     # -- helpers ----------------------------------------------------------------------------
@@ -335,21 +387,10 @@ class Agent:
 
     def _on_sigterm(self, signum, frame) -> None:
         self._terminating = True
+        self._poked = True  # act now (stop the script, ship), not at the next beat
 
     def _on_sigusr1(self, signum, frame) -> None:
         self._poked = True
-
-    def _kill(self, proc: subprocess.Popen, grace: float) -> int | None:
-        """SIGTERM, then SIGKILL after the grace period; the script's exit code."""
-        if proc.poll() is None and grace > 0:
-            proc.terminate()
-            try:
-                return proc.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                pass
-        if proc.poll() is None:
-            proc.kill()
-        return proc.wait()
 
     def _next_log_seq(self, exp: str) -> int:
         pieces = records.log_pieces(self.storage, self.run, exp)
@@ -375,12 +416,26 @@ class Agent:
         key = records.exp_key(self.run, claim.exp, "logs", f"{seq:06d}.log")
         self.storage.write_bytes(key, (line + "\n").encode())
 
-    def _ship_artifacts(self, claim: cl.Claim, artifacts: Path) -> None:
-        if not any(artifacts.iterdir()):
-            return
-        from launcher.storage.artifacts import ship_artifacts
+    def _ship_artifacts(self, claim: cl.Claim, artifacts: Path, *, final: bool = False):
+        """Ship the artifacts folder: while the script runs, only files that are stable (unchanged
+        for LAUNCH_ARTIFACT_SETTLE_S, default the sync interval up to 2 s, or renamed into
+        place); the ``final`` ship takes every file. Files that cannot be shipped at all are
+        told once in the node's log. Returns the ShipReport."""
+        from launcher.storage.artifacts import ShipReport, ship_artifacts
 
-        ship_artifacts(self.storage, self.run, claim.exp, artifacts)
+        try:
+            if not any(artifacts.iterdir()):
+                return ShipReport()
+        except OSError:  # the script removed its own outputs folder: keep what is stored
+            return ShipReport()
+        settle = 0.0 if final else env_float("LAUNCH_ARTIFACT_SETTLE_S", min(self.sync_s, 2.0))
+        report = ship_artifacts(self.storage, self.run, claim.exp, artifacts, settle_s=settle)
+        told = vars(self).setdefault("_told_not_shipped", set())
+        for rel, why in report.skipped:
+            if (claim.exp, claim.attempt, rel) not in told:
+                told.add((claim.exp, claim.attempt, rel))
+                self._say(f"{claim.exp}: not shipping {rel!r}: {why}")
+        return report
 
     def _report_node(self, **fields) -> None:
         key = f"runs/{self.run}/nodes/{self.node}.json"

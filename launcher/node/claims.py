@@ -17,7 +17,14 @@ from dataclasses import dataclass
 
 from launcher.config import stale_timeout
 from launcher.processes import process_alive
-from launcher.storage.records import TERMINAL, claim_key, claim_numbers, exp_key, read_status
+from launcher.storage.records import (
+    TERMINAL,
+    claim_key,
+    claim_numbers,
+    exp_key,
+    finish,
+    read_status,
+)
 from launcher.storage.root import Storage
 
 
@@ -43,12 +50,18 @@ class Claim:
 
 def _attempt_is_dead(storage: Storage, run: str, exp: str, attempt: int, stale_s: float) -> bool:
     now = time.time()
-    hb = storage.read_json(exp_key(run, exp, "heartbeat"), default=None)
+    try:
+        hb = storage.read_json(exp_key(run, exp, "heartbeat"), default=None)
+    except ValueError:  # cut short: the claim's own age decides
+        hb = None
     try:
         claim = storage.read_json(claim_key(run, exp, attempt), default=None) or {}
         seen = float(claim.get("time") or 0.0)
-    except ValueError:  # created a moment ago (O_EXCL, then written): its owner is alive
-        claim, seen = {}, now
+    except ValueError:
+        # empty or garbled: created a moment ago (O_EXCL, then written), or its node died (or
+        # the disk filled) between the two. Its storage time tells which.
+        claim = {}
+        seen = storage.modified(claim_key(run, exp, attempt)) or now
     node = claim.get("node")
     if hb and hb.get("attempt") == attempt:
         seen = max(seen, float(hb.get("time") or 0.0))
@@ -59,9 +72,20 @@ def _attempt_is_dead(storage: Storage, run: str, exp: str, attempt: int, stale_s
 
 
 def try_claim(
-    storage: Storage, run: str, exp: str, node: str, *, stale_s: float | None = None
+    storage: Storage,
+    run: str,
+    exp: str,
+    node: str,
+    *,
+    stale_s: float | None = None,
+    max_attempts: int | None = None,
 ) -> Claim | None:
-    """Take an experiment if it is free (queued, or its attempt is dead); None otherwise."""
+    """Take an experiment if it is free (queued, or its attempt is dead); None otherwise.
+
+    With ``max_attempts`` (retries + 1), an experiment whose last allowed attempt died (its
+    agent crashed, was killed, lost its machine) is not tried again: it fails, with the reason.
+    Attempts handed back cleanly on an interruption (status ``interruptions``) cost nothing.
+    """
     stale_s = stale_timeout() if stale_s is None else stale_s
     # claims first, then status: a status read after the listing is never older than it
     taken = claim_numbers(storage, run, exp)
@@ -74,6 +98,12 @@ def try_claim(
     if not free and not _attempt_is_dead(storage, run, exp, highest, stale_s):
         return None
     attempt = highest + 1
+    spent = highest - int(status.get("interruptions") or 0)  # hand-backs cost no retry
+    if max_attempts is not None and spent >= max_attempts:
+        finish(storage, run, exp, state="failed", attempt=highest, ended=time.time(),
+               message=f"gave up: attempt {highest} ended without a word (its agent died or "
+               f"lost its node) and no retry is left of {max_attempts - 1}")  # fmt: skip
+        return None
     body = {"node": node, "attempt": attempt, "time": time.time(), "host": socket.gethostname()}
     import json
 
@@ -86,8 +116,11 @@ def try_claim(
 
 
 def claim_lost(storage: Storage, claim: Claim) -> bool:
-    """Whether another agent has taken a later attempt (this one was judged dead)."""
-    return storage.exists(claim_key(claim.run, claim.exp, claim.attempt + 1))
+    """Whether another agent has taken a later attempt (this one was judged dead), or the
+    experiment was finished by someone else (a stop, an earlier attempt that was still alive)."""
+    return storage.exists(claim_key(claim.run, claim.exp, claim.attempt + 1)) or storage.exists(
+        exp_key(claim.run, claim.exp, "final.json")
+    )
 
 
 def beat(storage: Storage, claim: Claim) -> None:

@@ -59,9 +59,40 @@ def queued_status() -> dict:
 
 
 def read_status(storage: Storage, run: str, exp: str) -> dict:
-    """status.json, or :func:`queued_status` when the experiment has never been written."""
-    status = storage.read_json(exp_key(run, exp, "status.json"), default=None)
-    return status or queued_status()
+    """status.json, or :func:`queued_status` when the experiment has never been written. A
+    status.json cut short (a crash mid-write, a full disk) reads as the experiment's final
+    record when it has one, else as queued with a note, so one bad file stops nothing."""
+    from launcher.storage.root import CorruptRecord
+
+    try:
+        status = storage.read_json(exp_key(run, exp, "status.json"), default=None)
+    except CorruptRecord as e:
+        final = read_final(storage, run, exp)
+        return final or dict(queued_status(), message=f"status was unreadable: {e}")
+    return status if isinstance(status, dict) else queued_status()
+
+
+def read_final(storage: Storage, run: str, exp: str) -> dict | None:
+    """The experiment's final status (final.json), or None while it is not finished."""
+    try:
+        final = storage.read_json(exp_key(run, exp, "final.json"), default=None)
+    except ValueError:
+        return None
+    return final if isinstance(final, dict) else None
+
+
+def finish(storage: Storage, run: str, exp: str, **fields) -> bool:
+    """Record an experiment's end once: final.json is created exclusively, so of two agents that
+    both ran it (one was judged dead while it still worked) the first to finish wins and a later
+    finish can never overwrite it. status.json then says the same. False if already finished."""
+    import json
+
+    status = read_status(storage, run, exp)
+    status.update(fields)
+    if not storage.create_exclusive(exp_key(run, exp, "final.json"), json.dumps(status).encode()):
+        return False
+    storage.write_json(exp_key(run, exp, "status.json"), status)
+    return True
 
 
 def write_status(storage: Storage, run: str, exp: str, **fields) -> dict:

@@ -30,6 +30,7 @@ from launcher.backends.base import (
     requeue_orphans,
 )
 from launcher.config import env_float, launch_home
+from launcher.node.script import end_recorded_tree
 from launcher.processes import process_alive, process_start
 from launcher.storage.root import Storage
 
@@ -105,6 +106,7 @@ class LocalBackend(Backend):
         record = self.storage().read_json(f"runs/{run}/run.json")
         dead = {r["node"]: f"its agent (pid {r.get('pid')}) exited"
                 for r in self._records(run) if not _alive(r)}  # fmt: skip
+        self._end_orphans(run)
         requeued = requeue_orphans(self.storage(), run, statuses, dead)
         if requeued:  # their status changed: count them as unfinished below
             statuses = {**statuses, **{e: {"state": "queued"} for e in requeued}}
@@ -182,12 +184,14 @@ class LocalBackend(Backend):
         return out
 
     def stop(self, run: str) -> list[NodeInfo]:
-        """SIGTERM each live agent's process group (scripts included), SIGKILL after a grace."""
+        """SIGTERM each live agent: it ends its script's tree (SIGKILL after the grace period
+        if the script ignores SIGTERM), ships what there is and exits. An agent that does not
+        answer in time is killed, and the tree it had on record ended."""
         grace = env_float("LAUNCH_STOP_GRACE_S", 10.0)
         live = [n for n in self.nodes(run) if n.state == "running"]
         for n in live:
             _signal_group(int(n.extra["pid"]), signal.SIGTERM)
-        deadline = time.time() + grace + 2
+        deadline = time.time() + grace + 15  # the script's grace, then the last ship
         while time.time() < deadline and any(
             process_alive(n.extra["pid"], n.extra["pid_start"]) for n in live
         ):
@@ -196,7 +200,14 @@ class LocalBackend(Backend):
             if process_alive(n.extra["pid"], n.extra["pid_start"]):
                 _signal_group(int(n.extra["pid"]), signal.SIGKILL)
             n.state = "terminated"
+        self._end_orphans(run)
         return live
+
+    def _end_orphans(self, run: str) -> None:
+        """End what dead agents' scripts left running (the trees they had on record)."""
+        for r in self._records(run):
+            if not _alive(r):
+                end_recorded_tree(self.home / "work" / run / r["node"] / "tree.json")
 
     def notify_stop(self, run: str, node: str) -> bool:
         """SIGUSR1 to that node's agent alone (not its group): it beats at once, finds the stop
@@ -211,6 +222,7 @@ class LocalBackend(Backend):
         return False
 
     def delete(self, run: str) -> None:
+        self._end_orphans(run)
         shutil.rmtree(self._nodes_dir(run), ignore_errors=True)
         shutil.rmtree(self.home / "work" / run, ignore_errors=True)
 

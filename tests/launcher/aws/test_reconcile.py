@@ -52,7 +52,7 @@ def test_cost_so_far_uses_hours_and_the_catalog_price():
 def test_vanished_node_is_requeued_and_replaced_within_budget(aws, tmp_path):
     backend = AwsBackend(profile_wait_s=0)
     run = prepare(backend, make_project(tmp_path / "p"), "crash",
-                  ["--steps", "200", "--sleep", "0.2"], max_nodes=1)  # fmt: skip
+                  ["--steps", "200", "--sleep", "0.2"], max_nodes=1, retries=1)  # fmt: skip
     storage = backend.storage()
     (node,) = backend.nodes(run)
     proc = start_instance(node.extra["instance_id"], tmp_path / "node-0")

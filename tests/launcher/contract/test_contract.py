@@ -55,7 +55,7 @@ def test_submit_runs_each_experiment_once_within_max_nodes(harness, tmp_path):
 
 def test_killed_node_is_requeued_and_the_next_attempt_resumes(harness, tmp_path):
     record = tmp_path / "record.jsonl"
-    name = harness.launch(name="crash", max_nodes=1, script_args=[
+    name = harness.launch(name="crash", max_nodes=1, retries=1, script_args=[
         "--steps", "30", "--sleep", "0.15", "--record", str(record)])  # fmt: skip
     storage = harness.backend().storage()
     ckpt = records.exp_key(name, "exp-0", "artifacts", "checkpoints", "last.ckpt")

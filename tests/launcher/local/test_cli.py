@@ -282,7 +282,8 @@ def test_real_trainer_killed_mid_run_resumes_from_last_ckpt(home, tmp_path, monk
     make = ["-m", "trainer.sample_data", "--out", str(data), "--kind", "motion"]
     subprocess.run([sys.executable, *make, "--videos-per-class", "4"], check=True)
     assert launch("datastore", "create", "--name", "motion", "--source", str(data)).exit_code == 0
-    r = launch("run", *CPU, "--name", "real", "--datastore", "motion", "trainer/train.py",
+    r = launch("run", *CPU, "--retries", "1", "--name", "real", "--datastore", "motion",
+               "trainer/train.py",
                "--backbone", "demo_cnn", "--no-hflip", "--max_epochs", "40", "--batch_size", "4",
                "--num_workers", "0")  # fmt: skip
     assert r.exit_code == 0, r.output

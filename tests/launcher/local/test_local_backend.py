@@ -85,7 +85,8 @@ def test_the_script_dies_with_its_agent(home, workdir, tmp_path):
 
 def test_killed_agent_experiment_resumes_from_its_checkpoint(home, workdir, tmp_path):
     record = tmp_path / "record.jsonl"
-    spec = make_spec(script_args=["--steps", "30", "--sleep", "0.1", "--record", str(record)])
+    spec = make_spec(script_args=["--steps", "30", "--sleep", "0.1", "--record", str(record)],
+                     retries=1)  # a node death spends an attempt  # fmt: skip
     name = runs.prepare_run(spec, LocalBackend())
     storage = LocalBackend().storage()
     ckpt_key = records.exp_key(name, "exp-0", "artifacts", "checkpoints", "last.ckpt")
@@ -132,7 +133,7 @@ def test_stop_with_no_agent_left_closes_the_run(home, workdir, tmp_path):
 
 def test_a_dead_agent_is_replaced_while_another_is_still_busy(home, workdir, tmp_path):
     record = tmp_path / "record.jsonl"
-    spec = make_spec(max_nodes=2, script_args=["--steps", "[20, 60]", "--sleep", "0.1",
+    spec = make_spec(max_nodes=2, retries=1, script_args=["--steps", "[20, 60]", "--sleep", "0.1",
                                                 "--record", str(record)])  # fmt: skip
     name = runs.prepare_run(spec, LocalBackend())
     storage = LocalBackend().storage()
