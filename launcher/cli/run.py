@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from launcher.backends import BACKENDS
 from launcher.cli.output import print_experiments, size, state_color, table
 
 #: Options only ``launch`` has (a script is unlikely to take them): after SCRIPT they get a note.
@@ -153,7 +154,7 @@ def _parse_env(values: tuple[str, ...]) -> dict[str, str] | None:
 )
 @click.option(
     "--backend",
-    type=click.Choice(["local", "aws"]),
+    type=click.Choice(list(BACKENDS)),
     help="Where to run (default: config defaults.backend, else local).",
 )
 @click.option(
@@ -231,7 +232,7 @@ def run(spec_file, env, dry_run, wait, follow, script, script_args, **flags) -> 
     2021 CLI's --grid_NAME and --g_NAME forms of each (--grid_gpus 1), and --spec/--config read
     Grid's YAML config (compute.train, hyper_params) too. Its other flags are accepted with a
     note saying what happens instead: --credential, --cluster, --framework lightning|torch,
-    --localdir, --dependency_file FILE (checked, not installed), --auto_resume (3 retries);
+    --localdir, --dependency_file FILE (pip-installed on each node), --auto_resume (3 retries);
     --ignore_warnings hides those notes; --dockerfile is an error until images are supported.
     """  # noqa: D301
     from launcher.backends import get_backend

@@ -48,6 +48,9 @@ def status(run: str | None, as_json: bool) -> None:
     cost = "" if row.cost is None else f", ${row.cost:.2f} so far"
     click.echo(f"{row.name}: {row.status}, {row.done}/{row.total} done, {row.backend} "
                f"{row.instance_type}, {when}{cost}")  # fmt: skip
+    description = ctx.record()["spec"].get("description")
+    if description:
+        click.echo(f"description: {description}")
     if row.message:
         click.secho(row.message, fg="yellow", err=True)
     print_experiments(views)

@@ -90,6 +90,7 @@ class Agent:
         # attempts that may fail or die, per experiment (hand-backs on interruption are free)
         self.max_attempts = int(self.spec.get("retries") or 0) + 1
         self._code_dir: Path | None = None
+        self._python: str | None = None  # the dependency file's venv, once installed
         self._data_dir: Path | None = None
         self._terminating = False  # SIGTERM to the agent: hand the experiment back, then exit
         self._poked = False  # SIGUSR1: beat now (a stop key was just written), not at the next beat
@@ -179,7 +180,26 @@ class Agent:
             archive = self.work_dir / "code.tar.gz"
             self.storage.download(f"runs/{self.run}/code.tar.gz", str(archive))
             self._code_dir = unpack_snapshot(archive, self.work_dir / "code")
+        if self.spec.get("dependency_file") and self._python is None:
+            self._python = self.install(self._code_dir / self.spec["dependency_file"])
         return self._code_dir
+
+    def install(self, requirements: Path) -> str:
+        """The run's dependency file (Grid's ``--dependency_file``), pip-installed once per node
+        into a venv that sees this environment's packages; the script runs with its Python."""
+        venv = self.work_dir / "venv"
+        python = venv / "bin" / "python"
+        self._say(f"installing {requirements.name} into {venv}")
+        steps = [[sys.executable, "-m", "venv", "--system-site-packages", str(venv)],
+                 [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                  "-r", str(requirements)]]  # fmt: skip
+        for cmd in steps[0 if not python.exists() else 1 :]:
+            done = subprocess.run(cmd, cwd=requirements.parent, capture_output=True, text=True)
+            if done.returncode:
+                tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+                raise RuntimeError(f"installing {requirements.name} failed (exit "
+                                   f"{done.returncode}): {' / '.join(tail)}")  # fmt: skip
+        return str(python)
 
     def mount(self) -> Path | None:
         name = self.spec.get("datastore")
@@ -238,7 +258,8 @@ class Agent:
                 f"[launch] {claim.exp} attempt {claim.attempt} on {self.node}{resumed}\n".encode()
             )
             log.flush()
-            tree = ScriptTree.start([sys.executable, script, *exp["args"]], cwd=code, env=env,
+            python = self._python or sys.executable
+            tree = ScriptTree.start([python, script, *exp["args"]], cwd=code, env=env,
                                     log=log)  # fmt: skip
         now = time.time()
         records.write_status(

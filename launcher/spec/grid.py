@@ -74,8 +74,8 @@ CREDENTIAL_NOTE = "credentials come from the standard AWS chain (env, ~/.aws, in
 CLUSTER_NOTE = "where a run goes is --backend and `launch config` (aws.region, aws.bucket)"
 LOCALDIR_NOTE = "every run already uploads the working directory (honouring .gitignore)"
 DEPENDENCY_NOTE = (
-    "checked and kept in the code snapshot, not installed: local nodes use this Python "
-    "environment, AWS nodes install the snapshot's own package (pyproject.toml)"
+    "checked; each node pip-installs it into a venv over its own environment before the "
+    "script starts"
 )
 AUTO_RESUME_NOTE = (
     "interrupted experiments always resume from last.ckpt here; a failed one is also retried "

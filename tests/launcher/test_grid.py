@@ -124,7 +124,7 @@ def test_a_grid_config_launches_the_same_run_as_its_flags(project):
     assert "resources: 1 x g4dn.12xlarge, 2 GPU(s) per experiment, 200 GiB disk" in by_config.stdout
     said = " ".join(notes(by_config))
     assert "compute.provider: ignored" in said and "framework lightning" in said
-    assert "dependency_file requirements.txt: checked and kept in the code snapshot" in said
+    assert "dependency_file requirements.txt: checked; each node pip-installs it" in said
     # --spec reads the same file; Grid's params follow the command line's own args
     r = launch("--dry-run", "--spec", "grid.yml", "train.py", "--batch_size", "4")
     assert r.exit_code == 0, r.output
@@ -212,7 +212,7 @@ INERT = [
     (["--framework", "torch"], "--framework torch: the script runs with python"),
     (["--localdir"], "--localdir: every run already uploads the working directory"),
     (["--dependency_file", "requirements.txt"],
-     "--dependency_file requirements.txt: checked and kept in the code snapshot, not installed"),
+     "--dependency_file requirements.txt: checked; each node pip-installs it into a venv"),
     (["--auto_resume"], "--auto_resume: interrupted experiments always resume from last.ckpt"),
 ]  # fmt: skip
 

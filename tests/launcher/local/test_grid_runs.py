@@ -64,16 +64,37 @@ def test_the_datastore_appears_at_the_grid_mount_dir(toy, tmp_path):
     assert (mount / "train" / "a.txt").read_text() == "A"
 
 
-def test_description_and_dependency_file_are_kept_in_run_json(toy, workdir):
-    (workdir / "requirements.txt").write_text("numpy\n")
+def tiny_wheel(folder: Path) -> Path:
+    """A wheel of a one-module package, made by hand: pip installs it with no index."""
+    import zipfile
+
+    wheel = folder / "tinydep-1.0-py3-none-any.whl"
+    meta = "tinydep-1.0.dist-info"
+    files = {"tinydep.py": "ANSWER = 42\n",
+             f"{meta}/METADATA": "Metadata-Version: 2.1\nName: tinydep\nVersion: 1.0\n",
+             f"{meta}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+                              "Tag: py3-none-any\n"}  # fmt: skip
+    files[f"{meta}/RECORD"] = "".join(f"{name},,\n" for name in [*files, f"{meta}/RECORD"])
+    with zipfile.ZipFile(wheel, "w") as z:
+        for name, text in files.items():
+            z.writestr(name, text)
+    return wheel
+
+
+def test_description_kept_and_dependency_file_installed_on_the_node(toy, workdir, home):
+    tiny_wheel(workdir)
+    (workdir / "requirements.txt").write_text("./tinydep-1.0-py3-none-any.whl\n")
+    (workdir / "uses_dep.py").write_text("import tinydep\nprint('answer', tinydep.ANSWER)\n")
     r = launch("run", "--instance", "t3.medium", "--gpus", "0", "--name", "described",
                "--description", "baseline on toy", "--dependency_file", "requirements.txt",
-               "--wait", "train.py")  # fmt: skip
+               "--wait", "uses_dep.py")  # fmt: skip
     assert r.exit_code == 0, r.output
-    assert "note: --dependency_file requirements.txt: checked and kept" in r.stderr
+    assert "note: --dependency_file requirements.txt: checked; each node pip-installs" in r.stderr
     run = run_json("described")
     assert run["spec"]["description"] == "baseline on toy"
     assert run["spec"]["dependency_file"] == "requirements.txt"
+    assert "answer 42" in launch("logs", "described").stdout
+    assert "baseline on toy" in launch("status", "described").stdout
 
 
 def test_auto_resume_retries_a_failed_experiment(toy):
