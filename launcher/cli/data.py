@@ -125,8 +125,14 @@ def artifacts_list(target: str) -> None:
 @click.argument("target", metavar="RUN[/EXP]")
 @click.option("--experiment", "-e", help="Only this experiment (same as RUN/EXP).")
 @click.option("--dest", default="launch_artifacts", show_default=True, help="Local folder.")
-def artifacts_pull(target: str, experiment: str | None, dest: str) -> None:
-    """Download artifacts (sha256-verified) to DEST/RUN/EXP/..."""
+@click.option(
+    "--keep-extra",
+    is_flag=True,
+    help="Keep files under DEST/RUN/EXP that the run no longer has (by default a pull mirrors "
+    "the run: what it deleted is removed there, and only there).",
+)
+def artifacts_pull(target: str, experiment: str | None, dest: str, keep_extra: bool) -> None:
+    """Download artifacts (sha256-verified) to DEST/RUN/EXP/..., a mirror of the run's."""
     from launcher.runs import RunContext
     from launcher.storage.artifacts import pull_artifacts
 
@@ -135,7 +141,12 @@ def artifacts_pull(target: str, experiment: str | None, dest: str) -> None:
         raise click.UsageError(f"{target} and --experiment {experiment} name different experiments")
     ctx.exp = ctx.exp or experiment
     ctx.experiment_ids()  # NotFoundError for an unknown experiment
-    paths = pull_artifacts(ctx.storage, ctx.name, experiment=ctx.exp, dest=dest)
+    removed: list = []
+    paths = pull_artifacts(ctx.storage, ctx.name, experiment=ctx.exp, dest=dest,
+                           keep_extra=keep_extra, removed=removed.append)  # fmt: skip
     for p in paths:
         click.echo(str(p))
     click.secho(f"{len(paths)} file(s) under {dest}", err=True, dim=True)
+    if removed:
+        click.secho(f"removed {len(removed)} file(s) the run no longer has (--keep-extra keeps "
+                    "them)", err=True, dim=True)  # fmt: skip

@@ -8,27 +8,43 @@ hashed is not even read again) and mirrors the local folder: files the script de
 checkpoints) are dropped from storage after the new manifest is written. A file that changes
 while it is read (a checkpoint being written), or vanishes after it was listed (``last.tmp``
 renamed over ``last.ckpt``), is not stored half-written: the upload is abandoned, the stored
-copy stays as it was, and the next ship sends it.
+copy stays as it was, and the next ship sends it. While the script runs, a file is shipped only
+once it is stable (see :func:`ship_artifacts`), so a checkpoint written in place with pauses is
+never listed half-written; the ship after the script exits takes every file as it is. A file
+that cannot be shipped (its name, its permissions, a FIFO) is skipped and reported, and
+everything else ships: one name never costs the others (:mod:`launcher.storage.manifest`).
 
-A pull is strict (every byte checked against the manifest); a restore before a retried attempt
-is forgiving, because a node can die after uploading a file but before rewriting the manifest:
-uploads are whole, so the stored copy is taken, with a warning.
+A pull is strict (every byte checked against the manifest, retried when the run replaced the
+file meanwhile) and mirrors: what the run deleted goes from the pulled copy too. A restore
+before a retried attempt is forgiving, because a node can die after uploading a file but before
+rewriting the manifest: uploads are whole, so the stored copy is taken, with a warning.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from dataclasses import dataclass
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from launcher.errors import NotFoundError
-from launcher.storage import records
+from launcher.errors import NotFoundError, StorageError
+from launcher.storage import manifest, records
 from launcher.storage import transfer as mf
 from launcher.storage.root import Storage
 
 DEFAULT_DEST = "launch_artifacts"
 log = logging.getLogger(__name__)
+
+# A pull that finds a file changed under it (its stored bytes or its manifest entry moved on:
+# the run shipped a newer copy meanwhile) reads the manifest again and retries. While the
+# manifest still lists the old bytes (a ship uploads files first and rewrites the manifest
+# after), it waits this long between tries before calling the file corrupt.
+PULL_RETRY_WAITS = (0.2, 0.5, 1.0, 2.0, 4.0)
+PULL_MAX_CHANGES = 20  # retries after the entry changed, for a file rewritten without pause
 
 
 @dataclass(frozen=True)
@@ -41,49 +57,148 @@ class Artifact:
     sha256: str
 
 
+@dataclass
+class ShipReport:
+    """What one ship did. ``deferred``: files not stable yet (a periodic ship takes a file only
+    once it has sat unchanged for the settle interval; the stored copy, if any, stays).
+    ``skipped``: (path, why) of what cannot be shipped at all (a name the manifest rule refuses,
+    an unreadable file, a FIFO); everything else ships regardless."""
+
+    uploaded: int = 0
+    unchanged: int = 0
+    deleted: int = 0
+    bytes: int = 0
+    deferred: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def skipped_message(self, most: int = 3) -> str:
+        """One line naming what could not be shipped (empty if nothing), for a status."""
+        if not self.skipped:
+            return ""
+        named = ", ".join(f"{rel!r} ({why})" for rel, why in self.skipped[:most])
+        more = (
+            f" and {len(self.skipped) - most} more (see the log)"
+            if len(self.skipped) > most
+            else ""
+        )
+        return f"{len(self.skipped)} artifact file(s) not shipped: {named}{more}"
+
+
 def _check(run: str, exp: str | None = None) -> None:
     records.check_name(run)
     if exp is not None:
         records.check_experiment_id(exp)
 
 
-def read_manifest(storage: Storage, run: str, exp: str) -> dict[str, dict[str, Any]]:
-    """An experiment's artifacts.json (empty if nothing was shipped yet)."""
+def _quiet(message: str) -> None:
+    pass
+
+
+def read_manifest(
+    storage: Storage, run: str, exp: str, *, warn: mf.Warn | None = None
+) -> dict[str, dict[str, Any]]:
+    """An experiment's artifacts.json (empty if nothing was shipped yet). Entries whose path
+    the manifest rule refuses (written by an older version) are left out, each told to ``warn``
+    (default: the ``launcher`` logger's warnings): one bad name never hides the rest."""
     _check(run, exp)
     key = records.exp_key(run, exp, "artifacts.json")
-    return mf.check_manifest(storage.read_json(key, default={}), storage.url(key))
+    files, refused = manifest.split_manifest(storage.read_json(key, default={}), storage.url(key))
+    for rel, why in refused:
+        (warn or log.warning)(f"{storage.url(key)}: ignoring the entry {rel!r}: {why}")
+    return files
 
 
-def ship_artifacts(storage: Storage, run: str, exp: str, local_dir: str | Path) -> dict[str, int]:
+def _stable(st: os.stat_result, settle_s: float, now: float) -> bool:
+    """Whether a file has sat unchanged (content and metadata) for ``settle_s``: a checkpoint
+    written in place with pauses is not, a checkpoint renamed into place soon is."""
+    return now - max(st.st_mtime_ns, st.st_ctime_ns) / 1e9 >= settle_s
+
+
+# realpath -> inode a ship last saw there: a new inode under a known name was renamed into place
+# (a writer's temp file replacing the old one) and is whole, however recent its mtime
+_seen_inodes: dict[str, int] = {}
+
+
+def _replaced(path: Path, st: os.stat_result) -> bool:
+    key = os.path.realpath(path)
+    before = _seen_inodes.get(key)
+    if len(_seen_inodes) > 100_000:
+        _seen_inodes.clear()
+    _seen_inodes[key] = st.st_ino
+    return before is not None and before != st.st_ino
+
+
+def ship_artifacts(
+    storage: Storage, run: str, exp: str, local_dir: str | Path, *, settle_s: float = 0.0
+) -> ShipReport:
     """Upload new and changed files of ``local_dir``, then artifacts.json, then drop files no
-    longer there. Returns counts: uploaded, unchanged, deleted, and bytes uploaded."""
-    _check(run, exp)
-    files = mf.local_files(local_dir)
-    remote = read_manifest(storage, run, exp)
+    longer there.
 
-    def one(rel: str) -> tuple[str, dict | None, bool]:
-        key = records.exp_key(run, exp, "artifacts", rel)
+    ``settle_s`` (periodic ships while the script runs): a changed file is taken only once it is
+    stable: unchanged for ``settle_s`` seconds, or renamed into place over the file an earlier
+    ship saw there. Until then the stored copy, if any, stays listed; a file that never was
+    stable is never listed, so a restore never hands out half a checkpoint. With 0 (the ship
+    after the script exited) every file is taken as it is: that ship is authoritative.
+
+    A file that cannot be shipped (a name the manifest rule refuses, unreadable, not a regular
+    file) is skipped and reported in :attr:`ShipReport.skipped`; everything else ships. Its
+    stored copy, if an earlier ship stored one, is kept.
+    """
+    _check(run, exp)
+    report = ShipReport()
+    if not Path(local_dir).is_dir():  # the script removed its outputs: keep what is stored
+        return report
+    files, report.skipped = mf.scan_files(local_dir)
+    key = records.exp_key(run, exp, "artifacts.json")
+    remote, refused = manifest.split_manifest(storage.read_json(key, default={}), storage.url(key))
+    now = time.time()
+
+    def one(rel: str) -> tuple[str, dict | None, str]:
+        path, st = files[rel]
+        stored = remote.get(rel)
+        replaced = _replaced(path, st)
+        if settle_s > 0 and not replaced and not _stable(st, settle_s, now):
+            if stored is not None and mf.cached_sha256(path, st) == stored["sha256"]:
+                return rel, stored, "unchanged"
+            return rel, stored, "deferred"
+        akey = records.exp_key(run, exp, "artifacts", rel)
         try:
-            return (rel, *mf.upload_changed(storage, files[rel], key, remote.get(rel)))
+            entry, sent = mf.upload_changed(storage, path, akey, stored)
         except mf.FileChanged:
             # being rewritten, or renamed away since it was listed (last.tmp -> last.ckpt):
             # keep what is stored, if anything, and ship the file as it is next time
-            return rel, remote.get(rel), False
+            return rel, stored, "deferred"
+        except mf.Unreadable as e:
+            return rel, stored, f"skipped: {e.reason}"
+        return rel, entry, "uploaded" if sent else "unchanged"
 
     results = mf.parallel(one, sorted(files), mf.workers_for(storage))
-    manifest = {rel: entry for rel, entry, _ in results if entry is not None}
-    gone = sorted(set(remote) - set(files))
-    if manifest != remote:
-        storage.write_json(records.exp_key(run, exp, "artifacts.json"), manifest)
+    new = {rel: entry for rel, entry, _ in results if entry is not None}
+    skipped_paths = {rel for rel, _ in report.skipped}
+    for rel, entry, what in results:
+        if what == "uploaded":
+            report.uploaded += 1
+            report.bytes += entry["size"]
+        elif what == "unchanged":
+            report.unchanged += 1
+        elif what == "deferred":
+            report.deferred.append(rel)
+        else:
+            report.skipped.append((rel, what.removeprefix("skipped: ")))
+            skipped_paths.add(rel)
+    for rel in skipped_paths & set(remote):  # still there, just not shippable now: keep its copy
+        new.setdefault(rel, remote[rel])
+    gone = sorted(set(remote) - set(new))
+    if new != remote or refused:
+        storage.write_json(key, new)
     for rel in gone:
         storage.delete(records.exp_key(run, exp, "artifacts", rel))
-    uploaded = [entry for _, entry, sent in results if sent]
-    return {
-        "uploaded": len(uploaded),
-        "unchanged": len(results) - len(uploaded),  # deferred files (mid-write) included
-        "deleted": len(gone),
-        "bytes": sum(e["size"] for e in uploaded),
-    }
+    for rel, _ in refused:  # a name an older version stored: its object goes with its entry
+        with contextlib.suppress(StorageError):  # not even a valid key: nothing stored there
+            storage.delete(records.exp_key(run, exp, "artifacts", rel))
+    report.deleted = len(gone)
+    report.skipped.sort()
+    return report
 
 
 def restore_artifacts(
@@ -92,15 +207,18 @@ def restore_artifacts(
     """Download an experiment's stored artifacts into ``local_dir`` (before a retried attempt,
     so the script resumes from its last checkpoint); files already right are kept.
 
-    Forgiving where a pull is strict: a node killed after uploading a file but before rewriting
-    artifacts.json leaves a manifest older than the files. Each upload is whole, so a file whose
-    stored bytes differ from the manifest is taken as stored, and a listed file that is gone is
-    skipped; each is reported to ``warn`` (default: the ``launcher`` logger's warnings).
+    Only what the manifest lists is restored, and a ship lists a file only once it is whole
+    (see :func:`ship_artifacts`). Forgiving where a pull is strict: a node killed after
+    uploading a file but before rewriting artifacts.json leaves a manifest older than the files.
+    Each upload is whole, so a file whose stored bytes differ from the manifest is taken as
+    stored, and a listed file that is gone is skipped; each is reported to ``warn`` (default:
+    the ``launcher`` logger's warnings), as are manifest entries whose names are refused.
     """
-    files = read_manifest(storage, run, exp)
+    warn = warn or log.warning
+    files = read_manifest(storage, run, exp, warn=warn)
     Path(local_dir).mkdir(parents=True, exist_ok=True)
     jobs = mf.plan_down(records.exp_key(run, exp, "artifacts"), files, Path(local_dir))
-    return mf.sync_down(storage, jobs, warn=warn or log.warning)
+    return mf.sync_down(storage, jobs, warn=warn)
 
 
 def experiment_ids(storage: Storage, run: str, experiment: str | None = None) -> list[str]:
@@ -138,16 +256,100 @@ def pull_artifacts(
     experiment: str | None = None,
     dest: str | Path = DEFAULT_DEST,
     progress: mf.Progress | None = None,
+    keep_extra: bool = False,
+    removed: Callable[[Path], None] | None = None,
+    warn: mf.Warn | None = None,
 ) -> list[Path]:
     """Download a run's artifacts to ``dest/RUN/EXP/...``; returns the local paths.
 
     Parallel, verified by sha256, safe to rerun (files already right are skipped, an
-    interrupted pull leaves no half-file), and never writes outside ``dest``: a manifest path
-    that is absolute or climbs out with ``..`` is refused.
+    interrupted pull leaves no half-file, and the temporary files a killed pull left are
+    removed by the next), and never writes outside ``dest``: a manifest path that is absolute or
+    climbs out with ``..`` is refused. A file the run replaces while it is pulled is fetched
+    again from the new manifest, and one the run deletes meanwhile is dropped.
+
+    Each ``dest/RUN/EXP`` becomes a mirror of the experiment's artifacts: once everything is
+    downloaded, files there the run no longer has (older checkpoints it deleted) are removed,
+    each told to ``removed``, unless ``keep_extra``. Nothing outside ``dest/RUN/EXP`` is ever
+    removed, and nothing is removed by a pull that failed.
     """
-    exps = experiment_ids(storage, run, experiment)
-    jobs = []
-    for e in exps:
-        files = read_manifest(storage, run, e)
-        jobs += mf.plan_down(records.exp_key(run, e, "artifacts"), files, Path(dest) / run / e)
-    return mf.sync_down(storage, jobs, progress)
+    warn = warn or log.warning
+    dest = Path(dest)
+    folders: dict[str, Path] = {}
+    jobs: list[tuple[str, str, Path, dict]] = []
+    for e in experiment_ids(storage, run, experiment):
+        folders[e] = folder = dest / run / e
+        files = read_manifest(storage, run, e, warn=warn)
+        planned = mf.plan_down(records.exp_key(run, e, "artifacts"), files, folder)
+        jobs += [
+            (e, rel, target, entry) for rel, (_, target, entry) in zip(files, planned, strict=True)
+        ]
+        if _inside(folder, dest):
+            mf.remove_extras(folder, set(), extras=False)  # a killed pull's temporary files
+    counter = mf.ByteCounter(sum(entry["size"] for *_, entry in jobs), progress)
+
+    def one(job: tuple[str, str, Path, dict]) -> tuple[str, str, Path | None]:
+        e, rel, target, entry = job
+        return e, rel, _pull_one(storage, run, e, rel, target, entry, counter)
+
+    results = mf.parallel(one, jobs, mf.workers_for(storage))
+    for e, folder in folders.items():
+        if not _inside(folder, dest):
+            if not keep_extra and folder.exists():
+                warn(f"not removing files from {folder}: it leads outside {dest}")
+            continue
+        keep = {rel for exp, rel, path in results if exp == e and path is not None}
+        for p in mf.remove_extras(folder, keep, extras=not keep_extra):
+            if removed:
+                removed(p)
+    return [path for *_, path in results if path is not None]
+
+
+def _inside(folder: Path, dest: Path) -> bool:
+    """Whether ``folder`` is a real folder (or not there yet) that resolves inside ``dest``."""
+    return not any(p.is_symlink() for p in (folder, folder.parent)) and (
+        folder.resolve().is_relative_to(dest.resolve())
+    )
+
+
+class _JobCounter:
+    """One download's share of the pull's byte count, taken back if that try fails."""
+
+    def __init__(self, parent: mf.ByteCounter):
+        self.parent, self.n = parent, 0
+
+    def add(self, n: int) -> None:
+        self.n += n
+        self.parent.add(n)
+
+    def undo(self) -> None:
+        self.parent.add(-self.n)
+        self.n = 0
+
+
+def _pull_one(
+    storage: Storage, run: str, exp: str, rel: str, target: Path, entry: dict,
+    counter: mf.ByteCounter,
+) -> Path | None:  # fmt: skip
+    """Download one artifact, verified; on a mismatch or a missing object, read the manifest
+    again: follow a newer entry, drop a deleted file (None), or wait for the manifest to catch
+    up with a newer upload; corrupt only if the manifest keeps vouching for other bytes."""
+    key = records.exp_key(run, exp, "artifacts", rel)
+    waits = iter(PULL_RETRY_WAITS)
+    changes = 0
+    while True:
+        share = _JobCounter(counter)
+        try:
+            return mf.download(storage, key, target, entry, share)
+        except (mf.Mismatch, mf.Missing):
+            share.undo()
+            fresh = read_manifest(storage, run, exp, warn=_quiet).get(rel)
+            if fresh is None:
+                return None  # the run deleted it since the pull began
+            if fresh != entry and changes < PULL_MAX_CHANGES:
+                entry, changes = fresh, changes + 1
+                continue
+            wait = next(waits, None)
+            if wait is None:
+                raise
+            time.sleep(wait)

@@ -8,9 +8,11 @@ interrupted or corrupt transfer never leaves a half-file under the real name.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import posixpath
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -19,13 +21,23 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from launcher.errors import StorageError
+from launcher.storage.manifest import (
+    Entry,
+    check_manifest,
+    is_part,
+    part_name,
+    path_problem,
+    safe_relpath,
+    stale_part,
+)
+
+__all__ = ["check_manifest", "safe_relpath"]  # the manifest rules, re-exported for callers
 
 if TYPE_CHECKING:
     from launcher.storage.root import Storage
 
 CHUNK = 1 << 20
 Progress = Callable[[int, int], None]
-Entry = dict[str, Any]  # {"size": int, "sha256": str}
 T = TypeVar("T")
 
 # path -> (size, mtime_ns, sha256): a file unchanged since it was last hashed is not read again.
@@ -79,34 +91,103 @@ def local_files(root: str | Path) -> dict[str, Path]:
     return out
 
 
-def safe_relpath(rel: str) -> str:
-    """``rel`` if it is a plain relative '/' path staying inside its folder, else StorageError."""
-    if (
-        not isinstance(rel, str)
-        or not rel
-        or rel.startswith("/")
-        or "\\" in rel
-        or "\x00" in rel
-        or (len(rel) > 1 and rel[1] == ":")
-        or any(p in ("", ".", "..") for p in rel.split("/"))
-    ):
-        raise StorageError(f"refusing manifest path {rel!r}: it is absolute or escapes its folder")
-    return rel
+def cached_sha256(path: str | Path, st: os.stat_result) -> str | None:
+    """The sha256 this process last saw ``path`` have with this size and mtime, without reading
+    it; None if it has not seen it so."""
+    with _digests_lock:
+        cached = _digests.get(os.path.realpath(path))
+    return cached[2] if cached and cached[:2] == (st.st_size, st.st_mtime_ns) else None
 
 
-def check_manifest(files: Any, where: str) -> dict[str, Entry]:
-    """A manifest's ``files`` mapping, every path safe and every entry well formed."""
-    if not isinstance(files, dict):
-        raise StorageError(f"{where}: corrupt manifest (files is not a mapping)")
-    for rel, entry in files.items():
-        safe_relpath(rel)
-        if (
-            not isinstance(entry, dict)
-            or not isinstance(entry.get("size"), int)
-            or not isinstance(entry.get("sha256"), str)
-        ):
-            raise StorageError(f"{where}: corrupt manifest entry for {rel!r}")
-    return files
+def scan_files(
+    root: str | Path,
+) -> tuple[dict[str, tuple[Path, os.stat_result]], list[tuple[str, str]]]:
+    """What of ``root`` can go into a manifest: relpath -> (path, stat) of every regular file
+    (symlinked files followed) whose path passes the manifest rule, sorted; and (relpath, why)
+    for everything else found: a bad name, a FIFO or other non-file, a broken link, a symlinked
+    folder (not followed), a folder that cannot be listed. A folder that vanishes while it is
+    walked (the script deleting its outputs) is simply not there."""
+    root = Path(root)
+    files: dict[str, tuple[Path, os.stat_result]] = {}
+    skipped: list[tuple[str, str]] = []
+
+    def rel_of(path: str | Path) -> str:
+        return Path(path).relative_to(root).as_posix()
+
+    def unlisted(e: OSError) -> None:
+        if not isinstance(e, FileNotFoundError) and e.filename is not None:
+            where = rel_of(e.filename) if Path(e.filename) != root else "."
+            skipped.append((where, f"cannot list this folder: {e.strerror or e}"))
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unlisted):
+        dirnames.sort()
+        for name in list(dirnames):
+            if os.path.islink(os.path.join(dirpath, name)):
+                skipped.append(
+                    (rel_of(os.path.join(dirpath, name)), "a symlinked folder (not followed)")
+                )
+        for name in sorted(filenames):
+            p = Path(dirpath) / name
+            rel = rel_of(p)
+            problem = path_problem(rel)
+            if problem:
+                skipped.append((rel, f"cannot be stored: {problem}"))
+                continue
+            try:
+                st = p.stat()
+            except FileNotFoundError:
+                if p.is_symlink():
+                    skipped.append((rel, "a broken symlink"))
+                continue  # gone since it was listed
+            except OSError as e:
+                skipped.append((rel, f"cannot be read: {e.strerror or e}"))
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                skipped.append((rel, f"not a regular file ({_kind(st.st_mode)})"))
+                continue
+            files[rel] = (p, st)
+    return files, skipped
+
+
+def _kind(mode: int) -> str:
+    kinds = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))  # fmt: skip
+    for test, kind in kinds:
+        if test(mode):
+            return kind
+    return "not a file"
+
+
+def remove_extras(folder: Path, keep: set[str], *, extras: bool) -> list[Path]:
+    """Clean a pulled folder: remove the temporary files killed transfers left (always) and,
+    with ``extras``, everything whose relpath is not in ``keep``; then folders left empty.
+    Never follows a symlink (a link is removed itself, never what it points at) and never
+    touches anything outside ``folder``. Returns what was removed."""
+    removed: list[Path] = []
+    if not folder.is_dir() or folder.is_symlink():
+        return removed
+    for dirpath, dirnames, filenames in os.walk(folder, topdown=False):
+        links = [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]
+        for name in sorted(filenames + links):
+            p = Path(dirpath) / name
+            rel = p.relative_to(folder).as_posix()
+            if rel in keep:
+                continue
+            if stale_part(name) or (extras and not _live_part(name)):
+                try:
+                    p.unlink()
+                except FileNotFoundError:
+                    continue
+                removed.append(p)
+        if extras and Path(dirpath) != folder:
+            with contextlib.suppress(OSError):
+                os.rmdir(dirpath)  # only if empty: what is kept keeps its folders
+    return removed
+
+
+def _live_part(name: str) -> bool:
+    """A temporary file of a transfer still running (another pull into the same folder)."""
+    return is_part(name) and not stale_part(name)
 
 
 class ByteCounter:
@@ -148,6 +229,14 @@ class FileChanged(StorageError):
     """A local file changed (or vanished) while it was being uploaded; nothing was stored."""
 
 
+class Unreadable(StorageError):
+    """A local file that cannot be read (permissions, an I/O error); nothing was stored."""
+
+    def __init__(self, local: str | Path, error: OSError):
+        self.reason = f"cannot be read: {error.strerror or error}"
+        super().__init__(f"cannot read {local}: {error.strerror or error}")
+
+
 def upload(
     storage: Storage, local: str | Path, key: str, counter: ByteCounter | None = None
 ) -> Entry:
@@ -165,17 +254,17 @@ def upload(
     except FileNotFoundError:
         raise FileChanged(f"{local} vanished before it could be uploaded") from None
     except OSError as e:  # unreadable (permissions): one clear error, not a crash mid-ship
-        raise StorageError(f"cannot read {local} to upload it: {e}") from e
+        raise Unreadable(local, e) from e
     st = os.fstat(src.fileno())
     tmp = out = None
     try:
         if storage.protocol == "file":
             os.makedirs(posixpath.dirname(path), exist_ok=True)
-            tmp = f"{path}.part-{os.getpid()}-{threading.get_ident()}"
+            tmp = posixpath.join(posixpath.dirname(path), part_name(posixpath.basename(path)))
             out = open(tmp, "wb")  # noqa: SIM115 - closed below, on every path
         else:
             out = storage.fs.open(path, "wb")  # an S3 object appears only when closed
-        size = _copy(src, out, h, counter)
+        size = _copy(src, out, h, counter, reading=str(local))
         if not _same_file(local, st, size):
             raise FileChanged(f"{local} changed while it was uploaded")
         out.close()
@@ -183,7 +272,7 @@ def upload(
         if tmp is not None:
             os.replace(tmp, path)
             tmp = None
-    except FileChanged:
+    except (FileChanged, Unreadable):
         raise
     except Exception as e:  # OSError locally; botocore errors surface as others on S3
         raise StorageError(f"upload {local} -> {storage.url(key)} failed: {e}") from e
@@ -214,10 +303,19 @@ def _same_file(local: str | Path, st: os.stat_result, size: int) -> bool:
     ) and (size == st.st_size)
 
 
-def _copy(src, out, h, counter: ByteCounter | None) -> int:
-    """Stream ``src`` to ``out`` in chunks, hashing into ``h`` and counting; bytes copied."""
+def _copy(src, out, h, counter: ByteCounter | None, *, reading: str | None = None) -> int:
+    """Stream ``src`` to ``out`` in chunks, hashing into ``h`` and counting; bytes copied.
+    With ``reading`` (the local file ``src`` is), a failed read raises :class:`Unreadable`."""
     size = 0
-    while chunk := src.read(CHUNK):
+    while True:
+        try:
+            chunk = src.read(CHUNK)
+        except OSError as e:
+            if reading is None:
+                raise
+            raise Unreadable(reading, e) from e
+        if not chunk:
+            break
         out.write(chunk)
         h.update(chunk)
         size += len(chunk)
@@ -262,7 +360,7 @@ def download(
             counter.add(entry["size"])
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.part-{os.getpid()}-{threading.get_ident()}")
+    tmp = target.with_name(part_name(target.name))
     h = hashlib.sha256()
     try:
         with storage.fs.open(storage.path(key), "rb") as src, open(tmp, "wb") as out:
@@ -351,6 +449,8 @@ def upload_changed(
         )
     except FileNotFoundError:
         raise FileChanged(f"{local} vanished before it could be uploaded") from None
+    except OSError as e:  # hashed to compare it with the stored copy, and unreadable
+        raise Unreadable(local, e) from e
     if unchanged:
         if counter:
             counter.add(stored["size"])
