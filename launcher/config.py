@@ -14,7 +14,7 @@ from typing import Any
 
 from launcher.errors import LaunchError
 
-_KEY = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
+_KEY = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+")  # fullmatch: no trailing newline
 
 
 # The settings the launcher reads (`launch config set` refuses others: a typo would be ignored).
@@ -32,9 +32,20 @@ class ConfigError(LaunchError):
 
 
 def launch_home() -> Path:
-    """The launcher's local state directory: ``$LAUNCH_HOME`` or ``~/.launch``."""
+    """The launcher's local state directory: ``$LAUNCH_HOME`` or ``~/.launch``, always absolute.
+
+    A relative ``LAUNCH_HOME`` (``.launch``) is resolved once, against the directory the first
+    call ran in, and written back to the environment: agents start in another directory, and
+    would otherwise look for ``.launch/.launch/store``.
+    """
     home = os.environ.get("LAUNCH_HOME")
-    return Path(home).expanduser() if home else Path.home() / ".launch"
+    if not home:
+        return Path.home() / ".launch"
+    path = Path(home).expanduser()
+    if not path.is_absolute():
+        path = Path(os.path.abspath(path))
+        os.environ["LAUNCH_HOME"] = str(path)  # this process and its children agree from now
+    return path
 
 
 def config_path() -> Path:
@@ -69,7 +80,7 @@ def save_config(config: dict) -> None:
 
 
 def _check_key(key: str) -> list[str]:
-    if not _KEY.match(key):
+    if not isinstance(key, str) or not _KEY.fullmatch(key):
         raise ConfigError(
             f"invalid config key {key!r}: use SECTION.NAME in lower case, e.g. aws.bucket"
         )

@@ -9,6 +9,8 @@ traceback); usage errors are click's (exit code 2). Heavy modules are imported i
 from __future__ import annotations
 
 import logging
+import os
+import sys
 
 import click
 
@@ -29,6 +31,10 @@ class LaunchGroup(click.Group):
             ctx.exit(1)
         except (click.exceptions.ClickException, click.exceptions.Abort, click.exceptions.Exit):
             raise  # usage errors, --help, a declined confirmation: click reports them
+        except BrokenPipeError:
+            # `launch status | head`: the reader is gone. click's main catches EPIPE, exits 1
+            # and silences the last flush; nothing to report
+            raise
         except Exception as e:
             # a bug or an error no layer translated (a cloud SDK's): still one line by default
             if ctx.meta.get("launch.debug"):
@@ -64,7 +70,15 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 def main() -> None:
     """Console entry point (``launch``)."""
-    cli(prog_name="launch")
+    try:
+        try:
+            cli(prog_name="launch")
+        finally:
+            sys.stdout.flush()  # what is still buffered goes now, while EPIPE can be caught
+    except BrokenPipeError:
+        # the reader left (`launch status | head`): no "Exception ignored" at exit either
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
 
 
 def _register() -> None:

@@ -309,12 +309,12 @@ def _sets_backend(spec_file: str | None) -> bool:
     """Whether a spec file names its backend (it then wins over config defaults.backend)."""
     if spec_file is None:
         return False
-    import yaml
+    from launcher.errors import SpecError
+    from launcher.spec.strict_yaml import load_spec_yaml
 
     try:
-        with open(spec_file) as f:
-            data = yaml.safe_load(f)
-    except (OSError, yaml.YAMLError):
+        data = load_spec_yaml(spec_file)
+    except SpecError:
         return False  # JobSpec.load reports it properly
     return isinstance(data, dict) and "backend" in data
 

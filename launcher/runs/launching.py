@@ -63,15 +63,15 @@ def plan_run(spec: JobSpec, workdir: Path | str = ".", storage: Storage | None =
     """Everything a run would be, without writing anything (``--dry-run``). With a storage, the
     datastore is resolved too (read only), so a missing one shows before launching."""
     from launcher.spec.catalog import estimate_cost
-    from launcher.storage.snapshot import collect_files
+    from launcher.storage.snapshot import select_files
 
     workdir = Path(workdir).resolve()
     _check_script(spec, workdir)
     if storage is not None:
         spec = _pin_datastore(spec, storage)
-    files = collect_files(workdir)
-    size = sum((workdir / f).stat().st_size for f in files)
-    return Plan(spec, spec.experiments(), estimate_cost(spec), len(files), size)
+    selected = select_files(workdir)  # the snapshot's own check: what the real run would refuse
+    return Plan(spec, spec.experiments(), estimate_cost(spec), len(selected.files),
+                selected.total_size)  # fmt: skip
 
 
 def prepare_run(

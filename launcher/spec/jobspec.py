@@ -43,8 +43,8 @@ MAX_DISK_GIB = 16384
 MAX_NODES = 100
 MAX_RETRIES = 100
 MAX_DESCRIPTION = 200
-DATASTORE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
-ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+DATASTORE_NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")  # fullmatch, like every name
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # fullmatch: "A\n" is not a name
 # Set by the agent for every experiment; a spec must not shadow them.
 RESERVED_ENV = ("CUDA_VISIBLE_DEVICES",)
 RESERVED_ENV_PREFIX = "LAUNCH_"
@@ -58,9 +58,9 @@ ALIASES = {
     "args": "script_args",
 }
 
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_DURATION_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-_MEMORY_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*((?:[gmt]i?b?)?)\s*$", re.I)
+_MEMORY_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*((?:[gmt]i?b?)?)\s*", re.I)
 _MEMORY_UNITS = {"": 1, "G": 1, "M": 1 / 1024, "T": 1024}
 
 
@@ -179,7 +179,7 @@ class JobSpec:
                     "disagree; give the version once"
                 )
             spec.datastore, spec.datastore_version = name, v
-        if spec.datastore is not None and not DATASTORE_NAME_RE.match(spec.datastore):
+        if spec.datastore is not None and not DATASTORE_NAME_RE.fullmatch(spec.datastore):
             raise SpecError(
                 f"invalid datastore name {spec.datastore!r}: use [a-z0-9][a-z0-9._-]{{0,62}}"
             )
@@ -254,20 +254,12 @@ def field_help() -> dict[str, str]:
 
 # -- reading -----------------------------------------------------------------------------------
 def _read_yaml(path: str | Path) -> dict[str, Any]:
-    import yaml
+    from launcher.spec.strict_yaml import load_spec_yaml
 
     p = Path(path)
     if not p.is_file():
         raise SpecError(f"spec file not found: {p}")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise SpecError(f"{p}{where}: invalid YAML: {problem}") from None
-    except UnicodeDecodeError:
-        raise SpecError(f"{p}: not a UTF-8 text file") from None
+    data = load_spec_yaml(p)  # duplicate keys, non-UTF-8 bytes, huge integers: SpecError
     if data is None:
         raise SpecError(f"{p} is empty; it needs at least `script: PATH`")
     if not isinstance(data, dict):
@@ -301,6 +293,14 @@ def _tname(v: Any) -> str:
 def _check_str(name: str, v: Any) -> str:
     if not isinstance(v, str) or not v:
         raise SpecError(f"{name} must be a non-empty string, not {v!r}")
+    return _no_nul(name, v)
+
+
+def _no_nul(name: str, v: str) -> str:
+    """A NUL cannot pass through exec (argv, environment, paths): refused here, at submit, not
+    on the node."""
+    if "\x00" in v:
+        raise SpecError(f"{name} {v!r} holds a NUL character (\\x00); remove it")
     return v
 
 
@@ -311,6 +311,8 @@ def _optional(check):
 def _check_int(name: str, v: Any, low: int = 0, high: int | None = None) -> int:
     if not isinstance(v, int) or isinstance(v, bool):
         raise SpecError(f"{name} must be an integer, not {v!r}")
+    if abs(v) >= 2**63:  # run.json is JSON; a 4,300-digit integer does not even print
+        raise SpecError(f"{name} must be an integer below 2**63, got one of {v.bit_length()} bits")
     if v < low or (high is not None and v > high):
         allowed = f"{low} to {high}" if high is not None else f">= {low}"
         raise SpecError(f"{name} must be {allowed}, got {v}")
@@ -339,7 +341,7 @@ def _check_choice(choices: tuple[str, ...]):
 def _check_args(name: str, v: Any) -> list[str]:
     if isinstance(v, str):
         try:
-            return shlex.split(v)  # split like a shell would, but never run one
+            v = shlex.split(v)  # split like a shell would, but never run one
         except ValueError as e:
             raise SpecError(f"{name}: cannot split {v!r}: {e}") from None
     if not isinstance(v, list | tuple):
@@ -349,6 +351,7 @@ def _check_args(name: str, v: Any) -> list[str]:
             raise SpecError(
                 f"{name}[{i}] must be a string, not {_tname(a)} {a!r}; quote it in YAML: '{a}'"
             )
+        _no_nul(f"{name}[{i}]", a)
     return list(v)
 
 
@@ -401,22 +404,25 @@ def _check_env(name: str, v: Any) -> dict[str, str]:
         raise SpecError(f"{name} must be a mapping of NAME: value, not {_tname(v)}")
     out = {}
     for k, val in v.items():
-        if not isinstance(k, str) or not ENV_NAME_RE.match(k):
+        if not isinstance(k, str) or not ENV_NAME_RE.fullmatch(k):
             raise SpecError(f"{name}: invalid variable name {k!r}: use [A-Za-z_][A-Za-z0-9_]*")
         if k in RESERVED_ENV or k.startswith(RESERVED_ENV_PREFIX):
             raise SpecError(f"{name}: {k} is set by the launcher; it cannot be overridden")
         if isinstance(val, bool) or not isinstance(val, str | int | float):
             raise SpecError(f"{name}.{k} must be a string or number, not {val!r}")
-        out[k] = str(val)
+        out[k] = _no_nul(f"{name}.{k}", str(val))
     return out
 
 
 def _check_duration(name: str, v: Any) -> int:
     if isinstance(v, str):
-        m = _DURATION_RE.match(v)
+        m = _DURATION_RE.fullmatch(v)
         if not m:
             raise SpecError(f"{name} must be seconds or a duration like 90m, 2h, 1d; got {v!r}")
-        v = round(float(m.group(1)) * _UNITS[m.group(2)])
+        seconds = float(m.group(1)) * _UNITS[m.group(2)]
+        if seconds >= 2**63:  # float("9" * 400) is inf, and round(inf) is an OverflowError
+            raise SpecError(f"{name} must be below 2**63 seconds; got {v[:40]!r}...")
+        v = round(seconds)
     elif isinstance(v, float) and not isinstance(v, bool) and v.is_integer():
         v = int(v)
     return _check_int(name, v, low=1)
@@ -425,10 +431,12 @@ def _check_duration(name: str, v: Any) -> int:
 def _check_memory(name: str, v: Any) -> float | int:
     """GiB: a number, or a string with a unit (16G, 16GiB, 512M, 1T; G and Gi are the same)."""
     if isinstance(v, str):
-        m = _MEMORY_RE.match(v)
+        m = _MEMORY_RE.fullmatch(v)
         if not m:
             raise SpecError(f"{name} must be GiB, or a size like 16G, 512M, 1T; got {v!r}")
         v = float(m.group(1)) * _MEMORY_UNITS[m.group(2)[:1].upper()]
+        if v >= 2**63:
+            raise SpecError(f"{name} must be below 2**63 GiB; got {v!r}")
     if isinstance(v, bool) or not isinstance(v, int | float) or v <= 0:
         raise SpecError(f"{name} must be a positive number of GiB, not {v!r}")
     return int(v) if float(v).is_integer() else v

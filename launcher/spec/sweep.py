@@ -60,10 +60,10 @@ ALLOWED_FORMS = (
 STRATEGIES = ("grid_search", "random_search")
 
 # NAME( at the start, then the arguments up to an optional closing ")" at the end
-_CALL_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\s*\((.*?)\)?$", re.S)
-_NUMBERS_RE = re.compile(r"^[\s0-9eE.,+\-_]*$")
-_FLAG_RE = re.compile(r"^--?([A-Za-z_][A-Za-z0-9_.\-]*)$")
-_FLAG_EQ_RE = re.compile(r"^(--?[A-Za-z_][A-Za-z0-9_.\-]*)=(.*)$", re.S)
+_CALL_RE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*\((.*?)\)?", re.S)
+_NUMBERS_RE = re.compile(r"[\s0-9eE.,+\-_]*")
+_FLAG_RE = re.compile(r"--?([A-Za-z_][A-Za-z0-9_.\-]*)")
+_FLAG_EQ_RE = re.compile(r"(--?[A-Za-z_][A-Za-z0-9_.\-]*)=(.*)", re.S)
 _INT_LIMIT = 2**63  # range/randint bounds: beyond this a length or a draw means nothing
 
 Scalar = int | float | str | bool
@@ -120,7 +120,7 @@ class _Sweep:
 
 def _call(v: str) -> tuple[str, str] | None:
     """(NAME, arguments) when a stripped value starts like ``NAME(``, closed or not."""
-    m = _CALL_RE.match(v)
+    m = _CALL_RE.fullmatch(v)
     return (m.group(1), m.group(2)) if m else None
 
 
@@ -135,7 +135,8 @@ def looks_like_sweep(value: str) -> bool:
     name, inner = call
     # An unknown NAME(numbers) is a sweep gone wrong (normal(0, 1, 3), unifrom(...)), while
     # NAME(text) or NAME() is an ordinary value some script expects.
-    return name in FUNCTIONS or (bool(_NUMBERS_RE.match(inner)) and any(c.isdigit() for c in inner))
+    numbers = bool(_NUMBERS_RE.fullmatch(inner)) and any(c.isdigit() for c in inner)
+    return name in FUNCTIONS or numbers
 
 
 def too_many(what: str, count: int, cap: int) -> SpecError:
@@ -173,6 +174,8 @@ def parse_sweep(
                 raise fail(f"list items must be numbers, strings or booleans, not {item!r}")
             if isinstance(item, float) and not math.isfinite(item):
                 raise fail(f"list items must be finite, not {item!r}")
+            if isinstance(item, int) and abs(item) >= _INT_LIMIT:  # past 4,300 digits, str fails
+                raise fail(f"integers must be within +-2**63, not one of {item.bit_length()} bits")
         return _Sweep("list", values=tuple(items), text=v)
     name = (_call(v) or ("", ""))[0]
     if name not in FUNCTIONS:
@@ -244,12 +247,12 @@ def _find_sweeps(args: list[str], max_experiments: int) -> list[tuple[int, str, 
     """(index, flag name, prefix to keep, sweep) for each swept flag value, in order."""
     found: list[tuple[int, str, str]] = []
     for i, arg in enumerate(args):
-        m = _FLAG_EQ_RE.match(arg)
+        m = _FLAG_EQ_RE.fullmatch(arg)
         if m and looks_like_sweep(m.group(2)):
             found.append((i, m.group(1).lstrip("-"), m.group(1) + "="))
             continue
         # A positional value (no flag right before it) always passes through literally.
-        prev = _FLAG_RE.match(args[i - 1]) if i else None
+        prev = _FLAG_RE.fullmatch(args[i - 1]) if i else None
         if prev and looks_like_sweep(arg):
             found.append((i, prev.group(1), ""))
     out = []

@@ -40,7 +40,7 @@ from launcher.storage import transfer as mf
 from launcher.storage.root import Storage
 from launcher.storage.transfer import Progress
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")  # fullmatch: "ds\n" is not a name
 MANIFEST = "MANIFEST.json"
 UPLOADING = "UPLOADING.json"
 RESERVED = "RESERVED"
@@ -62,7 +62,7 @@ class DatastoreVersion:
 
 def check_name(name: str) -> str:
     """``name`` if valid (``[a-z0-9][a-z0-9._-]{0,62}``), else SpecError."""
-    if not isinstance(name, str) or not NAME_RE.match(name) or ".." in name:
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or ".." in name:
         raise SpecError(f"invalid datastore name {name!r}: use [a-z0-9][a-z0-9._-]{{0,62}}")
     return name
 

@@ -84,3 +84,75 @@ def test_unpack_refuses_members_escaping_the_destination(tmp_path):
     with pytest.raises(tarfile.TarError):
         unpack_snapshot(buf.getvalue(), tmp_path / "dest")
     assert not (tmp_path / "evil.py").exists()
+
+
+# -- issue 8, point 13: LAUNCH_HOME and credentials stay out ---------------------------------------
+def test_launch_home_inside_the_working_dir_is_never_snapshotted(project, monkeypatch):
+    home = project / "state" / ".launch"
+    for rel in ("store/runs/old/code.tar.gz", "runs.sqlite3", "nodes/old/node-0.log"):
+        (home / rel).parent.mkdir(parents=True, exist_ok=True)
+        (home / rel).write_text("x")
+    (project / "state" / "notes.py").write_text("")
+    monkeypatch.setenv("LAUNCH_HOME", str(home))
+    files = collect_files(project)
+    assert not any(f.startswith("state/.launch") for f in files), files
+    assert "state/notes.py" in files
+    monkeypatch.chdir(project / "state")
+    monkeypatch.setenv("LAUNCH_HOME", ".launch")  # relative: the same folder
+    assert not any(f.startswith("state/.launch") for f in collect_files(project))
+
+
+CREDENTIAL_FILES = [".aws/credentials", ".env", ".env.local", "certs/server.pem", "id_rsa",
+                    "keys/id_ed25519.pub", ".ssh/config", ".netrc", "pkg/tls.key"]  # fmt: skip
+
+
+def test_credential_looking_files_are_left_out_with_one_note(project, caplog):
+    for rel in [*CREDENTIAL_FILES, ".env.example"]:
+        (project / rel).parent.mkdir(parents=True, exist_ok=True)
+        (project / rel).write_text("secret")
+    with caplog.at_level("WARNING", logger="launcher"):
+        snap = make_snapshot(project)
+    assert not set(CREDENTIAL_FILES) & set(snap.files)
+    assert ".env.example" in snap.files and "train.py" in snap.files
+    with tarfile.open(fileobj=io.BytesIO(snap.data)) as tar:
+        assert not set(CREDENTIAL_FILES) & set(tar.getnames())
+    notes = [r.getMessage() for r in caplog.records]
+    assert len(notes) == 1, notes
+    assert all(rel in notes[0] for rel in CREDENTIAL_FILES), notes[0]
+    assert ".launchignore" in notes[0]
+
+
+def test_a_launchignore_negation_takes_one_credential_in(project, caplog):
+    (project / ".env").write_text("A=1")
+    (project / "server.pem").write_text("x")
+    (project / ".launchignore").write_text("scratch/\n!.env\n")
+    with caplog.at_level("WARNING", logger="launcher"):
+        files = make_snapshot(project).files
+    assert ".env" in files and "server.pem" not in files
+    assert "server.pem" in caplog.text and ".env," not in caplog.text
+
+
+def test_a_credential_the_project_ignores_itself_gets_no_note(project, caplog):
+    (project / ".env").write_text("A=1")
+    (project / ".gitignore").write_text("data/\n*.log\n!keep.log\n.env\n")
+    with caplog.at_level("WARNING", logger="launcher"):
+        assert ".env" not in make_snapshot(project).files
+    assert not caplog.records
+
+
+# -- issue 8, point 12: --dry-run and the real run make one size check -----------------------------
+def test_dry_run_refuses_what_the_real_run_refuses(project, monkeypatch):
+    from launcher.runs.launching import plan_run
+    from launcher.spec.jobspec import JobSpec
+
+    (project / "weights.pt").write_bytes(b"\0" * 300_000)
+    monkeypatch.setenv("LAUNCH_SNAPSHOT_LIMIT_MB", "0.1")
+    monkeypatch.chdir(project)
+    spec = JobSpec.load(script="train.py", instance_type="t3.medium", gpus=0)
+    with pytest.raises(SnapshotError, match=r"weights\.pt") as real:
+        make_snapshot(project)
+    with pytest.raises(SnapshotError, match=r"weights\.pt") as dry:
+        plan_run(spec, project)
+    assert str(dry.value) == str(real.value)
+    monkeypatch.setenv("LAUNCH_SNAPSHOT_LIMIT_MB", "1")
+    assert plan_run(spec, project).size == make_snapshot(project).total_size

@@ -24,9 +24,9 @@ DEFAULT_AMI_PARAMETER = (
 DEFAULT_PREFIX = "launch"
 
 # S3 bucket naming rules (the subset that matters: no dots tricks, no upper case).
-_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-_PREFIX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*$")
-_AMI = re.compile(r"^ami-[0-9a-f]{8,17}$")
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*")
+_AMI = re.compile(r"ami-[0-9a-f]{8,17}")
 
 
 @dataclass(frozen=True)
@@ -75,14 +75,14 @@ def resolve_settings(
             "`launch config set aws.bucket BUCKET`"
         )
     bucket = str(bucket)
-    if not _BUCKET.match(bucket) or ".." in bucket:
+    if not _BUCKET.fullmatch(bucket) or ".." in bucket:
         raise SpecError(
             f"invalid S3 bucket name {bucket!r}: 3-63 lower-case letters, digits, '.' and '-'"
         )
     prefix = str(
         prefix or os.environ.get("LAUNCH_AWS_PREFIX") or _setting(config, "prefix") or "launch"
     ).strip("/")
-    if not _PREFIX.match(prefix) or any(p in ("..", ".") for p in prefix.split("/")):
+    if not _PREFIX.fullmatch(prefix) or any(p in ("..", ".") for p in prefix.split("/")):
         raise SpecError(
             f"invalid S3 prefix {prefix!r}: '/'-separated parts of letters, digits, '.', '_', '-'"
         )
@@ -93,7 +93,7 @@ def resolve_settings(
             "`launch config set aws.region REGION`"
         )
     ami = ami or os.environ.get("LAUNCH_AWS_AMI") or _setting(config, "ami")
-    if ami and not _AMI.match(str(ami)):
+    if ami and not _AMI.fullmatch(str(ami)):
         raise SpecError(f"invalid AMI id {ami!r}: expected ami- followed by 8-17 hex digits")
     parameter = str(_setting(config, "ami_parameter") or DEFAULT_AMI_PARAMETER)
     return AwsSettings(str(bucket), prefix, str(region), ami and str(ami), parameter)
@@ -113,6 +113,6 @@ def resolve_ami(settings: AwsSettings, ssm_client: Any) -> str:
             f"cannot resolve the node AMI in {settings.region} from SSM parameter "
             f"{settings.ami_parameter} ({code}); set one with `launch config set aws.ami AMI_ID`"
         ) from None
-    if not _AMI.match(value):
+    if not _AMI.fullmatch(value):
         raise BackendError(f"SSM parameter {settings.ami_parameter} holds {value!r}, not an AMI id")
     return value

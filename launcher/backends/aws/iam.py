@@ -17,7 +17,7 @@ from typing import Any
 from launcher.errors import BackendError, SpecError
 
 # Characters that are wildcards or separators in IAM ARNs and conditions are refused outright.
-_ARN_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_ARN_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 TRUST_POLICY = {
     "Version": "2012-10-17",
@@ -33,7 +33,7 @@ POLICY_NAME = "launch-node-access"
 
 
 def _part(kind: str, value: str) -> str:
-    if not _ARN_PART.match(value) or ".." in value:
+    if not _ARN_PART.fullmatch(value) or ".." in value:
         raise SpecError(
             f"invalid {kind} {value!r} for an IAM policy: letters, digits, '.', '_' and '-' only"
         )
