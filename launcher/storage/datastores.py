@@ -99,7 +99,7 @@ def create_datastore(
     src = Path(source)
     if not src.exists():
         raise NotFoundError(f"datastore source not found: {src}")
-    files = {src.name: src} if src.is_file() else mf.local_files(src)
+    files = {src.name: src} if src.is_file() else source_files(src)
     if not files:
         raise SpecError(f"datastore source {src} has no files; nothing to upload")
     creator = _creator(src)
@@ -166,6 +166,62 @@ def _create(
     if storage.protocol == "file":
         _set_writable(Path(storage.path(_key(name, version))), False)
     return version
+
+
+def source_files(src: Path) -> dict[str, Path]:
+    """Every file a datastore of folder ``src`` holds: relpath -> path, sorted. Links are
+    followed when their target is inside ``src`` (a linked folder is walked under the link's
+    name); anything that cannot be stored as it is (a link out of ``src`` or a broken one, a
+    folder or file that cannot be read, a FIFO or device, a link loop) makes it a SpecError
+    naming each such path, before anything is uploaded: a datastore never quietly holds less
+    than its source."""
+    root = Path(os.path.realpath(src))
+    files: dict[str, Path] = {}
+    problems: list[str] = []
+
+    def walk(folder: Path, rel: str, ancestors: frozenset[str]) -> None:
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as e:
+            problems.append(f"{rel or './'} (folder cannot be read: {e.strerror or e})")
+            return
+        for entry in entries:
+            r, p = f"{rel}{entry.name}", Path(entry.path)
+            try:
+                if entry.is_symlink():
+                    target = Path(os.path.realpath(p))
+                    if not target.exists():
+                        problems.append(f"{r} (a broken link)")
+                        continue
+                    if not target.is_relative_to(root):
+                        problems.append(f"{r} (a link to {target}, outside the source)")
+                        continue
+                if entry.is_dir():
+                    real = os.path.realpath(p)
+                    if real in ancestors:
+                        problems.append(f"{r} (a link back to a folder above it)")
+                        continue
+                    walk(p, f"{r}/", ancestors | {real})
+                elif entry.is_file():
+                    if not os.access(p, os.R_OK):
+                        problems.append(f"{r} (cannot be read: permission denied)")
+                        continue
+                    files[r] = p
+                else:
+                    problems.append(f"{r} (not a regular file)")
+            except OSError as e:
+                problems.append(f"{r} ({e.strerror or e})")
+
+    walk(root if src.is_symlink() else src, "", frozenset({str(root)}))
+    if problems:
+        shown = "; ".join(problems[:20])
+        more = f"; and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise SpecError(
+            f"datastore source {src}: {len(problems)} path(s) cannot be stored as they are: "
+            f"{shown}{more}. Copy linked data into the source (or give its real folder as "
+            "--source), make these readable, or remove them; nothing was uploaded"
+        )
+    return dict(sorted(files.items()))
 
 
 # Creator ids of the create calls running in this process: a reservation holding one of them

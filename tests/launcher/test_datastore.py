@@ -283,3 +283,59 @@ def _exited_pid() -> int:
     proc = subprocess.Popen(["true"])
     proc.wait()
     return proc.pid
+
+
+# -- issue 8, point 12: links and unreadable folders are never skipped quietly -------------------
+def test_links_inside_the_source_are_followed(file_storage, source):
+    (source / "val").symlink_to(source / "train", target_is_directory=True)  # `val -> train`
+    (source / "latest.csv").symlink_to("train/labels.csv")
+    ds.create_datastore(file_storage, "kin", source)
+    files = ds._manifest(file_storage, "kin", 1)["files"]
+    assert set(files) == {
+        "empty.txt", "latest.csv", "train/archery/a.mp4", "train/labels.csv",
+        "val/archery/a.mp4", "val/labels.csv",
+    }  # fmt: skip
+
+
+def test_links_out_of_the_source_are_refused_naming_each(file_storage, source, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "clips").mkdir(parents=True)
+    for i in range(3):
+        (elsewhere / "clips" / f"{i}.mp4").write_bytes(b"x")
+    (source / "more").symlink_to(elsewhere / "clips", target_is_directory=True)
+    (source / "notes.txt").symlink_to(elsewhere / "clips" / "0.mp4")
+    (source / "gone.txt").symlink_to(tmp_path / "nothing-here")
+    (source / "loop").symlink_to(source, target_is_directory=True)
+    with pytest.raises(SpecError) as e:
+        ds.create_datastore(file_storage, "kin", source)
+    msg = str(e.value)
+    assert "\n" not in msg and "4 path(s)" in msg, msg
+    for what in ("more (a link to", "notes.txt (a link to", "gone.txt (a broken link)",
+                 "loop (a link back"):  # fmt: skip
+        assert what in msg, msg
+    assert file_storage.list("datastores") == []  # nothing reserved, nothing uploaded
+
+
+def test_an_unreadable_folder_is_refused(file_storage, source, monkeypatch):
+    real_scandir = os.scandir
+
+    def scandir(path):  # as for a folder of mode 000 (the tests may run as root)
+        if Path(path).name == "archery":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(ds.os, "scandir", scandir)
+    with pytest.raises(SpecError, match=r"train/archery/ \(folder cannot be read: Permission"):
+        ds.create_datastore(file_storage, "kin", source)
+    assert file_storage.list("datastores") == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files of mode 000")
+def test_an_unreadable_file_is_refused(file_storage, source):
+    secret = source / "train" / "labels.csv"
+    secret.chmod(0)
+    try:
+        with pytest.raises(SpecError, match=r"train/labels\.csv \(cannot be read"):
+            ds.create_datastore(file_storage, "kin", source)
+    finally:
+        secret.chmod(0o644)
