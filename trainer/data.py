@@ -249,6 +249,12 @@ class VideoDataModule(pl.LightningDataModule):
             return
         if not self.labels:
             self.labels = list(model.labels)
+        elif len(model.labels) != len(self.labels):
+            raise DataError(
+                f"the model has {len(model.labels)} classes, the data {len(self.labels)} "
+                f"({', '.join(self.labels[:5])}{', ...' if len(self.labels) > 5 else ''}): "
+                "build it with labels=datamodule.labels"
+            )
         if self._given_input is not None:
             return  # given explicitly: the model must fit it (checked by its forward)
         vi = model.video_input

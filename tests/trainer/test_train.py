@@ -767,7 +767,6 @@ def test_tensorboard_events_and_lr_per_parameter_group(motion_dataset, tmp_path)
     assert [p.name for p in out.rglob("*.yaml")] == ["hparams.yaml"]  # still one copy
 
 
-@pytest.mark.slow
 def test_torchrun_two_processes_train_one_model(motion_dataset, tmp_path):
     """torchrun --nproc_per_node=2: one DDP group of 2 (not 2 separate models writing the same
     output dir), one "best" line."""
