@@ -348,6 +348,23 @@ def test_from_files_and_paths(_motion_master, tiny_input):
         train_data_path=_motion_master / "train", video_input=tiny_input
     )
     assert dm.labels == ["left", "right", "up"]
+    assert (dm.num_classes, dm.multi_label) == (3, False)
+
+
+def test_from_csv_with_flash_column_names(_motion_master, tiny_input, tmp_path):
+    from trainer import VideoClassificationData
+
+    files = sorted((_motion_master / "train").glob("*/*.mp4"))
+    table = tmp_path / "train.csv"
+    table.write_text("clip,action,notes\n" + "".join(f"{f},{f.parent.name},x\n" for f in files))
+    dm = VideoClassificationData.from_csv(
+        "clip", "action", train_file=table, video_input=tiny_input, batch_size=9
+    )
+    assert dm.labels == ["left", "right", "up"] and len(dm.items["train"]) == 9
+    from trainer.data import DataError
+
+    with pytest.raises(DataError, match=r"no column\(s\) \['label'\]; it has \['clip'"):
+        VideoClassificationData.from_csv("clip", "label", train_file=table)
 
 
 def test_download_data_extracts_as_flash_did(kinetics_zip, tmp_path):
