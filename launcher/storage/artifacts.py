@@ -217,6 +217,7 @@ def restore_artifacts(
     warn = warn or log.warning
     files = read_manifest(storage, run, exp, warn=warn)
     Path(local_dir).mkdir(parents=True, exist_ok=True)
+    mf.remove_extras(Path(local_dir), set(), extras=False)  # a killed restore's temporary files
     jobs = mf.plan_down(records.exp_key(run, exp, "artifacts"), files, Path(local_dir))
     return mf.sync_down(storage, jobs, warn=warn)
 

@@ -612,3 +612,8 @@ def test_pull_removes_temporary_files_of_killed_pulls_only(run, outputs, tmp_pat
     assert not stale.exists() and live.exists()
     art.pull_artifacts(run, RUN, dest=tmp_path / "out")
     assert live.exists()  # mirroring never removes a running transfer's file either
+    node = tmp_path / "node"  # a restore into a folder a killed restore used: not shipped later
+    (node / "checkpoints").mkdir(parents=True)
+    (node / "checkpoints" / stale.name).write_bytes(b"x" * 1000)
+    art.restore_artifacts(run, RUN, "exp-0", node)
+    assert [p for p in node.rglob("*") if ".part-" in p.name] == []
