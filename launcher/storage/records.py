@@ -72,6 +72,23 @@ def read_status(storage: Storage, run: str, exp: str) -> dict:
     return status if isinstance(status, dict) else queued_status()
 
 
+def read_statuses(storage: Storage, run: str, exps: list[str]) -> dict[str, dict]:
+    """Each experiment's status at once (one batched read; see :func:`read_status`)."""
+    import json
+
+    keys = {exp: exp_key(run, exp, "status.json") for exp in exps}
+    data = storage.read_many(list(keys.values()))
+    out = {}
+    for exp, key in keys.items():
+        raw = data[key]
+        try:
+            status = json.loads(raw) if raw is not None else None
+        except ValueError:
+            status = read_status(storage, run, exp)  # the one-by-one path names the problem
+        out[exp] = status if isinstance(status, dict) else queued_status()
+    return out
+
+
 def read_final(storage: Storage, run: str, exp: str) -> dict | None:
     """The experiment's final status (final.json), or None while it is not finished."""
     try:

@@ -8,6 +8,7 @@ are *keys* relative to the root, always ``/``-separated; a key that would escape
 
 from __future__ import annotations
 
+import contextlib
 import json
 import posixpath
 from typing import Any
@@ -95,6 +96,30 @@ class Storage:
         except Exception as e:  # network, permissions
             raise self._wrap("read", key, e) from e
 
+    def read_many(self, keys: list[str]) -> dict[str, bytes | None]:
+        """Many small objects at once (a sweep's statuses): key -> bytes, None where missing.
+        A file system reads them in one loop, S3 in fsspec's batched, concurrent ``cat``."""
+        paths = {key: self.path(key) for key in keys}
+        out: dict[str, bytes | None] = dict.fromkeys(keys)
+        if self.protocol == "file":
+            for key, path in paths.items():
+                try:
+                    with open(path, "rb") as f:
+                        out[key] = f.read()
+                except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+                    pass
+                except OSError as e:
+                    raise self._wrap("read", key, e) from e
+            return out
+        try:
+            found = self.fs.cat(list(paths.values()), on_error="omit") if paths else {}
+        except Exception as e:
+            raise self._wrap("read", keys[0], e) from e
+        by_path = {self.fs._strip_protocol(p): data for p, data in found.items()}
+        for key, path in paths.items():
+            out[key] = by_path.get(self.fs._strip_protocol(path))
+        return out
+
     def read_text(self, key: str) -> str:
         return self.read_bytes(key).decode()
 
@@ -163,12 +188,20 @@ class Storage:
         try:
             if self.protocol == "file":
                 import os
+                import uuid
 
-                os.makedirs(posixpath.dirname(path), exist_ok=True)
-                tmp = f"{path}.tmp-{os.getpid()}"
-                with open(tmp, "wb") as f:
-                    f.write(data)
-                os.replace(tmp, path)
+                folder = posixpath.dirname(path)
+                os.makedirs(folder, exist_ok=True)
+                # unique per writer (threads of one process too), and short whatever the name
+                tmp = posixpath.join(folder, f".tmp-{uuid.uuid4().hex[:16]}")
+                try:
+                    with open(tmp, "wb") as f:
+                        f.write(data)
+                    os.replace(tmp, path)
+                except BaseException:
+                    with contextlib.suppress(OSError):
+                        os.unlink(tmp)  # a full disk leaves no half-written stray
+                    raise
             else:
                 self.fs.pipe_file(path, data)
         except Exception as e:
