@@ -166,7 +166,9 @@ def _parse_env(values: tuple[str, ...]) -> dict[str, str] | None:
     help="YAML job spec, ours or Grid's config; flags override it.",
 )
 @click.option("--env", "env", multiple=True, metavar="KEY=VALUE", help="Environment (repeatable).")
-@click.option("--retries", type=int, help="Times a failed experiment is run again.")
+@click.option(
+    "--retries", type=int, help="More attempts an experiment may spend on failing or a dead node."
+)
 @click.option(
     "--max-runtime",
     "--max_runtime",

@@ -98,7 +98,9 @@ class JobSpec:
     env: dict[str, str] = field(
         default_factory=dict, metadata={"help": "Extra environment variables for the script."}
     )
-    retries: int = _f(0, "Times a failed experiment is run again (from its last checkpoint).")
+    retries: int = _f(
+        0, "More attempts an experiment may take after failing or losing its node (each resumes)."
+    )
     seed: int = _f(0, "Seed for random_search and distribution sweeps.")
     max_runtime: int | None = _f(
         None, "Seconds an experiment may run before it is stopped (accepts 90m, 2h, 1d)."
