@@ -114,18 +114,11 @@ def _stable(st: os.stat_result, settle_s: float, now: float) -> bool:
     return now - max(st.st_mtime_ns, st.st_ctime_ns) / 1e9 >= settle_s
 
 
-# realpath -> inode a ship last saw there: a new inode under a known name was renamed into place
-# (a writer's temp file replacing the old one) and is whole, however recent its mtime
-_seen_inodes: dict[str, int] = {}
-
-
-def _replaced(path: Path, st: os.stat_result) -> bool:
-    key = os.path.realpath(path)
-    before = _seen_inodes.get(key)
-    if len(_seen_inodes) > 100_000:
-        _seen_inodes.clear()
-    _seen_inodes[key] = st.st_ino
-    return before is not None and before != st.st_ino
+# artifacts folder -> {relpath: inode} as the last ship of it saw them. A file under the same
+# name with another inode was renamed into place (a writer's finished temp file replacing the
+# old one) since that ship, and is whole however recent its mtime. A name absent from the last
+# ship has no inode to compare with: it must settle.
+_last_inodes: dict[str, dict[str, int]] = {}
 
 
 def ship_artifacts(
@@ -149,6 +142,8 @@ def ship_artifacts(
     if not Path(local_dir).is_dir():  # the script removed its outputs: keep what is stored
         return report
     files, report.skipped = mf.scan_files(local_dir)
+    before = _last_inodes.get(os.path.realpath(local_dir), {})
+    _last_inodes[os.path.realpath(local_dir)] = {rel: st.st_ino for rel, (_, st) in files.items()}
     key = records.exp_key(run, exp, "artifacts.json")
     remote, refused = manifest.split_manifest(storage.read_json(key, default={}), storage.url(key))
     now = time.time()
@@ -156,7 +151,7 @@ def ship_artifacts(
     def one(rel: str) -> tuple[str, dict | None, str]:
         path, st = files[rel]
         stored = remote.get(rel)
-        replaced = _replaced(path, st)
+        replaced = before.get(rel, st.st_ino) != st.st_ino
         if settle_s > 0 and not replaced and not _stable(st, settle_s, now):
             if stored is not None and mf.cached_sha256(path, st) == stored["sha256"]:
                 return rel, stored, "unchanged"

@@ -513,6 +513,12 @@ def test_a_checkpoint_renamed_into_place_ships_without_waiting(run, outputs):
     report = art.ship_artifacts(run, RUN, "exp-0", outputs, settle_s=60)
     assert report.deferred == ["checkpoints/last.ckpt"]
     assert art.read_manifest(run, RUN, "exp-0")["checkpoints/last.ckpt"]["size"] == 14
+    ckpt.unlink()  # gone at one ship, written anew (in place, half) by the next
+    assert art.ship_artifacts(run, RUN, "exp-0", outputs, settle_s=60).deleted == 1
+    ckpt.write_bytes(b"half")
+    assert art.ship_artifacts(run, RUN, "exp-0", outputs, settle_s=60).deferred == [
+        "checkpoints/last.ckpt"
+    ]
 
 
 # -- pull: replaced files, deletions, leftovers (point 3) --------------------------------------
