@@ -33,7 +33,6 @@ def _close_stopped(ctx: RunContext, statuses: dict[str, dict]) -> tuple[str, boo
     changed = False
     for exp, st in statuses.items():
         if st.get("state") not in records.TERMINAL:
-            records.write_status(ctx.storage, ctx.name, exp, state="stopped", ended=now,
-                                 message="stopped (no agent left)")  # fmt: skip
-            changed = True
+            changed |= records.finish(ctx.storage, ctx.name, exp, state="stopped", ended=now,
+                                      message="stopped (no agent left)")  # fmt: skip
     return ("stopped: no agent was left to stop it" if changed else ""), changed
