@@ -337,7 +337,7 @@ def _pull_one(
         share = _JobCounter(counter)
         try:
             return mf.download(storage, key, target, entry, share)
-        except (mf.Mismatch, mf.Missing):
+        except (mf.Mismatch, mf.Missing, mf.Replaced):
             share.undo()
             fresh = read_manifest(storage, run, exp, warn=_quiet).get(rel)
             if fresh is None:

@@ -332,6 +332,10 @@ class Missing(StorageError):
     """An object listed in a manifest is not in storage."""
 
 
+class Replaced(StorageError):
+    """A stored object was replaced while it was read (S3 saw its ETag change mid-read)."""
+
+
 Warn = Callable[[str], None]
 
 
@@ -379,6 +383,8 @@ def download(
     except FileNotFoundError as e:
         raise Missing(f"{storage.url(key)} is listed in its manifest but missing") from e
     except Exception as e:
+        if type(e).__name__ == "FileExpired":  # s3fs: a newer upload replaced it meanwhile
+            raise Replaced(f"{storage.url(key)} was replaced while it was downloaded") from e
         raise StorageError(f"download {storage.url(key)} -> {target} failed: {e}") from e
     finally:
         if tmp.exists():

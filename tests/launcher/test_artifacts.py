@@ -544,6 +544,26 @@ def test_pull_retries_a_file_the_run_replaces_mid_pull(run, outputs, tmp_path, m
     assert max(d for d, _ in seen) <= seen[-1][1] + 5000  # a failed try's bytes are taken back
 
 
+def test_pull_retries_a_file_replaced_while_it_is_read(run, outputs, tmp_path, monkeypatch):
+    """On S3 the read itself fails (the ETag changed under it); on a file root the open file
+    still reads the old, whole version. Either way: no error, and a whole file."""
+    art.ship_artifacts(run, RUN, "exp-0", outputs)
+    old = (outputs / "checkpoints" / "last.ckpt").read_bytes()
+    real = manifest._copy
+    replaced = []
+
+    def replace_then_read(src, out, h, counter, **kw):
+        if not replaced and kw.get("reading") is None and len(old) == getattr(src, "size", 0):
+            (outputs / "checkpoints" / "last.ckpt").write_bytes(b"epoch 5")
+            replaced.append(art.ship_artifacts(run, RUN, "exp-0", outputs))
+        return real(src, out, h, counter, **kw)
+
+    monkeypatch.setattr(manifest, "_copy", replace_then_read)
+    art.pull_artifacts(run, RUN, experiment="exp-0", dest=tmp_path / "out")
+    got = (tmp_path / "out" / RUN / "exp-0" / "checkpoints" / "last.ckpt").read_bytes()
+    assert replaced and got == (b"epoch 5" if run.protocol == "s3" else old)
+
+
 def test_pull_waits_for_a_manifest_catching_up_with_a_new_upload(run, outputs, tmp_path):
     art.ship_artifacts(run, RUN, "exp-0", outputs)
     ckpt = outputs / "checkpoints" / "last.ckpt"
