@@ -472,15 +472,15 @@ def test_periodic_ships_never_list_a_checkpoint_written_in_place_with_pauses(run
     writer.start()
     seen = []
     while writer.is_alive():  # the agent's periodic ships, faster than the writer's pauses
-        report = art.ship_artifacts(run, RUN, "exp-0", outputs, settle_s=0.6)
+        report = art.ship_artifacts(run, RUN, "exp-0", outputs, settle_s=1.0)
         seen.append(art.read_manifest(run, RUN, "exp-0")["checkpoints/last.ckpt"])
         assert report.skipped == []
         time.sleep(0.05)
     writer.join()
-    assert len(seen) >= 10 and all(e == old for e in seen)  # the old, whole copy all along
+    assert len(seen) >= 3 and all(e == old for e in seen)  # the old, whole copy all along
     whole = {"size": 1 << 20, "sha256": hashlib.sha256(done["data"]).hexdigest()}
     # settled: a periodic ship takes it; the final ship (settle 0) would have taken it at once
-    wait_for(lambda: art.ship_artifacts(run, RUN, "exp-0", outputs, settle_s=0.6).uploaded,
+    wait_for(lambda: art.ship_artifacts(run, RUN, "exp-0", outputs, settle_s=1.0).uploaded,
              timeout=10, interval=0.1, what="the settled checkpoint shipped")  # fmt: skip
     assert art.read_manifest(run, RUN, "exp-0")["checkpoints/last.ckpt"] == whole
     ckpt.write_bytes(b"rewritten")

@@ -99,7 +99,7 @@ IN_PLACE = textwrap.dedent(
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     ckpt.write_bytes(b"1" * (1 << 20))
     note(event="whole")
-    time.sleep(1.5)  # settles and ships
+    time.sleep(3.0)  # settles (1 s) and ships
     v2 = b"2" * (1 << 20)
     with open(ckpt, "r+b") as f:
         for i in range(4):
@@ -107,7 +107,7 @@ IN_PLACE = textwrap.dedent(
             f.write(v2[i << 18 : (i + 1) << 18])
             f.flush()
             note(event="quarter", i=i)
-            time.sleep(0.5)
+            time.sleep(0.4)
     note(event="hang")
     while True:
         time.sleep(1)
@@ -139,7 +139,7 @@ def test_a_checkpoint_written_in_place_with_pauses_is_never_shipped_or_restored_
 
     wait_for(hanging, timeout=30, interval=0.05, what="the in-place rewrite")
     seen.append(listed())
-    assert len(seen) > 20 and all(entry == whole_v1 for entry in seen), seen
+    assert len(seen) > 5 and all(entry == whole_v1 for entry in seen), seen
     (node,) = [n for n in LocalBackend().nodes(name) if n.live]
     os.killpg(node.extra["pid"], signal.SIGKILL)  # the node dies mid-experiment
     wait_for(lambda: not process_alive(node.extra["pid"]), timeout=10, what="the kill")
