@@ -181,8 +181,10 @@ def ship_artifacts(
         else:
             report.skipped.append((rel, what.removeprefix("skipped: ")))
             skipped_paths.add(rel)
-    for rel in skipped_paths & set(remote):  # still there, just not shippable now: keep its copy
-        new.setdefault(rel, remote[rel])
+    for rel in remote:  # still there, just not shippable now (or in a folder that cannot be
+        # listed): keep its stored copy
+        if any(rel == s or rel.startswith(f"{s}/") or s == "." for s in skipped_paths):
+            new.setdefault(rel, remote[rel])
     gone = sorted(set(remote) - set(new))
     if new != remote or refused:
         storage.write_json(key, new)

@@ -411,6 +411,19 @@ def test_an_unreadable_file_is_skipped_and_the_rest_ships(file_run, outputs, tmp
         ["secret.bin", "cannot be read: Permission denied"]
     ]
     assert "checkpoints/best.ckpt" in art.read_manifest(file_run, RUN, "exp-0")
+    # a folder that cannot be listed any more keeps its stored files (not mirrored as deleted)
+    secret.chmod(0o644)
+    art.ship_artifacts(file_run, RUN, "exp-0", outputs)
+    (outputs / "checkpoints").chmod(0)
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=os.getcwd())
+    (outputs / "checkpoints").chmod(0o755)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.splitlines()[-1]) == [
+        ["checkpoints", "cannot list this folder: Permission denied"]
+    ]
+    assert {"checkpoints/best.ckpt", "checkpoints/last.ckpt", "secret.bin"} <= set(
+        art.read_manifest(file_run, RUN, "exp-0")
+    )
 
 
 def test_one_rule_for_writing_and_reading_a_manifest(run, outputs, tmp_path):
