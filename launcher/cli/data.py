@@ -65,7 +65,10 @@ def datastore_list(backend: str | None) -> None:
 
     rows = []
     for d in list_datastores(_storage(backend)):
-        if d.complete:
+        if d.problem:
+            click.secho(f"warning: {d.problem}", fg="yellow", err=True)
+            rows.append([d.name, str(d.version), "corrupt", "-", "-"])
+        elif d.complete:
             rows.append([d.name, str(d.version), str(d.files), size(d.size), d.created or "-"])
         else:  # no MANIFEST.json yet: an interrupted (or running) create
             rows.append([d.name, str(d.version), "incomplete", "-", "-"])
@@ -73,7 +76,7 @@ def datastore_list(backend: str | None) -> None:
         click.secho("no datastores yet (`launch datastore create` makes one)", err=True, dim=True)
         return
     table(["name", "version", "files", "size", "created"], rows,
-          colors={2: lambda c: "yellow" if c == "incomplete" else None})  # fmt: skip
+          colors={2: lambda c: "yellow" if c in ("incomplete", "corrupt") else None})  # fmt: skip
 
 
 @datastore.command("delete")

@@ -9,7 +9,7 @@ import time
 
 from launcher.errors import LaunchError, SpecError
 from launcher.runs.index import FINISHED, RunIndex, RunRow
-from launcher.runs.state import ExperimentView, RunContext
+from launcher.runs.state import INCOMPLETE, ExperimentView, RunContext
 from launcher.storage import records
 
 
@@ -63,7 +63,7 @@ def delete_run(name: str, *, index: RunIndex | None = None) -> None:
     if ctx.exp:
         raise SpecError(f"delete takes a run, not an experiment: {name!r}")
     row, _ = ctx.refresh()
-    if row.status not in FINISHED and row.status != "missing":
+    if row.status not in (*FINISHED, "missing", INCOMPLETE):  # a corrupt run's agents are stopped
         stop_run(ctx.name, index=ctx.index)
     ctx.backend.stop(ctx.name)
     ctx.backend.delete(ctx.name)

@@ -96,8 +96,11 @@ def prepare_run(
             f"script {spec.script!r} is excluded from the code snapshot by .gitignore or "
             ".launchignore"
         )
-    # reserve the name atomically: two `launch run --name X` at once cannot both write run X
-    if not storage.create_exclusive(f"runs/{name}/reserved", str(time.time()).encode()):
+    # reserve the name atomically: two `launch run --name X` at once cannot both write run X;
+    # a name whose creator was killed before run.json is taken over
+    if not storage.create_exclusive(records.run_key(name, "reserved"), _reservation()) and not (
+        _reclaim(storage, name)
+    ):
         raise SpecError(f"a run named {name!r} already exists; pick another --name")
     try:
         created = _write_run(storage, name, spec, experiments, snapshot.data)
@@ -117,6 +120,76 @@ def prepare_run(
             log.warning("run %s could not be cleaned up after its failed submit: %s", name, cleanup)
         raise
     return name
+
+
+#: A reservation made on another machine (whose process this one cannot ask about), or one that
+#: does not say who made it, is abandoned once it is this old without its run.json.
+ABANDONED_AFTER_S = 3600.0
+
+
+def _reservation() -> bytes:
+    """runs/NAME/reserved: who is creating the run, so a later look can tell whether it is still
+    being created or its `launch run` was killed before writing run.json."""
+    import socket
+
+    from launcher.processes import process_start
+
+    pid = os.getpid()
+    holder = {"host": socket.gethostname(), "pid": pid, "pid_start": process_start(pid),
+              "created": time.time()}  # fmt: skip
+    return json.dumps(holder).encode()
+
+
+def abandoned(storage: Storage, name: str) -> dict | None:
+    """The reservation of run ``name`` when it has no run.json and its creator is gone (killed
+    between reserving the name and writing run.json); None if the run is whole, absent, or still
+    being created. A creator on this machine is asked of the OS (pid and start time); another
+    machine's, or one from before reservations named their creator, counts as gone after
+    :data:`ABANDONED_AFTER_S`."""
+    import socket
+
+    from launcher.processes import process_alive
+
+    key = records.run_key(name, "reserved")
+    try:
+        body = storage.read_bytes(key)
+    except FileNotFoundError:
+        return None
+    if storage.exists(records.run_key(name, "run.json")):
+        return None
+    try:
+        holder = json.loads(body)
+    except ValueError:
+        holder = None
+    if not isinstance(holder, dict):
+        holder = {"created": storage.modified(key)}
+    if holder.get("host") == socket.gethostname() and holder.get("pid"):
+        if process_alive(holder["pid"], holder.get("pid_start")):
+            return None
+    elif time.time() - float(holder.get("created") or 0) < ABANDONED_AFTER_S:
+        return None
+    return dict(holder, body=body)
+
+
+def _reclaim(storage: Storage, name: str) -> bool:
+    """Take over the name of an abandoned run (see :func:`abandoned`); True if this call did.
+    Of two reruns racing for it, only the one that creates the takeover marker (named after the
+    abandoned reservation, so each generation has its own) goes on; it clears what the killed
+    launch left and writes its own reservation."""
+    import hashlib
+
+    holder = abandoned(storage, name)
+    if holder is None:
+        return False
+    marker = f"reclaimed-{hashlib.sha256(holder['body']).hexdigest()[:16]}"
+    if not storage.create_exclusive(records.run_key(name, marker), _reservation()):
+        return False
+    for item in storage.list(records.run_key(name)):
+        if item not in ("reserved", marker):
+            storage.delete(records.run_key(name, item), recursive=True)
+    storage.write_bytes(records.run_key(name, "reserved"), _reservation())
+    log.info("run name %s reclaimed from a `launch run` that ended before writing it", name)
+    return True
 
 
 def _submit_failed(name: str, backend: Backend, storage: Storage, index: RunIndex, error) -> None:

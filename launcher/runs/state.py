@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from launcher.errors import LaunchError, NotFoundError
 from launcher.runs.index import FINISHED, RunIndex, RunRow
-from launcher.runs.launching import run_row
+from launcher.runs.launching import abandoned, run_row
 from launcher.storage import records
+from launcher.storage.root import CorruptRecord
 
 if TYPE_CHECKING:
     from launcher.backends.base import Backend, NodeInfo
@@ -43,11 +44,55 @@ class ExperimentView:
     message: str = ""
 
 
+#: What ``launch status`` says of a run in storage that cannot be read as one.
+CORRUPT, INCOMPLETE = "corrupt", "incomplete"
+
+
 def load_record(storage: Storage, run: str) -> dict:
-    record = storage.read_json(records.run_key(run, "run.json"), default=None)
+    key = records.run_key(run, "run.json")
+    try:
+        record = storage.read_json(key, default=None)
+    except CorruptRecord as e:
+        raise CorruptRecord(f"{e}; {_cure(run)}") from None
     if record is None:
         raise NotFoundError(f"run {run!r} not found under {storage.root_url}")
+    if not isinstance(record, dict) or not isinstance(record.get("experiments"), list):
+        raise CorruptRecord(f"{storage.url(key)} is not a run record; {_cure(run)}")
     return record
+
+
+def _cure(run: str) -> str:
+    return f"`launch stop {run}` stops its agents, `launch delete {run}` removes the run"
+
+
+def broken_run(storage: Storage, run: str) -> tuple[str, str] | None:
+    """(status, one-line message) for a run that storage holds but that cannot be read as a
+    run: ``corrupt`` (run.json does not parse) or ``incomplete`` (its name was reserved but
+    its `launch run` was killed before writing run.json); None if it is whole, absent, or still
+    being created."""
+    try:
+        load_record(storage, run)
+        return None
+    except CorruptRecord as e:
+        return CORRUPT, str(e)
+    except NotFoundError:
+        pass
+    if abandoned(storage, run) is None:
+        return None
+    url = storage.url(records.run_key(run, "run.json"))
+    return INCOMPLETE, (
+        f"run {run} was never fully created (its `launch run` ended before writing {url}); "
+        f"`launch delete {run}` removes it, or `launch run --name {run} ...` reuses the name"
+    )
+
+
+def _adopt_broken(index: RunIndex, name: str, backend: Backend, status: str, message: str):
+    storage = backend.storage()
+    created = storage.modified(records.run_key(name, "reserved")) or time.time()
+    row = run_row(name, backend, storage, {}, created, status, 0, 0)
+    row.message = message
+    index.upsert(row)
+    return row
 
 
 def read_statuses(storage: Storage, run: str, record: dict) -> dict[str, dict]:
@@ -101,6 +146,8 @@ def find_run(name: str) -> tuple[Backend, dict] | None:
     for backend in configured_backends():
         try:
             record = backend.storage().read_json(records.run_key(name, "run.json"), default=None)
+        except CorruptRecord:
+            continue  # RunContext opens it as a corrupt run
         except LaunchError as e:  # one unreachable backend must not hide the others
             log.warning("could not look for run %s on %s: %s", name, backend.name, e)
             continue
@@ -132,12 +179,22 @@ def discover_runs(index: RunIndex) -> None:
                 continue
             try:
                 record = storage.read_json(records.run_key(name, "run.json"), default=None)
-            except (LaunchError, ValueError) as e:
+                if record is not None and not isinstance(record, dict):
+                    raise CorruptRecord(f"{name}/run.json is not a run record")
+                broken = broken_run(storage, name) if not record else None
+            except CorruptRecord:
+                broken = broken_run(storage, name)
+                record = None
+            except LaunchError as e:
                 log.warning("run %s on %s: %s", name, backend.name, e)
                 continue
-            if record is not None:  # without run.json a run is still being created
+            if record is not None:
                 adopt(index, name, backend, record)
                 known.add(name)
+            elif broken is not None:  # corrupt, or its creator was killed: shown as such
+                _adopt_broken(index, name, backend, *broken)
+                known.add(name)
+            # else: without run.json a run is still being created
 
 
 class RunContext:
@@ -153,18 +210,46 @@ class RunContext:
         if self.row is None:
             found = find_run(self.name)
             if found is None:
-                known = self.index.names()[:5]
-                hint = f"; recent runs: {', '.join(known)}" if known else "; no runs yet"
-                raise NotFoundError(f"run {self.name!r} not found{hint} (see `launch status`)")
-            self.backend, record = found
-            self.row = adopt(self.index, self.name, self.backend, record)
+                self.row = self._open_broken()
+            else:
+                self.backend, record = found
+                self.row = adopt(self.index, self.name, self.backend, record)
         else:
             self.backend = get_backend(self.row.backend)
         self.storage = self.backend.storage()
         self._nodes: list[NodeInfo] | None = None
+        self.broken: tuple[str, str] | None = None
+
+    def _open_broken(self) -> RunRow:
+        """A run no storage holds whole: a corrupt or half-created one is opened as such (so
+        stop and delete work on it); otherwise NotFoundError."""
+        for backend in configured_backends():
+            try:
+                broken = broken_run(backend.storage(), self.name)
+            except LaunchError:
+                continue
+            if broken is not None:
+                self.backend = backend
+                return _adopt_broken(self.index, self.name, backend, *broken)
+        known = self.index.names()[:5]
+        hint = f"; recent runs: {', '.join(known)}" if known else "; no runs yet"
+        raise NotFoundError(f"run {self.name!r} not found{hint} (see `launch status`)")
 
     def record(self) -> dict:
-        return load_record(self.storage, self.name)
+        """run.json; for a corrupt or half-created run (``self.broken`` says which) a stand-in
+        listing the experiments storage holds, so their statuses can be read and stopped."""
+        try:
+            record = load_record(self.storage, self.name)
+            self.broken = None
+            return record
+        except (CorruptRecord, NotFoundError):
+            self.broken = broken_run(self.storage, self.name)
+            if self.broken is None:
+                raise
+        names = self.storage.list(records.run_key(self.name, "experiments"))
+        ids = sorted((n for n in names if records.EXPERIMENT_ID.fullmatch(n)),
+                     key=lambda n: int(n[4:]))  # fmt: skip
+        return {"name": self.name, "spec": {}, "experiments": [{"id": e, "args": []} for e in ids]}
 
     def experiment_ids(self) -> list[str]:
         ids = [e["id"] for e in self.record()["experiments"]]
@@ -194,8 +279,9 @@ class RunContext:
         statuses = read_statuses(self.storage, self.name, record)
         stop = self.stop_requested()
         status, done = summarize(experiment_views(record, statuses), stop)
-        message = ""
-        if reconcile and status not in FINISHED:
+        message = self.broken[1] if self.broken else ""
+        # a broken run is never reconciled: nothing may start on it
+        if reconcile and status not in FINISHED and not self.broken:
             from launcher.runs.reconcile import reconcile_run
 
             message, changed = reconcile_run(self, statuses, stop)
@@ -204,6 +290,8 @@ class RunContext:
                 statuses = read_statuses(self.storage, self.name, record)
         views = experiment_views(record, statuses)
         status, done = summarize(views, stop)
+        if self.broken:
+            status = self.broken[0]
         row = self.row
         row.status, row.done, row.total, row.message = status, done, len(views), message
         if status in FINISHED:
@@ -241,7 +329,11 @@ def list_runs(index: RunIndex | None = None, *, reconcile: bool = True) -> list[
         except (LaunchError, ImportError) as e:  # one unreachable backend must not hide the rest
             row.message = str(e)
             index.upsert(row)
-    return index.list()
+    rows = index.list()
+    for row in rows:
+        if row.status in (CORRUPT, INCOMPLETE):
+            log.warning("run %s is %s: %s", row.name, row.status, row.message)
+    return rows
 
 
 def run_detail(name: str, index: RunIndex | None = None) -> tuple[RunRow, list[ExperimentView]]:

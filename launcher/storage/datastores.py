@@ -58,6 +58,7 @@ class DatastoreVersion:
     files: int = 0
     size: int = 0
     created: str = ""
+    problem: str = ""  # why a version that has a MANIFEST.json cannot be read, and what to do
 
 
 def check_name(name: str) -> str:
@@ -78,7 +79,10 @@ def _versions(storage: Storage, name: str) -> list[int]:
 def _manifest(storage: Storage, name: str, version: int) -> dict | None:
     data = storage.read_json(_key(name, version, MANIFEST), default=None)
     if data is not None:
-        mf.check_manifest(data.get("files"), storage.url(_key(name, version, MANIFEST)))
+        where = storage.url(_key(name, version, MANIFEST))
+        if not isinstance(data, dict):
+            raise StorageError(f"{where} is not a datastore manifest")
+        mf.check_manifest(data.get("files"), where)
     return data
 
 
@@ -309,7 +313,12 @@ def list_datastores(storage: Storage, name: str | None = None) -> list[Datastore
     out = []
     for n in names:
         for v in _versions(storage, n):
-            m = _manifest(storage, n, v)
+            try:
+                m = _manifest(storage, n, v)
+            except StorageError as e:  # one corrupt manifest must not hide the other datastores
+                cure = f"`launch datastore delete {n}:{v}` removes it"
+                out.append(DatastoreVersion(n, v, complete=False, problem=f"{e}; {cure}"))
+                continue
             if m is None:
                 out.append(DatastoreVersion(n, v, complete=False))
             else:

@@ -82,15 +82,27 @@ class LocalBackend(Backend):
         return self.home / "nodes" / run
 
     def _records(self, run: str) -> list[dict]:
+        """The run's node records. One that cannot be read (written atomically, so garbled only
+        from outside) is never dropped: its agent would go unseen, and a second one would start
+        beside it. Its pid comes from the record's pid file (``NODE.PID.pid``, holding the start
+        time); without one the node counts as alive until the stale timeout has passed since the
+        record was written, so no second agent starts while the first may still run."""
         out = []
         d = self._nodes_dir(run)
         if not d.is_dir():
             return out
         for p in sorted(d.glob("*.json")):
             try:
-                out.append(json.loads(p.read_text()))
-            except (OSError, ValueError):
-                continue  # half-written by a concurrent launch: seen next time
+                record = json.loads(p.read_text())
+                if not isinstance(record, dict) or not isinstance(record.get("node"), str):
+                    raise ValueError("not a node record")
+            except (OSError, ValueError) as e:
+                record = _from_pid_file(p)
+                log.warning("node record %s is unreadable (%s); %s. Delete it once that agent "
+                            "is gone", p, e.__class__.__name__,
+                            f"its agent is pid {record['pid']}" if record.get("pid")
+                            else "its agent cannot be judged")  # fmt: skip
+            out.append(record)
         return out
 
     def submit(self, run: str, spec: JobSpec) -> list[NodeInfo]:
@@ -171,6 +183,8 @@ class LocalBackend(Backend):
         record = {"node": node, "pid": proc.pid, "pid_start": process_start(proc.pid),
                   "pgid": proc.pid, "gpus": gpus, "log": str(log_path),
                   "started": now}  # fmt: skip
+        # the pid in a file name too: a garbled record still names its agent (see _records)
+        (d / f"{node}.{proc.pid}.pid").write_text(record["pid_start"] or "")
         tmp = d / f".{node}.json.tmp"
         tmp.write_text(json.dumps(record))
         os.replace(tmp, d / f"{node}.json")
@@ -188,7 +202,7 @@ class LocalBackend(Backend):
         if the script ignores SIGTERM), ships what there is and exits. An agent that does not
         answer in time is killed, and the tree it had on record ended."""
         grace = env_float("LAUNCH_STOP_GRACE_S", 10.0)
-        live = [n for n in self.nodes(run) if n.state == "running"]
+        live = [n for n in self.nodes(run) if n.state == "running" and n.extra.get("pid")]
         for n in live:
             _signal_group(int(n.extra["pid"]), signal.SIGTERM)
         deadline = time.time() + grace + 15  # the script's grace, then the last ship
@@ -213,7 +227,7 @@ class LocalBackend(Backend):
         """SIGUSR1 to that node's agent alone (not its group): it beats at once, finds the stop
         key and stops that experiment only, then goes on to the next."""
         for r in self._records(run):
-            if r["node"] == node and _alive(r):
+            if r["node"] == node and r.get("pid") and _alive(r):
                 try:
                     os.kill(int(r["pid"]), signal.SIGUSR1)
                 except (ProcessLookupError, PermissionError):
@@ -233,8 +247,34 @@ def _signal_group(pid: int, sig: int) -> None:
 
 
 def _alive(record: dict) -> bool:
-    """Whether a node record's agent still runs: its pid, started at the recorded time."""
+    """Whether a node record's agent still runs: its pid, started at the recorded time. An
+    unreadable record without a pid file (see LocalBackend._records) is alive until the stale
+    timeout has passed since it was written."""
+    if record.get("unknown_since") is not None:
+        from launcher.config import stale_timeout
+
+        return time.time() - record["unknown_since"] < stale_timeout()
     return process_alive(record.get("pid"), record.get("pid_start"))
+
+
+def _from_pid_file(path: Path) -> dict:
+    """What a garbled node record can still tell: its node from the file name, its agent's pid
+    (and start time) from the pid file written beside it."""
+    node = path.stem
+    record: dict = {"node": node, "log": str(path.with_suffix(".log"))}
+    for pid_file in path.parent.glob(f"{node}.*.pid"):
+        pid = pid_file.name[len(node) + 1 : -len(".pid")]
+        if pid.isdigit():
+            try:
+                start = pid_file.read_text().strip() or None
+            except OSError:
+                start = None
+            return dict(record, pid=int(pid), pid_start=start, pgid=int(pid))
+    try:
+        since = path.stat().st_mtime
+    except OSError:
+        since = time.time()
+    return dict(record, unknown_since=since)
 
 
 def _node_info(record: dict, alive: bool) -> NodeInfo:
