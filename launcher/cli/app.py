@@ -88,6 +88,7 @@ def _register() -> None:
                     data.artifacts, results.metrics, results.predict, settings.instances,
                     settings.config):  # fmt: skip
         cli.add_command(command)
+    cli.add_command(__import__("launcher.cli.ui", fromlist=["ui"]).ui)  # launch ui (dashboard)
 
 
 _register()
