@@ -225,16 +225,15 @@ def _submit_failed(name: str, backend: Backend, storage: Storage, index: RunInde
 
 def _write_run(storage: Storage, name: str, spec: JobSpec, experiments, code: bytes) -> float:
     storage.write_bytes(f"runs/{name}/code.tar.gz", code)
-    queued = json.dumps(records.queued_status(), sort_keys=True).encode()  # the same for all
+    # no status.json yet: a missing one reads as queued, and `launch status` of a big sweep
+    # reads a missing file faster than a written one
     _write_files(
         storage,
         {
-            records.exp_key(name, e.id, part): data
+            records.exp_key(name, e.id, "params.json"): json.dumps(
+                e.to_dict(), sort_keys=True
+            ).encode()
             for e in experiments
-            for part, data in (
-                ("params.json", json.dumps(e.to_dict(), sort_keys=True).encode()),
-                ("status.json", queued),
-            )
         },
     )
     created = time.time()

@@ -97,7 +97,7 @@ def _adopt_broken(index: RunIndex, name: str, backend: Backend, status: str, mes
 
 def read_statuses(storage: Storage, run: str, record: dict) -> dict[str, dict]:
     """Each experiment's status.json, read once per refresh."""
-    return {e["id"]: records.read_status(storage, run, e["id"]) for e in record["experiments"]}
+    return records.read_statuses(storage, run, [e["id"] for e in record["experiments"]])
 
 
 def experiment_views(record: dict, statuses: dict[str, dict]) -> list[ExperimentView]:

@@ -269,7 +269,10 @@ def test_interrupted_create_is_resumed_only_from_the_same_source(
 
 def test_live_creator_in_another_process_is_not_resumed(storage, source):
     # a reservation by a running process (ours' parent stands in for another live create)
-    holder = {**ds._creator(source), "pid": os.getppid()}
+    from launcher.processes import process_start
+
+    parent = os.getppid()
+    holder = {**ds._creator(source), "pid": parent, "pid_start": process_start(parent)}
     assert storage.create_exclusive("datastores/kin/1/RESERVED/1", json.dumps(holder).encode())
     assert ds.create_datastore(storage, "kin", source) == 2
     # once that process is gone, the same user's rerun takes version 1 over

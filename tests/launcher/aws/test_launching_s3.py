@@ -26,10 +26,11 @@ def test_a_sweeps_files_are_written_in_one_batch_then_run_json(aws, monkeypatch)
 
     monkeypatch.setattr(storage.fs, "pipe", counted)
     launching._write_run(storage, "big", spec, spec.experiments(), b"code")
-    assert puts == [600]  # one batch (concurrent puts), not 600 round trips one after another
+    assert puts == [300]  # one batch (concurrent puts), not 300 round trips one after another
     assert len(storage.list("runs/big/experiments")) == 300
     record = storage.read_json("runs/big/run.json")
     last = record["experiments"][-1]
     assert storage.read_json(records.exp_key("big", "exp-299", "params.json")) == last
     assert records.read_status(storage, "big", "exp-299") == records.queued_status()
-    assert storage.read_json(records.exp_key("big", "exp-0", "status.json"))["state"] == "queued"
+    statuses = records.read_statuses(storage, "big", [e["id"] for e in record["experiments"]])
+    assert statuses == {e["id"]: records.queued_status() for e in record["experiments"]}

@@ -218,9 +218,13 @@ def test_delete_run_removes_everything(home, workdir):
 def test_a_new_experiment_reads_the_same_as_one_never_written(home, workdir):
     name = runs.prepare_run(make_spec(script_args=["--lr", "[1, 2]"]), NoAgents())
     storage = LocalBackend().storage()
-    written = storage.read_json(f"runs/{name}/experiments/exp-0/status.json")
-    storage.delete(f"runs/{name}/experiments/exp-1/status.json")
-    assert written == records.read_status(storage, name, "exp-1")
+    assert not storage.exists(f"runs/{name}/experiments/exp-0/status.json")  # written when run
+    written = records.read_status(storage, name, "exp-0")
+    assert (
+        written
+        == records.queued_status()
+        == records.read_statuses(storage, name, ["exp-1"])["exp-1"]
+    )
     assert written["state"] == "queued" and written["attempt"] == 0
     row, views = runs.run_detail(name)
     shown = [(v.state, v.attempt, v.exit_code, v.metrics, v.message) for v in views]
@@ -354,7 +358,7 @@ def test_max_experiments_lets_a_big_sweep_through_written_whole_run_json_last(
     monkeypatch.setattr(Storage, "write_json", json_then)
     spec = make_spec(script_args=["--lr", "range(2000)"], max_experiments=2000)
     name = runs.prepare_run(spec, NoAgents())
-    assert order == [4000, f"runs/{name}/run.json"]  # every experiment's files, then run.json
+    assert order == [2000, f"runs/{name}/run.json"]  # every experiment's files, then run.json
     storage = LocalBackend().storage()
     record = storage.read_json(f"runs/{name}/run.json")
     assert len(record["experiments"]) == 2000 and record["spec"]["max_experiments"] == 2000
@@ -362,8 +366,7 @@ def test_max_experiments_lets_a_big_sweep_through_written_whole_run_json_last(
     for exp in ("exp-0", "exp-1999"):
         params = storage.read_json(f"runs/{name}/experiments/{exp}/params.json")
         assert params == next(e for e in record["experiments"] if e["id"] == exp)
-        status = storage.read_json(f"runs/{name}/experiments/{exp}/status.json")
-        assert status == records.queued_status()
+        assert records.read_status(storage, name, exp) == records.queued_status()
     assert params["args"] == ["--lr", "1999"]
 
 
@@ -383,7 +386,7 @@ def test_a_failed_experiment_write_leaves_no_run(home, workdir, monkeypatch):
         return real_open(path, flags, mode, **kw)
 
     spec = make_spec(name="full", script_args=["--lr", "range(10)"])
-    with monkeypatch.context() as m, pytest.raises(StorageError, match=r"exp-0/params.json and 19"):
+    with monkeypatch.context() as m, pytest.raises(StorageError, match=r"exp-0/params.json and 9"):
         m.setattr(os, "open", full_disk)
         runs.prepare_run(spec, NoAgents())
     assert not LocalBackend().storage().exists("runs/full")  # whole or absent
