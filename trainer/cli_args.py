@@ -303,11 +303,17 @@ class _HelpFormatter(argparse.HelpFormatter):
         return f"{text} (default: %(default)s)".lstrip()
 
 
+def user_cache_dir() -> Path:
+    """This project's folder in the user cache dir (``$XDG_CACHE_HOME`` or ``~/.cache``): where
+    downloads and the metadata of read-only data go."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "launch-video"
+
+
 def _download_cache(url: str) -> Path:
     import hashlib
 
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "launch-video" / "downloads" / hashlib.sha1(url.encode()).hexdigest()[:16]
+    return user_cache_dir() / "downloads" / hashlib.sha1(url.encode()).hexdigest()[:16]
 
 
 def _split_of(csv: str) -> str | None:

@@ -533,7 +533,7 @@ def predict_loader(
     ``summarise=False`` leaves out the warning that counts the skipped files; ``transform``
     replaces the evaluation preset (a per-sample callable on the clip dict).
     """
-    from trainer.meta_cache import user_cache_dir
+    from trainer.cli_args import user_cache_dir
 
     source = VideoSource.from_paths(paths_or_folder)
     # Videos to classify are the user's own files: cache their metadata out of their folders.

@@ -21,15 +21,11 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from trainer.cli_args import user_cache_dir
 from trainer.video_io import VideoError, VideoMeta, probe
 
 CACHE_NAME = ".video_meta_cache.json"
 CACHE_VERSION = 3  # bump when VideoMeta or its meaning changes (3: images refused)
-
-
-def user_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "launch-video"
 
 
 def _hashed_name(root: Path) -> str:
