@@ -135,7 +135,10 @@ def test_heartbeat_beats_through_a_ship_longer_than_the_stale_timeout(home, work
     monkeypatch.setattr(art, "ship_artifacts", slow_ship)
     takers, done = [], threading.Event()
 
-    def take():  # another agent keeps trying to take the experiment meanwhile
+    def take():  # another agent keeps trying to take the experiment, once node-a holds it
+        first = storage().path(records.claim_key(name, "exp-0", 1))
+        while not done.is_set() and not os.path.exists(first):
+            time.sleep(0.01)
         while not done.is_set():
             claim = cl.try_claim(storage(), name, "exp-0", "node-b", stale_s=2)
             if claim:
