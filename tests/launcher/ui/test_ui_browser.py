@@ -4,6 +4,7 @@ under its tmp dir (``LAUNCH_UI_DOCS=DIR`` also writes the run page's to DIR, for
 
 from __future__ import annotations
 
+import base64
 import os
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from tests.launcher.ui.uihelpers import (
 
 pytestmark = pytest.mark.browser
 WAIT_S = 20
+# resolved now: the tests run in a tmp project folder
+DOCS = Path(os.environ["LAUNCH_UI_DOCS"]).absolute() if os.environ.get("LAUNCH_UI_DOCS") else None
 
 
 def wait_until(driver, condition, what: str):
@@ -49,7 +52,18 @@ def table_rows(driver, selector: str) -> dict[str, list[str]]:
 
 def screenshot(driver, tmp_path: Path, name: str) -> Path:
     path = tmp_path / f"{name}.png"
-    driver.save_screenshot(str(path))
+    width, height = driver.execute_script(
+        "const e = document.documentElement; return [e.scrollWidth, e.scrollHeight]"
+    )
+    shot = driver.execute_cdp_cmd(
+        "Page.captureScreenshot",
+        {  # the whole page, not the window
+            "format": "png",
+            "captureBeyondViewport": True,
+            "clip": {"x": 0, "y": 0, "width": width, "height": min(height, 3000), "scale": 1},
+        },
+    )
+    path.write_bytes(base64.b64decode(shot["data"]))
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     return path
 
@@ -93,8 +107,8 @@ def test_run_page_shows_the_experiments_params_and_best_metric(browser, sweep, u
     assert curves == {"val_acc1": 9, "train_loss": 9}  # 3 experiments x 3 epochs each
     assert css(browser, "#curves canvas")
     shot = screenshot(browser, tmp_path, "run")
-    if os.environ.get("LAUNCH_UI_DOCS"):
-        Path(os.environ["LAUNCH_UI_DOCS"], "ui-run.png").write_bytes(shot.read_bytes())
+    if DOCS is not None:
+        (DOCS / "ui-run.png").write_bytes(shot.read_bytes())
 
 
 def test_experiment_page_shows_its_curve_log_and_artifacts(browser, sweep, ui_server, tmp_path):
