@@ -123,18 +123,18 @@ def _claims(ctx: RunContext, exp: str) -> list[dict[str, Any]]:
 
 
 def experiment_page(name: str, exp: str) -> dict[str, Any]:
-    """An experiment: args, params, status and its attempts' history (one claim each)."""
+    """An experiment: args, params, status and its attempts' history (one claim each). Only
+    this experiment's records are read, however big its sweep."""
+    from launcher.runs.state import experiment_views
+
     ctx = RunContext(f"{name}/{exp}")
     ctx.experiment_ids()  # NotFoundError naming the experiments there
-    row, views = ctx.refresh()
-    v = next(v for v in views if v.id == exp)
+    entry = next(e for e in ctx.record()["experiments"] if e["id"] == exp)
+    status = records.read_status(ctx.storage, ctx.name, exp)
+    [v] = experiment_views({"experiments": [entry]}, {exp: status})
+    row = ctx.row
     return {
-        "run": {
-            "name": row.name,
-            "status": row.status,
-            "backend": row.backend,
-            "instance_type": row.instance_type,
-        },  # fmt: skip
+        "run": {"name": row.name, "backend": row.backend, "instance_type": row.instance_type},
         "experiment": asdict(v),
         "finished": v.state in records.TERMINAL,
         "history": _claims(ctx, exp),

@@ -153,3 +153,21 @@ def test_running_experiment_updates_log_and_curve_without_reload(browser, live_r
     assert log.count("step 1") == 1 and log.index("step 1") < log.index("step 3")
     assert int(css(browser, "#log")[0].get_attribute("data-offset")) == 2
     screenshot(browser, tmp_path, "live")
+
+
+def test_stop_button_only_with_allow_stop(browser, live_run, ui_server, tmp_path):
+    from tests.launcher.waiting import wait_for
+
+    name, storage, _ = live_run
+    read_only = ui_server()
+    browser.get(f"{read_only.base}/runs/{name}/exp-0")
+    wait_until(browser, lambda d: "running" in text_of(d, "h1"), "the experiment's state")
+    assert not css(browser, "#stop")
+    server = ui_server("--allow-stop")
+    browser.get(f"{server.base}/runs/{name}/exp-0")
+    wait_until(browser, lambda d: css(d, "#stop"), "the Stop button")
+    css(browser, "#stop")[0].click()
+    browser.switch_to.alert.accept()  # "Stop live-run/exp-0?"
+    wait_until(browser, lambda d: "Stopping" in text_of(d, "#stop"), "the stop to be sent")
+    wait_for(lambda: storage.exists(f"runs/{name}/experiments/exp-0/stop"), what="stop flag")
+    screenshot(browser, tmp_path, "stop")
