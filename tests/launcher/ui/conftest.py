@@ -5,9 +5,6 @@ process on a free port, and a headless Chromium driven by Selenium."""
 from __future__ import annotations
 
 import os
-import selectors
-import subprocess
-import sys
 import time
 
 import pytest
@@ -19,6 +16,7 @@ from tests.launcher.ui.uihelpers import (
     CHROMIUM,
     SWEEP_BEST,
     SWEEP_LRS,
+    UiServer,
     add_log_piece,
     metrics_csv,
     ship_metrics,
@@ -75,44 +73,6 @@ def live_run(home, tmp_path):
     ship_metrics(storage, name, "exp-0", metrics_csv(0.2, 1), art)
     add_log_piece(storage, name, "exp-0", "start_step=0 attempt=1\nstep 1\n")
     return name, storage, art
-
-
-class UiServer:
-    """`launch ui` running as a process; ``url`` is what it printed (token included)."""
-
-    def __init__(self, *args: str, env: dict | None = None):
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "launcher", "ui", "--port", "0", "--poll", "0.3", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env or dict(os.environ),
-        )  # fmt: skip
-        line = self._first_line(timeout=30)
-        assert "serving http://" in line, line
-        self.url = line.split("serving ", 1)[1].split()[0]
-        self.base = self.url.split("?")[0].rstrip("/")
-        self.port = int(self.base.rsplit(":", 1)[1])
-
-    def _first_line(self, timeout: float) -> str:
-        sel = selectors.DefaultSelector()
-        sel.register(self.proc.stdout, selectors.EVENT_READ)
-        if not sel.select(timeout):
-            self.stop()
-            raise AssertionError(f"launch ui printed nothing in {timeout}s")
-        line = self.proc.stdout.readline()
-        if not line:
-            err = self.proc.stderr.read()
-            raise AssertionError(f"launch ui ended: {err}")
-        return line
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()  # by its handle, never by name
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        for stream in (self.proc.stdout, self.proc.stderr):
-            stream.close()
 
 
 @pytest.fixture

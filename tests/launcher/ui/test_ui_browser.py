@@ -171,3 +171,16 @@ def test_stop_button_only_with_allow_stop(browser, live_run, ui_server, tmp_path
     wait_until(browser, lambda d: "Stopping" in text_of(d, "#stop"), "the stop to be sent")
     wait_for(lambda: storage.exists(f"runs/{name}/experiments/exp-0/stop"), what="stop flag")
     screenshot(browser, tmp_path, "stop")
+
+
+def test_token_url_opens_the_dashboard_on_a_non_loopback_bind(browser, sweep, ui_server,
+                                                              tmp_path):  # fmt: skip
+    server = ui_server("--host", "0.0.0.0")
+    base = f"http://127.0.0.1:{server.port}"
+    browser.get(f"{base}/runs/{sweep}")
+    wait_until(browser, lambda d: "401" in d.find_element("tag name", "body").text, "the 401")
+    browser.get(f"{base}/runs/{sweep}?token={server.url.split('?token=')[1]}")
+    wait_until(browser, lambda d: len(table_rows(d, "#experiments")) == 3, "the run's page")
+    assert "token" not in browser.current_url  # traded for an HttpOnly cookie
+    assert browser.execute_script("return document.cookie") == ""
+    screenshot(browser, tmp_path, "token")

@@ -17,7 +17,7 @@ import pytest
 
 from launcher.storage import records
 from tests.launcher.local.localjob import NoAgents
-from tests.launcher.ui.uihelpers import add_log_piece
+from tests.launcher.ui.uihelpers import UiServer, add_log_piece
 from tests.launcher.waiting import wait_for
 
 
@@ -245,3 +245,16 @@ def test_urls_of_the_pages_answer_the_page(home, sweep, ui_server):
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(f"{server.base}/api/runs/no-such-run", timeout=30)
     assert e.value.code == 404 and b"not found" in e.value.read()
+
+
+def test_open_hands_the_url_to_the_web_browser(home, tmp_path, monkeypatch):
+    opened = tmp_path / "opened.txt"
+    script = tmp_path / "browser.py"
+    script.write_text(f"import sys\nopen({str(opened)!r}, 'w').write(sys.argv[1])\n")
+    monkeypatch.setenv("BROWSER", f"{sys.executable} {script} %s")
+    server = UiServer("--open")
+    try:
+        wait_for(opened.exists, what="the browser to be started")
+        wait_for(lambda: opened.read_text() == server.url, what="the URL it was given")
+    finally:
+        server.stop()

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import selectors
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 from launcher.storage import records
@@ -41,3 +45,41 @@ def start_attempt(storage, run: str, exp: str, started: float) -> None:
     storage.create_exclusive(records.claim_key(run, exp, 1), claim)
     records.write_status(storage, run, exp, state="running", attempt=1, node="node-0",
                          started=started)  # fmt: skip
+
+
+class UiServer:
+    """`launch ui` running as a process; ``url`` is what it printed (token included)."""
+
+    def __init__(self, *args: str, env: dict | None = None):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "launcher", "ui", "--port", "0", "--poll", "0.3", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env or dict(os.environ),
+        )  # fmt: skip
+        line = self._first_line(timeout=30)
+        assert "serving http://" in line, line
+        self.url = line.split("serving ", 1)[1].split()[0]
+        self.base = self.url.split("?")[0].rstrip("/")
+        self.port = int(self.base.rsplit(":", 1)[1])
+
+    def _first_line(self, timeout: float) -> str:
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stdout, selectors.EVENT_READ)
+        if not sel.select(timeout):
+            self.stop()
+            raise AssertionError(f"launch ui printed nothing in {timeout}s")
+        line = self.proc.stdout.readline()
+        if not line:
+            err = self.proc.stderr.read()
+            raise AssertionError(f"launch ui ended: {err}")
+        return line
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()  # by its handle, never by name
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            stream.close()
