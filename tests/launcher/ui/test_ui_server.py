@@ -54,6 +54,13 @@ def test_help_imports_no_web_server_torch_or_boto3():
     heavy = {m for m in modules if m.split(".")[0]
              in ("starlette", "uvicorn", "anyio", "torch", "boto3", "botocore")}  # fmt: skip
     assert not heavy, sorted(heavy)
+    # and the server itself imports no torch, no boto3
+    code = (
+        "import sys, launcher.cli.ui, launcher.ui.server; "
+        "print(sorted(m for m in sys.modules if m.startswith(('torch', 'boto3'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "[]", out.stderr
 
 
 def test_non_loopback_bind_needs_the_token_on_every_request(home, sweep, ui_server):
@@ -242,6 +249,9 @@ def test_urls_of_the_pages_answer_the_page(home, sweep, ui_server):
     for path in ("/", f"/runs/{sweep}", f"/runs/{sweep}/exp-0"):
         with urllib.request.urlopen(server.base + path, timeout=30) as r:
             assert r.status == 200 and b"/static/app.js" in r.read()
+            # never framed by another site (a click on Stop cannot be tricked), no guessing
+            assert "frame-ancestors 'none'" in r.headers["Content-Security-Policy"]
+            assert r.headers["X-Content-Type-Options"] == "nosniff"
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(f"{server.base}/api/runs/no-such-run", timeout=30)
     assert e.value.code == 404 and b"not found" in e.value.read()
