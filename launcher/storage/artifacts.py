@@ -34,7 +34,7 @@ from typing import Any
 from launcher.errors import NotFoundError, StorageError
 from launcher.storage import manifest, records
 from launcher.storage import transfer as mf
-from launcher.storage.root import Storage
+from launcher.storage.root import CorruptRecord, Storage
 
 DEFAULT_DEST = "launch_artifacts"
 log = logging.getLogger(__name__)
@@ -145,7 +145,15 @@ def ship_artifacts(
     before = _last_inodes.get(os.path.realpath(local_dir), {})
     _last_inodes[os.path.realpath(local_dir)] = {rel: st.st_ino for rel, (_, st) in files.items()}
     key = records.exp_key(run, exp, "artifacts.json")
-    remote, refused = manifest.split_manifest(storage.read_json(key, default={}), storage.url(key))
+    try:
+        remote, refused = manifest.split_manifest(
+            storage.read_json(key, default={}), storage.url(key)
+        )
+    except (CorruptRecord, manifest.CorruptManifest) as e:
+        # cut short (a full disk, a crash mid-write on a file root): every file is sent again
+        # and the manifest written whole; objects only the lost manifest knew stay orphaned
+        log.warning(f"{e}; shipping every file again and rewriting it")
+        remote, refused = {}, [("artifacts.json", "corrupt")]
     now = time.time()
 
     def one(rel: str) -> tuple[str, dict | None, str]:
@@ -158,7 +166,9 @@ def ship_artifacts(
             return rel, stored, "deferred"
         akey = records.exp_key(run, exp, "artifacts", rel)
         try:
-            entry, sent = mf.upload_changed(storage, path, akey, stored)
+            # periodic: the bytes sent must be the ones judged stable, not a rewrite since
+            expect = st if settle_s > 0 else None
+            entry, sent = mf.upload_changed(storage, path, akey, stored, expect=expect)
         except mf.FileChanged:
             # being rewritten, or renamed away since it was listed (last.tmp -> last.ckpt):
             # keep what is stored, if anything, and ship the file as it is next time
@@ -190,9 +200,10 @@ def ship_artifacts(
         storage.write_json(key, new)
     for rel in gone:
         storage.delete(records.exp_key(run, exp, "artifacts", rel))
-    for rel, _ in refused:  # a name an older version stored: its object goes with its entry
-        with contextlib.suppress(StorageError):  # not even a valid key: nothing stored there
-            storage.delete(records.exp_key(run, exp, "artifacts", rel))
+    for rel, why in refused:  # a name an older version stored: its object goes with its entry
+        if why != "corrupt":
+            with contextlib.suppress(StorageError):  # not even a valid key: nothing stored there
+                storage.delete(records.exp_key(run, exp, "artifacts", rel))
     report.deleted = len(gone)
     report.skipped.sort()
     return report
@@ -212,7 +223,11 @@ def restore_artifacts(
     the ``launcher`` logger's warnings), as are manifest entries whose names are refused.
     """
     warn = warn or log.warning
-    files = read_manifest(storage, run, exp, warn=warn)
+    try:
+        files = read_manifest(storage, run, exp, warn=warn)
+    except (CorruptRecord, manifest.CorruptManifest) as e:  # the script starts afresh, not never
+        warn(f"{e}; nothing restored")
+        files = {}
     Path(local_dir).mkdir(parents=True, exist_ok=True)
     mf.remove_extras(Path(local_dir), set(), extras=False)  # a killed restore's temporary files
     jobs = mf.plan_down(records.exp_key(run, exp, "artifacts"), files, Path(local_dir))

@@ -67,6 +67,10 @@ def safe_relpath(rel: str) -> str:
     return rel
 
 
+class CorruptManifest(StorageError):
+    """A manifest that parses but is not one (not a mapping, or a malformed entry)."""
+
+
 def _check_entry(rel: str, entry: Any, where: str) -> None:
     if (
         not isinstance(entry, dict)
@@ -74,14 +78,14 @@ def _check_entry(rel: str, entry: Any, where: str) -> None:
         or isinstance(entry.get("size"), bool)
         or not isinstance(entry.get("sha256"), str)
     ):
-        raise StorageError(f"{where}: corrupt manifest entry for {rel!r}")
+        raise CorruptManifest(f"{where}: corrupt manifest entry for {rel!r}")
 
 
 def check_manifest(files: Any, where: str) -> dict[str, Entry]:
     """A manifest's ``files`` mapping, every path safe and every entry well formed (strict:
     the first bad path or entry raises StorageError)."""
     if not isinstance(files, dict):
-        raise StorageError(f"{where}: corrupt manifest (files is not a mapping)")
+        raise CorruptManifest(f"{where}: corrupt manifest (files is not a mapping)")
     for rel, entry in files.items():
         safe_relpath(rel)
         _check_entry(rel, entry, where)
@@ -93,7 +97,7 @@ def split_manifest(files: Any, where: str) -> tuple[dict[str, Entry], list[tuple
     do not, so one bad name (written by an older version) never hides the rest. A mapping that
     is not one, or a malformed entry, is corruption: StorageError."""
     if not isinstance(files, dict):
-        raise StorageError(f"{where}: corrupt manifest (files is not a mapping)")
+        raise CorruptManifest(f"{where}: corrupt manifest (files is not a mapping)")
     good: dict[str, Entry] = {}
     refused: list[tuple[str, str]] = []
     for rel, entry in files.items():

@@ -238,14 +238,20 @@ class Unreadable(StorageError):
 
 
 def upload(
-    storage: Storage, local: str | Path, key: str, counter: ByteCounter | None = None
+    storage: Storage,
+    local: str | Path,
+    key: str,
+    counter: ByteCounter | None = None,
+    *,
+    expect: os.stat_result | None = None,
 ) -> Entry:
     """Stream a local file to a key, hashing what is sent; returns its manifest entry.
 
     All or nothing: on a file root the bytes go to a temp name that is renamed at the end; on
     S3 the object appears only when the upload completes. If the file changes or vanishes while
     it is read (a checkpoint being rewritten), the upload is abandoned with FileChanged and the
-    stored object, if any, is left as it was.
+    stored object, if any, is left as it was. With ``expect`` (the stat a caller judged the
+    file by), a file that is no longer that one when it is opened is FileChanged too.
     """
     path = storage.path(key)
     h = hashlib.sha256()
@@ -256,6 +262,9 @@ def upload(
     except OSError as e:  # unreadable (permissions): one clear error, not a crash mid-ship
         raise Unreadable(local, e) from e
     st = os.fstat(src.fileno())
+    if expect is not None and _identity(st) != _identity(expect):
+        src.close()
+        raise FileChanged(f"{local} changed since it was looked at")
     tmp = out = None
     try:
         if storage.protocol == "file":
@@ -291,16 +300,16 @@ def upload(
     return {"size": size, "sha256": sha}
 
 
+def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
 def _same_file(local: str | Path, st: os.stat_result, size: int) -> bool:
     try:
         now = os.stat(local)
     except FileNotFoundError:
         return False
-    return (now.st_ino, now.st_size, now.st_mtime_ns) == (
-        st.st_ino,
-        st.st_size,
-        st.st_mtime_ns,
-    ) and (size == st.st_size)
+    return _identity(now) == _identity(st) and size == st.st_size
 
 
 def _copy(src, out, h, counter: ByteCounter | None, *, reading: str | None = None) -> int:
@@ -443,10 +452,13 @@ def upload_changed(
     key: str,
     stored: Entry | None,
     counter: ByteCounter | None = None,
+    *,
+    expect: os.stat_result | None = None,
 ) -> tuple[Entry, bool]:
     """Upload ``local`` to ``key`` unless ``stored`` (its entry from a manifest or an
     interrupted upload's record) already describes it: (its entry, whether it was sent).
-    FileChanged when the file changes or vanishes while it is read."""
+    FileChanged when the file changes or vanishes while it is read (or, with ``expect``, is no
+    longer the file that stat describes)."""
     try:
         unchanged = (
             stored is not None
@@ -461,7 +473,7 @@ def upload_changed(
         if counter:
             counter.add(stored["size"])
         return stored, False
-    return upload(storage, local, key, counter), True
+    return upload(storage, local, key, counter, expect=expect), True
 
 
 class Throttle:

@@ -61,7 +61,9 @@ def uploads(monkeypatch):
     calls = []
     real = manifest.upload
     monkeypatch.setattr(
-        manifest, "upload", lambda s, local, key, *a: calls.append(key) or real(s, local, key, *a)
+        manifest,
+        "upload",
+        lambda s, local, key, *a, **kw: calls.append(key) or real(s, local, key, *a, **kw),
     )
     return calls
 
@@ -251,10 +253,10 @@ def test_ship_defers_a_file_being_written(run, outputs, monkeypatch):
     ckpt.write_bytes(b"epoch 2, half written")
     real = manifest.upload
 
-    def mid_write(storage, local, key, *a):
+    def mid_write(storage, local, key, *a, **kw):
         if key.endswith("last.ckpt"):
             raise manifest.FileChanged(f"{local} changed while it was uploaded")
-        return real(storage, local, key, *a)
+        return real(storage, local, key, *a, **kw)
 
     monkeypatch.setattr(manifest, "upload", mid_write)
     (outputs / "new.txt").write_text("x")
@@ -532,6 +534,39 @@ def test_a_checkpoint_renamed_into_place_ships_without_waiting(run, outputs):
     assert art.ship_artifacts(run, RUN, "exp-0", outputs, settle_s=60).deferred == [
         "checkpoints/last.ckpt"
     ]
+
+
+def test_a_periodic_ship_sends_only_the_bytes_it_judged_stable(run, outputs, monkeypatch):
+    """Judged by its stat when listed (settled long ago), rewritten in place right after: the
+    upload must not send the rewrite, which may be half written."""
+    art.ship_artifacts(run, RUN, "exp-0", outputs)
+    before = art.read_manifest(run, RUN, "exp-0")["checkpoints/last.ckpt"]
+    ckpt = outputs / "checkpoints" / "last.ckpt"
+    ckpt.write_bytes(b"epoch 2, whole")
+    time.sleep(0.4)  # and it has sat still longer than the settle interval
+
+    def rewrite_in_place():
+        with open(ckpt, "r+b") as f:
+            f.write(b"EPOCH 3")  # a writer starting over, paused after its first bytes
+
+    listing_then(monkeypatch, rewrite_in_place)
+    report = art.ship_artifacts(run, RUN, "exp-0", outputs, settle_s=0.3)
+    assert report.deferred == ["checkpoints/last.ckpt"]
+    assert art.read_manifest(run, RUN, "exp-0")["checkpoints/last.ckpt"] == before
+
+
+def test_a_truncated_manifest_is_rewritten_by_the_next_ship(run, outputs, tmp_path):
+    art.ship_artifacts(run, RUN, "exp-0", outputs)
+    key = f"runs/{RUN}/experiments/exp-0/artifacts.json"
+    run.write_bytes(key, run.read_bytes(key)[:7])
+    with pytest.raises(StorageError, match="artifacts.json is not valid JSON"):
+        art.list_artifacts(run, RUN)  # one line naming the file
+    warnings = []
+    assert art.restore_artifacts(run, RUN, "exp-0", tmp_path / "n", warn=warnings.append) == []
+    assert "not valid JSON" in warnings[0] and "nothing restored" in warnings[0]
+    report = art.ship_artifacts(run, RUN, "exp-0", outputs)
+    assert report.uploaded == 4
+    assert len(art.list_artifacts(run, RUN, "exp-0")) == 4
 
 
 # -- pull: replaced files, deletions, leftovers (point 3) --------------------------------------

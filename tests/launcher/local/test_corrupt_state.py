@@ -237,11 +237,6 @@ def test_a_truncated_artifacts_json_mid_run_does_not_kill_the_agent(home, workdi
     wait_for(lambda: not process_alive(pid), timeout=30, what="the agent to end on its own")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="storage/artifacts.py (issue 8, points 1-3) reads the shipped artifacts.json strictly "
-    "when it ships again, so a truncated one is never rewritten and the final ship is lost",
-)
 def test_the_next_ship_rewrites_a_truncated_artifacts_json(home, workdir):
     name, _ = _truncated_manifest_run(home)
     runs.wait_run(name, poll=0.2, timeout=60)
