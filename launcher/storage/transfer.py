@@ -473,6 +473,8 @@ def upload_changed(
         if counter:
             counter.add(stored["size"])
         return stored, False
+    if expect is None:
+        return upload(storage, local, key, counter), True
     return upload(storage, local, key, counter, expect=expect), True
 
 
