@@ -3,6 +3,7 @@
 status` and `launch metrics` make for the same view, measured in the same run.
 
     python benchmarks/ui.py [--runs 1000] [--experiments 1000] [--epochs 10] [--repeat 7]
+                            [--browser]
 
 "server-side" is what the dashboard does for one poll of the page: its view (read-only reads of
 storage, the leaderboard, the curves) and the JSON it sends, in this process. "over HTTP" is a
@@ -10,7 +11,9 @@ GET of the same answer from a `launch ui` process (uvicorn, loopback), as the pa
 asks for it. The baselines: `launch status` (``list_runs()``), `launch status RUN`
 (``RunContext(RUN).refresh(reconcile=True)``) and `launch metrics RUN` (``read_run`` +
 ``leaderboard``). Prints medians and the ratio to the baseline; exits 1 if a page takes 1 s or
-more server-side. Storage is a temporary file:// root (``TMPDIR=/dev/shm`` for no disk).
+more server-side. ``--browser`` adds the time until headless Chromium has drawn each page
+(its whole table, and the run page's charts). Storage is a temporary file:// root
+(``TMPDIR=/dev/shm`` for no disk).
 """
 
 from __future__ import annotations
@@ -103,12 +106,57 @@ def start_ui(env: dict) -> tuple[subprocess.Popen, str]:
     return proc, line.split("serving ", 1)[1].split()[0].rstrip("/")
 
 
+def browser_times(base: str, sweep: str, n_runs: int, n_exps: int, repeat: int) -> str:
+    """Seconds from navigation until headless Chromium has drawn each page (the run page: its
+    charts and its whole table), as the page itself marks it: loading, the server's answer and
+    the drawing."""
+    import shutil as sh
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = sh.which("chromium") or "chromium"
+    profile = tempfile.mkdtemp(prefix="launch-bench-chromium-")
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--window-size=1280,900",
+                 f"--user-data-dir={profile}"):  # fmt: skip
+        options.add_argument(flag)
+    service = Service(sh.which("chromedriver") or "chromedriver")
+    driver = webdriver.Chrome(options=options, service=service)
+    mark = (
+        "const m = performance.getEntriesByName(arguments[0]);"
+        "return m.length ? m[0].startTime : null"
+    )
+    out = []
+    try:
+        for label, path, name in (("runs page", "/", "drawn:runs"),
+                                  ("run page", f"/runs/{sweep}", "drawn:run")):  # fmt: skip
+            times = []
+            for _ in range(repeat):
+                driver.get("about:blank")
+                driver.get(base + path)
+                ms = WebDriverWait(driver, 60, poll_frequency=0.2).until(
+                    lambda d, n=name: d.execute_script(mark, n)
+                )
+                times.append(ms / 1000)
+            out.append(f"{label} drawn in Chromium {statistics.median(times):.3f} s")
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+    return "; ".join(out)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--runs", type=int, default=1000)
     p.add_argument("--experiments", type=int, default=1000)
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--repeat", type=int, default=7)
+    p.add_argument("--browser", action="store_true",
+                   help="also time each page drawn in headless Chromium")  # fmt: skip
     args = p.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="launch-bench-ui-"))
@@ -159,6 +207,8 @@ def main() -> int:
                   f"   [{size / 1e3:.0f} kB JSON]")  # fmt: skip
             if ui_s >= PAGE_BUDGET_S:
                 over.append(f"{label}: {ui_s:.3f} s server-side, over its {PAGE_BUDGET_S} s")
+        if args.browser:
+            print(browser_times(base, sweep, args.runs + 1, args.experiments, args.repeat))
     finally:
         if proc is not None:
             proc.terminate()

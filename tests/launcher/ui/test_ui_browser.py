@@ -184,3 +184,22 @@ def test_token_url_opens_the_dashboard_on_a_non_loopback_bind(browser, sweep, ui
     assert "token" not in browser.current_url  # traded for an HttpOnly cookie
     assert browser.execute_script("return document.cookie") == ""
     screenshot(browser, tmp_path, "token")
+
+
+def test_a_big_sweep_shows_a_page_of_rows_sorted_over_all(browser, home, ui_server, tmp_path):
+    from launcher.runs import prepare_run
+    from tests.launcher.local.localjob import NoAgents, make_spec
+
+    spec = make_spec(name="big", script_args=["--bs", "range(150)"], max_experiments=150)
+    name = prepare_run(spec, NoAgents())
+    server = ui_server()
+    browser.get(f"{server.base}/runs/{name}")
+    wait_until(browser, lambda d: len(table_rows(d, "#experiments")) == 100, "the first 100")
+    css(browser, '#experiments th[data-key="param:bs"]')[0].click()  # ascending
+    css(browser, '#experiments th[data-key="param:bs"]')[0].click()  # descending, over all 150
+    wait_until(browser, lambda d: next(iter(table_rows(d, "#experiments"))) == "exp-149",
+               "the sort over every experiment")  # fmt: skip
+    css(browser, "#experiments-more")[0].click()
+    wait_until(browser, lambda d: len(table_rows(d, "#experiments")) == 150, "all 150 rows")
+    assert list(table_rows(browser, "#experiments"))[-1] == "exp-0"
+    screenshot(browser, tmp_path, "big")
