@@ -148,6 +148,9 @@ def test_stop_only_with_allow_stop_and_only_same_origin(home, live_run, ui_serve
     status, _, body = request(server.base, stop_path, method="POST", headers=same)
     assert status == 202 and json.loads(body) == {"stopping": f"{name}/exp-0"}
     wait_for(lambda: storage.exists(flag), what="the stop request in storage")
+    status, _, body = request(server.base, f"/api/runs/{name}/stop", method="POST", headers=same)
+    assert status == 202 and json.loads(body) == {"stopping": name}
+    wait_for(lambda: storage.exists(f"runs/{name}/stop"), what="the run's stop request")
 
 
 def test_unchanged_answers_are_304_by_etag(home, sweep, live_run, ui_server):
