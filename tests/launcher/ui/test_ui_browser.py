@@ -19,6 +19,7 @@ from tests.launcher.ui.uihelpers import (
 )
 
 pytestmark = pytest.mark.browser
+pytest.importorskip("starlette", reason="the ui extra (launch-video[ui]) is not installed")
 WAIT_S = 20
 # resolved now: the tests run in a tmp project folder
 DOCS = Path(os.environ["LAUNCH_UI_DOCS"]).absolute() if os.environ.get("LAUNCH_UI_DOCS") else None

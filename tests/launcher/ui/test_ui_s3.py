@@ -13,6 +13,7 @@ from launcher.storage import records
 from tests.launcher.ui.uihelpers import UiServer, add_log_piece, metrics_csv, ship_metrics
 
 pytestmark = pytest.mark.aws
+pytest.importorskip("starlette", reason="the ui extra (launch-video[ui]) is not installed")
 BUCKET = "launch-tests"  # made by tests/launcher/conftest.py's moto_s3
 
 

@@ -20,6 +20,8 @@ from tests.launcher.local.localjob import NoAgents
 from tests.launcher.ui.uihelpers import UiServer, add_log_piece
 from tests.launcher.waiting import wait_for
 
+pytest.importorskip("starlette", reason="the ui extra (launch-video[ui]) is not installed")
+
 
 def request(base: str, path: str, *, method: str = "GET", headers: dict | None = None):
     """(status, headers, body) of one request, the path sent exactly as given (no
