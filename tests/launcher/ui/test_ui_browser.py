@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import base64
 import os
+import time
 from pathlib import Path
 
 import pytest
 
+from launcher.storage import records
 from tests.launcher.ui.uihelpers import (
     SWEEP_BEST,
     SWEEP_LRS,
@@ -80,6 +82,12 @@ def test_runs_page_names_the_run(browser, sweep, live_run, ui_server, tmp_path):
     css(browser, '#filters button[data-status="succeeded"]')[0].click()
     wait_until(browser, lambda d: list(table_rows(d, "#runs")) == [sweep], "the status filter")
     screenshot(browser, tmp_path, "runs")
+    # live: a run that finishes moves under the filter, without a reload
+    browser.execute_script("window.__sameDocument = true")
+    name, storage, _ = live_run
+    records.finish(storage, name, "exp-0", state="succeeded", exit_code=0, ended=time.time())
+    wait_until(browser, lambda d: list(table_rows(d, "#runs")) == [name, sweep], "the new state")
+    assert browser.execute_script("return window.__sameDocument") is True
 
 
 def test_run_page_shows_the_experiments_params_and_best_metric(browser, sweep, ui_server,
