@@ -204,7 +204,14 @@ function lineChart(title, seriesMap, opts) {
     }))],
   }, data);
   box.append(u.root);
+  box.uplot = u;
   return box;
+}
+
+// put new charts in a container, first letting go of the old ones' uPlot listeners
+function putCharts(container, ...charts) {
+  for (const old of container.querySelectorAll(".chart")) if (old.uplot) old.uplot.destroy();
+  put(container, ...charts);
 }
 
 // Best metric against one parameter: a scatter drawn as SVG (categorical or numeric, log scale
@@ -370,7 +377,7 @@ function runPage(run) {
       const shown = Object.entries(x ? x.params : {}).map(([k, v]) => `${k}=${num(v)}`).join(", ");
       return shown ? `${e}: ${shown}` : e;
     };
-    put(curves, ...Object.entries(data.curves).map(([metric, byExp]) =>
+    putCharts(curves, ...Object.entries(data.curves).map(([metric, byExp]) =>
       lineChart(metric, Object.fromEntries(Object.entries(byExp).map(([e, pts]) => [label(e), pts])),
                 { width: 520, height: 280 })));
     const total = data.experiments.length;
@@ -442,6 +449,10 @@ function experimentPage(run, exp) {
     if (chunk.text) {
       const follow = log.scrollTop + log.clientHeight >= log.scrollHeight - 20;
       log.append(chunk.text);
+      if (log.textContent.length > LOG_KEEP_CHARS) {  // hours of following: keep the tail
+        log.textContent = log.textContent.slice(-LOG_KEEP_CHARS / 2);
+        logNote.textContent = `(earlier output dropped from this page: \`launch logs ${run}/${exp}\` prints it all)`;
+      }
       if (follow) log.scrollTop = log.scrollHeight;
     }
     offset = chunk.next;
@@ -455,7 +466,7 @@ function experimentPage(run, exp) {
     if (page && stale(fresh)) drawHead();
     const m = await getJSON(`${base}/metrics`);
     if (m) {
-      put(charts, ...(m.columns.length
+      putCharts(charts, ...(m.columns.length
         ? m.columns.map((c) => lineChart(c, { [exp]: m.curves[c] }, { width: 360, height: 200 }))
         : [el("p", { class: "muted" }, "no metrics.csv shipped yet")]));
     }
@@ -473,6 +484,8 @@ function experimentPage(run, exp) {
     return page && page.finished && logDone && !fresh && !m ? "done" : null;
   });
 }
+
+const LOG_KEEP_CHARS = 2000000;
 
 // -- routing --------------------------------------------------------------------------------
 (function route() {
