@@ -102,9 +102,21 @@ def datastore_delete(ref: str, yes: bool, backend: str | None) -> None:
     click.echo(f"deleted {', '.join(f'{name}:{v}' for v in deleted)}")
 
 
-@click.group(short_help="List and pull what experiments saved.")
+class _PullByDefault(click.Group):
+    """``launch artifacts RUN`` pulls, as Grid's ``grid artifacts RUN`` did."""
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            return "pull", self.commands["pull"], args
+        return super().resolve_command(ctx, args)
+
+
+@click.group(cls=_PullByDefault, short_help="List and pull what experiments saved.")
 def artifacts() -> None:
-    """What experiments wrote to LAUNCH_ARTIFACTS_DIR: checkpoints, metrics, labels."""
+    """What experiments wrote to LAUNCH_ARTIFACTS_DIR: checkpoints, metrics, labels.
+
+    `launch artifacts RUN` is `launch artifacts pull RUN`, as Grid had it.
+    """
 
 
 @artifacts.command("list")
@@ -127,7 +139,15 @@ def artifacts_list(target: str) -> None:
 @artifacts.command("pull")
 @click.argument("target", metavar="RUN[/EXP]")
 @click.option("--experiment", "-e", help="Only this experiment (same as RUN/EXP).")
-@click.option("--dest", default="launch_artifacts", show_default=True, help="Local folder.")
+@click.option(
+    "--dest",
+    "--download_dir",
+    "--download-dir",
+    "dest",
+    default="launch_artifacts",
+    show_default=True,
+    help="Local folder (Grid: --download_dir).",
+)
 @click.option(
     "--keep-extra",
     is_flag=True,

@@ -217,6 +217,11 @@ def test_artifacts_pull_takes_run_slash_exp_and_list_says_when_empty(home, workd
     assert {p.split("/two/")[1].split("/")[0] for p in r.stdout.split()} == {"exp-1"}
     r = launch("artifacts", "pull", "two/exp-1", "-e", "exp-0")
     assert r.exit_code == 2 and "different experiments" in r.stderr
+    # Grid's habits: `artifacts RUN` pulls, --download_dir is --dest
+    r = launch("artifacts", "two", "--download_dir", str(tmp_path / "grid"))
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "grid" / "two" / "exp-0" / "checkpoints" / "last.ckpt").is_file()
+    assert (tmp_path / "grid" / "two" / "exp-1" / "checkpoints" / "last.ckpt").is_file()
     from localjob import NoAgents, make_spec
 
     from launcher.runs import prepare_run
