@@ -42,7 +42,7 @@ from launcher.errors import StorageError
 from launcher.node import claims as cl
 from launcher.node.heartbeat import Heartbeat
 from launcher.node.interruption import NoInterruption, interruption_source
-from launcher.node.script import ScriptTree, become_subreaper
+from launcher.node.script import ScriptTree, set_subreaper
 from launcher.processes import process_start
 from launcher.storage import records
 from launcher.storage.metrics_csv import latest_metrics
@@ -98,11 +98,13 @@ class Agent:
     # -- the loop ---------------------------------------------------------------------------
     def serve(self) -> int:
         """Run experiments until none is left; returns the process exit code."""
-        signal.signal(signal.SIGTERM, self._on_sigterm)
-        signal.signal(signal.SIGUSR1, self._on_sigusr1)
-        become_subreaper()  # what the script leaves behind comes back to us, to be ended
-        self._report_node(state="running", started=time.time())
+        # the handlers and the subreaper bit are undone on return: an agent served in another
+        # program's process (tests, a notebook) leaves it as it was
+        handlers = {signal.SIGTERM: self._on_sigterm, signal.SIGUSR1: self._on_sigusr1}
+        previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
+        set_subreaper(True)  # what the script leaves behind comes back to us, to be ended
         try:
+            self._report_node(state="running", started=time.time())
             while not self._should_exit():
                 claim = self.claim()
                 if claim is None:
@@ -111,7 +113,11 @@ class Agent:
                 if outcome.state == "interrupted":
                     break
         finally:
-            self._report_node(state="exited", ended=time.time())
+            with contextlib.suppress(Exception):
+                self._report_node(state="exited", ended=time.time())
+            set_subreaper(False)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
         return 0
 
     def run_experiment(self, claim: cl.Claim) -> Outcome:

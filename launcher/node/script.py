@@ -24,12 +24,12 @@ from launcher.processes import die_with_parent, process_alive, process_start
 PR_SET_CHILD_SUBREAPER = 36
 
 
-def become_subreaper() -> None:
-    """Orphaned descendants come back to this process (Linux; a no-op elsewhere)."""
+def set_subreaper(on: bool) -> None:
+    """Orphaned descendants come back to this process while on (Linux; a no-op elsewhere)."""
     if sys.platform.startswith("linux"):
         import ctypes
 
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0)
 
 
 def _child_setup() -> None:  # pragma: no cover - runs in the child between fork and exec
