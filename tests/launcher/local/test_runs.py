@@ -257,9 +257,7 @@ def test_listing_reads_storage_only_for_unfinished_runs(home, workdir):
                               created=float(i), status="succeeded", done=1, total=1)
                        for i in range(1000)])  # fmt: skip
     live = runs.prepare_run(make_spec(name="live", script_args=["--steps", "1"]), NoAgents())
-    t0 = time.perf_counter()
     rows = runs.list_runs(index)
-    assert time.perf_counter() - t0 < 2.0  # generous under a loaded CI; the benchmark measures
     assert len(rows) == 1001 and rows[0].name == live
     # the unfinished run had no agent: listing it started one (reconcile)
     runs.wait_run(live, poll=0.2, timeout=60)
