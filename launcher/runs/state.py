@@ -115,9 +115,13 @@ def experiment_views(record: dict, statuses: dict[str, dict]) -> list[Experiment
 
 def summarize(views: list[ExperimentView], stop_requested: bool = False) -> tuple[str, int]:
     """The run's status and how many experiments are finished."""
-    states = [v.state for v in views]
+    return summarize_states([v.state for v in views], stop_requested)
+
+
+def summarize_states(states: list[str], stop_requested: bool = False) -> tuple[str, int]:
+    """:func:`summarize` from the experiments' states alone."""
     done = sum(s in records.TERMINAL for s in states)
-    if views and done == len(views):
+    if states and done == len(states):
         if all(s == "succeeded" for s in states):
             return "succeeded", done
         return ("failed" if "failed" in states else "stopped"), done
@@ -278,7 +282,8 @@ class RunContext:
         record = self.record()
         statuses = read_statuses(self.storage, self.name, record)
         stop = self.stop_requested()
-        status, done = summarize(experiment_views(record, statuses), stop)
+        states = [st.get("state", "queued") for st in statuses.values()]
+        status, done = summarize_states(states, stop)
         message = self.broken[1] if self.broken else ""
         # a broken run is never reconciled: nothing may start on it
         if reconcile and status not in FINISHED and not self.broken:

@@ -38,6 +38,7 @@ class Storage:
         self.storage_options = storage_options
         self._fs = None
         self._root = None
+        self._root_path: str | None = None
 
     # -- plumbing ---------------------------------------------------------------------------
     @property
@@ -58,8 +59,10 @@ class Storage:
 
     @property
     def root(self) -> str:
-        self.fs  # noqa: B018 - resolves the root path
-        return self._root.rstrip("/")
+        if self._root_path is None:  # asked once per key: resolve once
+            self.fs  # noqa: B018 - resolves the root path
+            self._root_path = self._root.rstrip("/")
+        return self._root_path
 
     @property
     def protocol(self) -> str:
