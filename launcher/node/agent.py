@@ -3,20 +3,23 @@
     python -m launcher.node.agent --root URL --run RUN --node NODE [--gpus 0,1] [--work-dir DIR]
                              [--interruption imds|file:PATH] [--max-runtime S]
 
-The lifecycle of one experiment, each step a method below:
+The lifecycle of one experiment, each step a method below. From the claim to the finish a
+heartbeat thread beats for it (node/heartbeat.py), whatever the main thread is doing:
 
-    claim    take the next free experiment (an atomic claims/NNNNNN; see claims.py)
-    unpack   the run's code snapshot, once per node
+    claim    take the next free experiment (an atomic claims/NNNNNN; see claims.py); one whose
+             attempts (retries + 1) are spent fails instead
+    unpack   the run's code snapshot, once per node (and its --dependency_file, into a venv)
     mount    the run's datastore, once per node
     restore  a previous attempt's artifacts, so the script resumes from its last checkpoint
-    start    ``python SCRIPT ARGS`` (never a shell) in the unpacked code, in this process group,
-             killed by the kernel if this agent dies (PR_SET_PDEATHSIG)
-    supervise  while it runs, each ``heartbeat``: fencing, heartbeat, logs, metrics, stop,
-             interruption, time limit; artifacts every LAUNCH_ARTIFACT_SYNC_S (SIGUSR1 to
-             the agent brings the next beat forward: how the local backend makes
-             ``launch stop RUN/EXP`` prompt)
-    ship     the last logs and artifacts
-    finish   status.json: succeeded, failed (or queued again while retries remain), stopped
+    start    ``python SCRIPT ARGS`` (never a shell) in the unpacked code, in its own process
+             group, killed by the kernel if this agent dies (PR_SET_PDEATHSIG; node/script.py)
+    supervise  while it runs, at each beat (``check``): logs, metrics, the process tree on
+             record, stop, interruption, time limit; artifacts every LAUNCH_ARTIFACT_SYNC_S, only
+             files that have settled (SIGUSR1 or SIGTERM to the agent brings the next check
+             forward: how the local backend makes ``launch stop`` prompt)
+    ship     the last logs and every artifact (what cannot be shipped is named, not fatal)
+    finish   a terminal state once (final.json: the first finisher wins), or queued again while
+             retries remain or after an interruption; the script's whole tree has ended
 
 The agent exits when nothing is left to claim, when the run is stopped, or when its node is
 being interrupted (spot reclaim): then the running experiment is shipped and queued again.
