@@ -36,6 +36,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,9 +128,8 @@ class Agent:
         """One attempt, start to finish, with its heartbeat beating throughout."""
         self._say(f"claimed {claim.exp} attempt {claim.attempt}")
         with Heartbeat(self.storage, claim, self.heartbeat_s) as hb:
-            self._hb = hb
             try:
-                outcome = self._attempt(claim)
+                outcome = self._attempt(claim, hb.lost)
             except Exception as e:  # noqa: BLE001 - a bug here must not take the claim down silently
                 outcome = Outcome("failed", None, f"agent error: {type(e).__name__}: {e}")
                 with contextlib.suppress(Exception):
@@ -141,7 +141,7 @@ class Agent:
         self._say(f"{claim.exp} attempt {claim.attempt}: {outcome.state} {outcome.message}")
         return outcome
 
-    def _attempt(self, claim: cl.Claim) -> Outcome:
+    def _attempt(self, claim: cl.Claim, lost: threading.Event) -> Outcome:
         try:
             code = self.unpack()
             data = self.mount()
@@ -152,7 +152,7 @@ class Agent:
             self._log_line(claim, f"[launch] {outcome.message}")
             return outcome
         try:
-            outcome = self.supervise(claim, tree, log_path, artifacts)
+            outcome = self.supervise(claim, tree, log_path, artifacts, lost)
         finally:
             tree.reap()  # children the script left behind end with the attempt
         if outcome.state != "lost":
@@ -281,9 +281,15 @@ class Agent:
         return tree, log_path
 
     def supervise(
-        self, claim: cl.Claim, tree: ScriptTree, log_path: Path, artifacts: Path
+        self,
+        claim: cl.Claim,
+        tree: ScriptTree,
+        log_path: Path,
+        artifacts: Path,
+        lost: threading.Event,
     ) -> Outcome:
-        """Wait for the script, beating and shipping meanwhile; how the attempt ended."""
+        """Wait for the script, checking and shipping meanwhile; how the attempt ended. ``lost``
+        is set by the heartbeat when another attempt is fenced in."""
         started = time.monotonic()
         next_beat = next_sync = 0.0
         self._metrics: dict = {}
@@ -291,7 +297,7 @@ class Agent:
             code = tree.poll()
             if code is not None:
                 return self._exited(claim, code)
-            if self._hb.lost.is_set():  # fenced: another attempt owns the experiment now
+            if lost.is_set():  # fenced: another attempt owns the experiment now
                 tree.end(grace=0)
                 return Outcome("lost", None)
             now = time.monotonic()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import sys
 import threading
-import time
 
 from launcher.node import claims as cl
 from launcher.storage.root import Storage
@@ -24,7 +23,6 @@ class Heartbeat:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-{claim.exp}",
                                         daemon=True)  # fmt: skip
-        self.last_beat = 0.0
 
     def __enter__(self) -> Heartbeat:
         self.beat()  # at once: the claim's first sign of life
@@ -47,6 +45,5 @@ class Heartbeat:
                 self.lost.set()
                 return
             cl.beat(self.storage, self.claim)
-            self.last_beat = time.time()
         except Exception as e:  # noqa: BLE001 - the thread must outlive any error
             print(f"[agent] heartbeat failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)

@@ -248,7 +248,8 @@ class AwsBackend(Backend):
     # -- reconcile --------------------------------------------------------------------------
     def reconcile(self, run: str, statuses: Mapping[str, dict]) -> Reconciled:
         storage = self.storage()
-        records = rec.node_records(storage, run)  # before EC2: a node reserved after is unseen
+        notes_before = len(self.launch_notes)
+        reserved = rec.node_records(storage, run)  # before EC2: a node reserved after is unseen
         infos = self.nodes(run)  # by both, so its reserver and we pick the same name for it
         gone = {n.node_id: rec.why_gone(n) for n in infos if not n.live}
         requeued = requeue_orphans(storage, run, statuses, gone)
@@ -260,16 +261,16 @@ class AwsBackend(Backend):
         record = storage.read_json(f"runs/{run}/run.json")
         spec = record["spec"]
         statuses = {**statuses, **{e: {"state": "queued"} for e in requeued}}
-        live = rec.live_count(infos, records)
+        live = rec.live_count(infos, reserved)
         want = missing_nodes(int(spec["max_nodes"]), statuses, live)
         tries = int(spec.get("retries") or 0) + 1
-        budget = int(spec["max_nodes"]) + len(record["experiments"]) * tries - len(records)
+        budget = int(spec["max_nodes"]) + len(record["experiments"]) * tries - len(reserved)
         count = min(want, budget)
         if want > 0 and budget <= 0:
-            done.notes.append(f"no replacement: the run's budget of {len(records)} nodes is spent")
+            done.notes.append(f"no replacement: the run's budget of {len(reserved)} nodes is spent")
         if count <= 0:
             return done
-        start = max((rec.node_number(r["node"]) for r in records), default=-1) + 1
+        start = max((rec.node_number(r["node"]) for r in reserved), default=-1) + 1
         names = [f"node-{start + i}" for i in range(count)]
         log.warning("%d node(s) missing and %d live: launching %s", want, live, names)
         try:
@@ -277,7 +278,7 @@ class AwsBackend(Backend):
         except BackendError as e:  # status still reports; the next status tries again
             done.notes.append(f"replacement not launched: {e}")
             log.warning("replacement not launched: %s", e)
-        done.notes.extend(self.launch_notes)
+        done.notes.extend(self.launch_notes[notes_before:])  # this call's, not earlier ones
         return done
 
     # -- stop and delete --------------------------------------------------------------------

@@ -18,7 +18,6 @@ from launcher.backends.aws.ec2 import TAG_NODE, TAG_ROOT, TAG_RUN
 from launcher.backends.base import NodeInfo
 from launcher.storage import records
 
-LIVE = ("pending", "running")
 _STATES = {
     "pending": "pending",
     "running": "running",

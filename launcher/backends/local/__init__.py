@@ -115,11 +115,12 @@ class LocalBackend(Backend):
         concurrent callers (several `launch status` at once) start them once between them."""
         from launcher.spec.jobspec import JobSpec
 
-        record = self.storage().read_json(f"runs/{run}/run.json")
-        dead = {r["node"]: f"its agent (pid {r.get('pid')}) exited"
-                for r in self._records(run) if not _alive(r)}  # fmt: skip
-        self._end_orphans(run)
-        requeued = requeue_orphans(self.storage(), run, statuses, dead)
+        storage = self.storage()
+        record = storage.read_json(f"runs/{run}/run.json")
+        dead = [r for r in self._records(run) if not _alive(r)]
+        self._end_orphans(run, dead)
+        gone = {r["node"]: f"its agent (pid {r.get('pid')}) exited" for r in dead}
+        requeued = requeue_orphans(storage, run, statuses, gone)
         if requeued:  # their status changed: count them as unfinished below
             statuses = {**statuses, **{e: {"state": "queued"} for e in requeued}}
         started = self._top_up(run, JobSpec.from_dict(record["spec"]), statuses)
@@ -217,11 +218,13 @@ class LocalBackend(Backend):
         self._end_orphans(run)
         return live
 
-    def _end_orphans(self, run: str) -> None:
-        """End what dead agents' scripts left running (the trees they had on record)."""
-        for r in self._records(run):
-            if not _alive(r):
-                end_recorded_tree(self.home / "work" / run / r["node"] / "tree.json")
+    def _end_orphans(self, run: str, dead: list[dict] | None = None) -> None:
+        """End what dead agents' scripts left running (the trees they had on record); ``dead``:
+        their node records, when the caller has just read them."""
+        if dead is None:
+            dead = [r for r in self._records(run) if not _alive(r)]
+        for r in dead:
+            end_recorded_tree(self.home / "work" / run / r["node"] / "tree.json")
 
     def notify_stop(self, run: str, node: str) -> bool:
         """SIGUSR1 to that node's agent alone (not its group): it beats at once, finds the stop
