@@ -38,6 +38,8 @@ class Capabilities:
     stop: bool = True
     gpus: bool = True
     cost: bool = False  # reports instance-hours cost
+    gangs: bool = False  # one experiment across several nodes (--nodes N), as one unit
+    placement: bool = False  # --placement cluster
     # stop() itself lets agents end gracefully (SIGTERM: the script is stopped, its last logs and
     # artifacts shipped), so `launch stop` need not wait for them to notice at a heartbeat
     graceful_stop: bool = False
@@ -81,13 +83,23 @@ class Reconciled:
         return "; ".join(parts + self.notes)
 
 
-def missing_nodes(max_nodes: int, statuses: Mapping[str, dict], live: int) -> int:
-    """How many nodes a run lacks: one per unfinished experiment up to ``max_nodes``, less those
-    alive. The one rule every backend's reconcile applies."""
+def wanted_nodes(max_nodes: int, unfinished: int, nodes: int = 1) -> int:
+    """Nodes a run wants up: ``nodes`` per unfinished experiment, for as many experiments as
+    ``max_nodes // nodes`` allows at once (max_nodes counts nodes, an experiment takes all its
+    nodes at once). The one rule submit, reconcile and the cost estimate apply."""
+    at_once = max(1, int(max_nodes) // max(1, int(nodes)))
+    return min(at_once, int(unfinished)) * max(1, int(nodes))
+
+
+def missing_nodes(
+    max_nodes: int, statuses: Mapping[str, dict], live: int, nodes: int = 1
+) -> int:
+    """How many nodes a run lacks: :func:`wanted_nodes` for its unfinished experiments, less
+    those alive. The one rule every backend's reconcile applies."""
     from launcher.storage.records import TERMINAL
 
     unfinished = sum(1 for st in statuses.values() if st.get("state") not in TERMINAL)
-    return max(0, min(int(max_nodes), unfinished) - live)
+    return max(0, wanted_nodes(max_nodes, unfinished, nodes) - live)
 
 
 def requeue_orphans(

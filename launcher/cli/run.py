@@ -132,7 +132,18 @@ def _parse_env(values: tuple[str, ...]) -> dict[str, str] | None:
     cls=_Option,
     aliases=_grid("max_nodes"),
     type=int,
-    help="Nodes running experiments at once.",
+    help="Nodes running at once; max_nodes // nodes experiments at a time.",
+)
+@click.option(
+    "--nodes",
+    "nodes",
+    type=int,
+    help="Nodes per experiment (one DDP training across them); default 1.",
+)
+@click.option(
+    "--placement",
+    type=click.Choice(["cluster"]),
+    help="aws: an experiment's nodes in a cluster placement group (low latency).",
 )
 @click.option(
     "--spot",
@@ -282,6 +293,13 @@ def run(spec_file, env, dry_run, wait, follow, script, script_args, **flags) -> 
         click.secho(f"launch status {name}    launch logs {name} -f", err=True, dim=True)
 
 
+def _gang_shape(spec, machines: int) -> str:
+    """' (2 experiments at once x 2 nodes)' when experiments span nodes; '' otherwise."""
+    if spec.nodes <= 1:
+        return ""
+    return f" ({machines // spec.nodes} experiment(s) at once x {spec.nodes} nodes)"
+
+
 def _known_options(ctx: click.Context) -> list[str]:
     return [o for p in ctx.command.params for o in (*p.opts, *p.secondary_opts) if o[:2] == "--"]
 
@@ -335,7 +353,8 @@ def _print_plan(spec, storage) -> None:
     table(["id", "args"], [[e.id, shlex.join(e.args)] for e in plan.experiments])
     c = plan.cost
     click.echo(
-        f"resources: {c['nodes']} x {spec.instance_type}, {spec.gpus} GPU(s) per experiment, "
+        f"resources: {c['nodes']} x {spec.instance_type}"
+        f"{_gang_shape(spec, c['nodes'])}, {spec.gpus} GPU(s) per node, "
         f"{spec.disk_size} GiB disk{', spot' if spec.spot else ''}"
     )
     kind = "spot" if spec.spot else "on-demand"

@@ -126,8 +126,8 @@ def pick_instance(gpus: int | None, cpus: int | None, memory: float | None) -> s
 
 
 def estimate_cost(spec: Any) -> dict[str, Any]:
-    """Hourly cost of a job spec's nodes, all of them running at once (upper bound): one node
-    per experiment, at most ``max_nodes``.
+    """Hourly cost of a job spec's nodes, all of them running at once (upper bound): ``nodes``
+    per experiment, for as many experiments as ``max_nodes // nodes`` at once.
 
     Returns ``instance_type``, ``nodes``, ``on_demand_hour``, ``spot_hour`` (indicative),
     ``hour`` (the one the spec will pay: spot if ``spec.spot``), and, when the spec sets
@@ -136,7 +136,10 @@ def estimate_cost(spec: Any) -> dict[str, Any]:
     """
     inst = get_instance(spec.instance_type)
     n_exp = len(spec.experiments())
-    nodes = min(int(spec.max_nodes), n_exp)
+    from launcher.backends.base import wanted_nodes
+
+    per_exp = int(getattr(spec, "nodes", 1) or 1)
+    nodes = wanted_nodes(spec.max_nodes, n_exp, per_exp)
     out: dict[str, Any] = {
         "instance_type": inst.name,
         "nodes": nodes,
@@ -146,5 +149,5 @@ def estimate_cost(spec: Any) -> dict[str, Any]:
     out["hour"] = out["spot_hour"] if spec.spot else out["on_demand_hour"]
     if getattr(spec, "max_runtime", None):
         per_node = inst.spot_price_hour if spec.spot else inst.price_hour
-        out["max_total"] = round(per_node * n_exp * spec.max_runtime / 3600, 4)
+        out["max_total"] = round(per_node * n_exp * per_exp * spec.max_runtime / 3600, 4)
     return out

@@ -13,8 +13,8 @@ Grid's spellings are accepted as aliases (``instance``, ``use_spot``, ``datastor
 (``compute:``/``hyper_params:``) is translated by :mod:`launcher.spec.grid`. Defaults: backend
 ``local``, instance ``g4dn.xlarge`` (or, given ``cpus``/``memory``, the cheapest that fits),
 ``gpus`` = every GPU of the instance type (so ``--instance_type g4dn.12xlarge`` alone gives 4;
-pass ``--gpus 0`` for a CPU run), ``disk_size`` 100 GiB, ``max_nodes`` 1, ``strategy``
-grid_search, ``seed`` 0 (sweeps are reproducible by default), no retries, no runtime limit.
+pass ``--gpus 0`` for a CPU run), ``disk_size`` 100 GiB, ``nodes`` 1, ``max_nodes`` = nodes,
+``strategy`` grid_search, ``seed`` 0 (sweeps are reproducible by default), no retries, no runtime limit.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ __all__ = ["JobSpec", "Experiment", "ALIASES", "field_help", "check_mount_dir_he
 MIN_DISK_GIB = 20
 MAX_DISK_GIB = 16384
 MAX_NODES = 100
+PLACEMENTS = ("cluster",)
 MAX_RETRIES = 100
 MAX_DESCRIPTION = 200
 DATASTORE_NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")  # fullmatch, like every name
@@ -93,7 +94,17 @@ class JobSpec:
         sweep.MAX_EXPERIMENTS,
         f"Most experiments the sweep may give (a typo guard; up to {sweep.MAX_EXPERIMENTS_LIMIT}).",
     )
-    max_nodes: int = _f(1, f"Nodes running experiments at once (1 to {MAX_NODES}).")
+    max_nodes: int | None = _f(
+        None,
+        f"Nodes running at once (1 to {MAX_NODES}; default: nodes): max_nodes // nodes "
+        "experiments at a time.",
+    )
+    nodes: int = _f(
+        1, "Nodes per experiment, each with --gpus GPUs: one training across them (DDP)."
+    )
+    placement: str | None = _f(
+        None, "aws: 'cluster' puts an experiment's nodes in a cluster placement group."
+    )
     spot: bool = _f(False, "Use spot instances (cheaper, can be interrupted; resumed on retry).")
     env: dict[str, str] = field(
         default_factory=dict, metadata={"help": "Extra environment variables for the script."}
@@ -215,6 +226,13 @@ class JobSpec:
                 options = catalog.fitting(self.gpus, self.cpus, self.memory)
                 need = f"needs one of: {', '.join(options[:8])}" if options else "no type has that"
                 raise SpecError(f"{inst.name} has {have:g} {unit}; --{flag} {want:g} {need}")
+        if self.max_nodes is None:
+            self.max_nodes = self.nodes
+        if self.nodes > self.max_nodes:
+            raise SpecError(
+                f"--nodes {self.nodes} is more than --max-nodes {self.max_nodes}: an experiment's "
+                f"nodes run at once, so use --max-nodes {self.nodes} or more"
+            )
         if self.strategy == "grid_search" and self.trials is not None:
             raise SpecError("trials only applies to strategy random_search, not grid_search")
         if self.strategy == "random_search" and self.trials is None:
@@ -235,8 +253,17 @@ class JobSpec:
             raise SpecError(f"{who} cannot run spot instances; drop --spot or use --backend aws")
         if self.max_nodes > 1 and not caps.multi_node:
             raise SpecError(f"{who} runs one node only; --max_nodes {self.max_nodes} needs 1")
+        if self.nodes > 1 and not caps.gangs:
+            raise SpecError(f"{who} cannot run an experiment across nodes; --nodes {self.nodes} "
+                            "needs 1 here")  # fmt: skip
+        if self.placement and not caps.placement:
+            raise SpecError(f"{who} has no placement groups; drop --placement {self.placement}")
         if self.gpus and not caps.gpus:
             raise SpecError(f"{who} has no GPUs; use --gpus 0")
+
+    def experiments_at_once(self) -> int:
+        """How many experiments run at the same time at most: max_nodes counts nodes."""
+        return max(1, int(self.max_nodes) // int(self.nodes))
 
     def experiments(self) -> list[Experiment]:
         """One experiment per point of the sweep in ``script_args`` (one if nothing sweeps)."""
@@ -477,7 +504,9 @@ _CHECKS = {
     # trials above max_experiments is refused by the sweep, in words naming --max-experiments
     "trials": _optional(lambda n, v: _check_int(n, v, low=1, high=sweep.MAX_EXPERIMENTS_LIMIT)),
     "max_experiments": lambda n, v: _check_int(n, v, low=1, high=sweep.MAX_EXPERIMENTS_LIMIT),
-    "max_nodes": lambda n, v: _check_int(n, v, low=1, high=MAX_NODES),
+    "max_nodes": _optional(lambda n, v: _check_int(n, v, low=1, high=MAX_NODES)),
+    "nodes": lambda n, v: _check_int(n, v, low=1, high=MAX_NODES),
+    "placement": _optional(_check_choice(PLACEMENTS)),
     "spot": _check_bool,
     "env": _check_env,
     "retries": lambda n, v: _check_int(n, v, low=0, high=MAX_RETRIES),

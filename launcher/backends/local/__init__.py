@@ -69,7 +69,7 @@ class LocalBackend(Backend):
 
     name = "local"
     capabilities = Capabilities(spot=False, multi_node=True, stop=True, gpus=True, cost=False,
-                                graceful_stop=True)  # fmt: skip
+                                graceful_stop=True, gangs=True)  # fmt: skip
 
     def __init__(self, home: Path | str | None = None):
         self.home = Path(home) if home else launch_home()
