@@ -2,6 +2,7 @@
 
     python -m launcher.node.agent --root URL --run RUN --node NODE [--gpus 0,1] [--work-dir DIR]
                              [--interruption imds|file:PATH] [--max-runtime S]
+                             [--addr ADDR] [--group GROUP]
 
 The lifecycle of one experiment, each step a method below. From the claim to the finish a
 heartbeat thread beats for it (node/heartbeat.py), whatever the main thread is doing:
@@ -23,6 +24,13 @@ heartbeat thread beats for it (node/heartbeat.py), whatever the main thread is d
 
 The agent exits when nothing is left to claim, when the run is stopped, or when its node is
 being interrupted (spot reclaim): then the running experiment is shipped and queued again.
+
+A multi-node experiment (spec ``nodes`` > 1) is one attempt run by a gang (node/gang.py): the
+claimer is rank 0, forms the gang and records the outcome; ranks 1..N-1 take seats, run the same
+script with the gang's variables (MASTER_ADDR, NODE_RANK, ...), ship only their logs
+(``logs/rank-K/``), and say how they ended. If any rank fails, stops or loses its node, every
+rank stops and the experiment is retried (or handed back) as one unit. An agent of such a run
+waits, polling, while an experiment is still queued (a gang may need it), rather than exiting.
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ from pathlib import Path
 from launcher.config import env_float, heartbeat_interval, stale_timeout
 from launcher.errors import StorageError
 from launcher.node import claims as cl
+from launcher.node import gang as gangs
 from launcher.node.heartbeat import Heartbeat
 from launcher.node.interruption import NoInterruption, interruption_source
 from launcher.node.script import ScriptTree, set_subreaper
@@ -57,7 +66,9 @@ from launcher.storage.root import Storage
 class Outcome:
     """How an attempt ended, as the supervision loop saw it."""
 
-    state: str  # succeeded | failed | stopped | interrupted | lost
+    # succeeded | failed | stopped | interrupted (this node goes away) | lost (fenced) |
+    # released (handed back, free, and this agent goes on: a gang that did not form)
+    state: str
     exit_code: int | None
     message: str = ""
 
@@ -75,6 +86,8 @@ class Agent:
         work_dir: str | Path | None = None,
         interruption=None,
         max_runtime: float | None = None,
+        addr: str | None = None,
+        group: str | None = None,
     ):
         self.storage = storage
         self.run = run
@@ -93,6 +106,13 @@ class Agent:
         self.experiments = {e["id"]: e for e in self.record["experiments"]}
         # attempts that may fail or die, per experiment (hand-backs on interruption are free)
         self.max_attempts = int(self.spec.get("retries") or 0) + 1
+        self.size = int(self.spec.get("nodes") or 1)  # nodes per experiment
+        # where the other ranks reach this node (a setting: an interface, or a mapped address)
+        self.addr = addr or os.environ.get("LAUNCH_NODE_ADDR") or gangs.primary_address()
+        self.group = group  # gangs form only among agents of one group (a Slurm allocation)
+        self.form_s = env_float("LAUNCH_GANG_FORM_S", 300.0)  # seats to fill, then hand back
+        self.poll_s = env_float("LAUNCH_GANG_POLL_S", 0.2)
+        self._seated: cl.Claim | None = None  # a seat taken while giving way (see _gather)
         self._code_dir: Path | None = None
         self._python: str | None = None  # the dependency file's venv, once installed
         self._data_dir: Path | None = None
@@ -110,7 +130,7 @@ class Agent:
         try:
             self._report_node(state="running", started=time.time())
             while not self._should_exit():
-                claim = self.claim()
+                claim = self.claim() if self.size == 1 else self.sit_or_claim()
                 if claim is None:
                     break
                 outcome = self.run_experiment(claim)
@@ -126,19 +146,26 @@ class Agent:
 
     def run_experiment(self, claim: cl.Claim) -> Outcome:
         """One attempt, start to finish, with its heartbeat beating throughout."""
-        self._say(f"claimed {claim.exp} attempt {claim.attempt}")
+        role = f" as rank {claim.rank}" if claim.rank else ""
+        verb = "took" if claim.rank else "claimed"
+        self._say(f"{verb} {claim.exp} attempt {claim.attempt}{role}")
         with Heartbeat(self.storage, claim, self.heartbeat_s) as hb:
             try:
-                outcome = self._attempt(claim, hb.lost)
+                outcome = self._gather(claim, hb.lost) if self.size > 1 else None
+                if outcome is None:
+                    outcome = self._attempt(claim, hb.lost)
             except Exception as e:  # noqa: BLE001 - a bug here must not take the claim down silently
                 outcome = Outcome("failed", None, f"agent error: {type(e).__name__}: {e}")
                 with contextlib.suppress(Exception):
                     self._log_line(claim, f"[launch] {outcome.message}")
             try:
-                self.finish(claim, outcome)
+                if claim.rank:
+                    self.finish_rank(claim, outcome)
+                else:
+                    self.finish(claim, outcome)
             except Exception as e:  # noqa: BLE001 - storage away: the claim goes stale, is retaken
                 self._say(f"could not record how {claim.exp} ended: {type(e).__name__}: {e}")
-        self._say(f"{claim.exp} attempt {claim.attempt}: {outcome.state} {outcome.message}")
+        self._say(f"{claim.exp} attempt {claim.attempt}{role}: {outcome.state} {outcome.message}")
         return outcome
 
     def _attempt(self, claim: cl.Claim, lost: threading.Event) -> Outcome:
@@ -153,9 +180,11 @@ class Agent:
             return outcome
         try:
             outcome = self.supervise(claim, tree, log_path, artifacts, lost)
+            if claim.gang is not None and claim.rank == 0:
+                outcome = self._gang_outcome(claim, outcome)
         finally:
             tree.reap()  # children the script left behind end with the attempt
-        if outcome.state != "lost":
+        if outcome.state != "lost" or claim.rank:
             problem = self.ship(claim, log_path, artifacts)
             if problem:
                 outcome.message = "; ".join(m for m in (outcome.message, problem) if m)
@@ -181,6 +210,117 @@ class Agent:
             if claim is not None:
                 return claim
         return None
+
+    def sit_or_claim(self) -> cl.Claim | None:
+        """Work in a multi-node run: a seat in a gang that is forming, else a claim (rank 0 of
+        a new gang). With neither, wait while an experiment is still queued (its gang may need
+        this node), up to the time a gang takes to form twice; None when nothing is left."""
+        idle_since = time.monotonic()
+        seated, self._seated = self._seated, None
+        if seated is not None:
+            return seated
+        while not self._should_exit():
+            seat = self.sit()
+            if seat is not None:
+                return seat
+            claim = self.claim()
+            if claim is not None:
+                return claim
+            waiting = records.read_statuses(self.storage, self.run, list(self.experiments))
+            if not any(st["state"] == "queued" for st in waiting.values()):
+                return None
+            if time.monotonic() - idle_since > 2 * self.form_s:
+                self._say("nothing to do for a while; leaving")
+                return None
+            time.sleep(self.poll_s)
+        return None
+
+    def sit(self, below: int | None = None) -> cl.Claim | None:
+        """A seat in a forming gang of this agent's group (lowest experiment first; with
+        ``below``, only in a gang of a lower experiment than that)."""
+        for entry in gangs.forming(self.storage, self.run, self.group):
+            if below is not None and gangs.exp_index(entry["exp"]) >= below:
+                break
+            gang = gangs.Gang(self.storage, self.run, entry["exp"], int(entry["attempt"]),
+                              int(entry["size"]))  # fmt: skip
+            if gang.released():
+                continue
+            for rank in range(1, gang.size):
+                if gang.sit(rank, self.node, self.addr, self.group):
+                    return cl.Claim(run=self.run, exp=gang.exp, attempt=gang.attempt,
+                                    node=self.node, resumed=bool(entry.get("resumed")),
+                                    rank=rank, gang=gang)  # fmt: skip
+        return None
+
+    def _gather(self, claim: cl.Claim, lost: threading.Event) -> Outcome | None:
+        """Bring the gang together: rank 0 fills the seats and publishes where to meet; rank K
+        waits for that. None when every rank is in; how the attempt ended otherwise."""
+        if claim.rank:
+            return self._await_cluster(claim, lost)
+        gang = claim.gang = gangs.Gang(self.storage, self.run, claim.exp, claim.attempt, self.size)
+        gang.sit(0, self.node, self.addr, self.group)
+        gangs.open_lobby(self.storage, gang, self.group, claim.resumed)
+        started = time.monotonic()
+        try:
+            while True:
+                if lost.is_set():
+                    return Outcome("lost", None)
+                if self._should_exit() or self._stop_requested(claim.exp):
+                    gang.release("rank 0 is going away")
+                    if self._stop_requested(claim.exp):
+                        return Outcome("stopped", None, "stopped by the user")
+                    return Outcome("interrupted", None, "node interrupted as its gang formed")
+                seats = gang.seats()
+                if len(seats) >= self.size and all(seats[r].get("addr") for r in seats):
+                    ranks = [seats[r] for r in range(self.size)]
+                    gang.publish(gangs.Cluster(
+                        addrs=[s["addr"] for s in ranks], nodes=[s["node"] for s in ranks],
+                        port=gangs.free_port(self.addr), gpus_per_node=self._gpu_count(),
+                        resumed=claim.resumed,
+                    ))  # fmt: skip
+                    self._say(f"{claim.exp}: gang of {self.size} formed in "
+                              f"{time.monotonic() - started:.2f}s")  # fmt: skip
+                    return None
+                waited = time.monotonic() - started
+                # all claimed at once: fill the lowest gang first rather than wait for each other
+                lower = self.sit(below=gangs.exp_index(claim.exp))
+                if lower is not None:
+                    self._seated = lower  # this agent's next attempt
+                    gang.release(f"gave way to {lower.exp}'s gang")
+                    return Outcome("released", None, f"gave way to {lower.exp}'s forming gang")
+                if waited > self.form_s:
+                    why = (f"only {len(seats)} of {self.size} nodes joined in {self.form_s:g}s "
+                           "(LAUNCH_GANG_FORM_S); handed back")  # fmt: skip
+                    gang.release(why)
+                    return Outcome("released", None, why)
+                time.sleep(self.poll_s)
+        finally:
+            with contextlib.suppress(Exception):
+                gangs.close_lobby(self.storage, gang)
+
+    def _await_cluster(self, claim: cl.Claim, lost: threading.Event) -> Outcome | None:
+        gang = claim.gang
+        deadline = time.monotonic() + self.form_s + self.stale_s
+        while not lost.is_set():
+            if gang.cluster() is not None:
+                return None
+            if self._should_exit():  # this node goes away before the gang started: say so
+                stopped = self._stop_requested(claim.exp)
+                gang.abort(claim.rank, "stopped" if stopped else "interrupted",
+                           f"{self.node} went away before the gang started")  # fmt: skip
+                return Outcome("lost", None, "left before the gang started")
+            if time.monotonic() > deadline:
+                why = f"rank 0 did not say where to meet within {self.form_s + self.stale_s:g}s"
+                gang.abort(claim.rank, "failed", why)
+                return Outcome("failed", None, why)
+            time.sleep(self.poll_s)
+        return Outcome("lost", None, "the gang did not form")
+
+    def _gpu_count(self) -> int:
+        """GPUs each of this node's ranks' script gets (the gang's LAUNCH_GPUS_PER_NODE)."""
+        if self.gpus is None:
+            return int(self.spec.get("gpus") or 0)
+        return len([g for g in self.gpus.split(",") if g.strip()])
 
     def unpack(self) -> Path:
         if self._code_dir is None:
@@ -259,25 +399,37 @@ class Agent:
         )
         if self.gpus is not None:
             env["CUDA_VISIBLE_DEVICES"] = self.gpus
+        cluster = claim.gang.cluster() if claim.gang is not None else None
+        if cluster is not None:
+            env.update(cluster.env(claim.rank))
+        else:
+            env.update(gangs.node_env(0, 1, [self.addr], self._gpu_count()))
         log_path = self.work_dir / "logs" / f"{claim.exp}-{claim.attempt:06d}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         resumed = " (resuming from the previous attempt's artifacts)" if claim.resumed else ""
+        where = self.node
+        if cluster is not None:
+            where += (f", rank {claim.rank} of {cluster.size} (MASTER_ADDR={cluster.addrs[0]} "
+                      f"MASTER_PORT={cluster.port})")  # fmt: skip
         with open(log_path, "wb") as log:
-            log.write(
-                f"[launch] {claim.exp} attempt {claim.attempt} on {self.node}{resumed}\n".encode()
-            )
+            head = f"[launch] {claim.exp} attempt {claim.attempt} on {where}{resumed}\n"
+            log.write(head.encode())
             log.flush()
             python = self._python or sys.executable
             tree = ScriptTree.start([python, script, *exp["args"]], cwd=code, env=env,
                                     log=log)  # fmt: skip
         now = time.time()
-        records.write_status(
-            self.storage, self.run, claim.exp,
-            state="running", attempt=claim.attempt, node=self.node, started=now, ended=None,
-            exit_code=None, message="",
-        )  # fmt: skip
+        if claim.rank:
+            claim.gang.beat(claim.rank, self.node, started=now)
+        else:
+            gang = {"nodes": cluster.nodes} if cluster is not None else {}
+            records.write_status(
+                self.storage, self.run, claim.exp,
+                state="running", attempt=claim.attempt, node=self.node, started=now, ended=None,
+                exit_code=None, message="", **gang,
+            )  # fmt: skip
         self._log_offset = 0
-        self._log_seq = self._next_log_seq(claim.exp)
+        self._log_seq = self._next_log_seq(claim)
         return tree, log_path
 
     def supervise(
@@ -298,8 +450,12 @@ class Agent:
             if code is not None:
                 return self._exited(claim, code)
             if lost.is_set():  # fenced: another attempt owns the experiment now
-                tree.end(grace=0)
-                return Outcome("lost", None)
+                if not claim.rank:
+                    tree.end(grace=0)
+                    return Outcome("lost", None)
+                # the gang's attempt is over: end gracefully, as rank 0 does (a stop or an
+                # interruption lets every rank's trainer take part in saving last.ckpt)
+                return self._end(tree, "lost", self._why_lost(claim))
             now = time.monotonic()
             if self._poked:
                 self._poked = False
@@ -324,20 +480,93 @@ class Agent:
     def check(
         self, claim: cl.Claim, tree: ScriptTree, log_path: Path, artifacts: Path, elapsed: float
     ) -> Outcome | None:
-        """At each beat: logs, metrics, the tree on record, then stop/interruption/time limit."""
+        """At each beat: logs, metrics, the tree on record, then stop/interruption/time limit;
+        in a gang, rank 0 also looks at the other ranks (see _check_ranks)."""
         tree.record(self.work_dir / "tree.json")
         self._ship_log(claim, log_path)
-        metrics = latest_metrics(artifacts / "metrics.csv")
-        if metrics != self._metrics:
-            self._metrics = metrics
-            records.write_status(self.storage, self.run, claim.exp, metrics=metrics)
+        if not claim.rank:
+            metrics = latest_metrics(artifacts / "metrics.csv")
+            if metrics != self._metrics:
+                self._metrics = metrics
+                records.write_status(self.storage, self.run, claim.exp, metrics=metrics)
         if self._stop_requested(claim.exp):
             return self._end(tree, "stopped", "stopped by the user")
         if self._terminating or self.interruption.pending():
             return self._end(tree, "interrupted", "node interrupted; queued again")
+        if claim.rank:
+            return None  # rank 0 keeps the time limit and watches the ranks
         if self.max_runtime and elapsed > float(self.max_runtime):
             return self._end(tree, "failed", f"exceeded max_runtime={self.max_runtime}s")
+        if claim.gang is not None:
+            return self._check_ranks(claim, tree)
         return None
+
+    def _check_ranks(self, claim: cl.Claim, tree: ScriptTree) -> Outcome | None:
+        """Rank 0's look at the gang: another rank aborted (failed, stopped, interrupted), or
+        its node went away (its beat is stale, or it was a process here that is gone): every
+        rank stops, and the attempt ends as one."""
+        gang, cluster = claim.gang, claim.gang.cluster()
+        word = gang.aborted()
+        if word is not None and word.get("rank") != 0:
+            return self._end(tree, *self._abort_outcome(word))
+        beats, now = gang.beats(), time.time()
+        for rank in range(1, cluster.size):
+            node = cluster.nodes[rank]
+            seen = float((beats.get(rank) or {}).get("time") or cluster.formed or now)
+            if now - seen > self.stale_s or cl.node_is_dead(self.storage, self.run, node):
+                why = f"rank {rank}'s node {node} went away"
+                gang.abort(0, "failed", why)
+                return self._end(tree, "failed", f"{why}; every rank was stopped")
+        return None
+
+    @staticmethod
+    def _abort_outcome(word: dict) -> tuple[str, str]:
+        """How rank 0 records an attempt another rank ended: (state, message)."""
+        who = f"rank {word.get('rank')}" if word.get("rank") is not None else "a rank"
+        message = f"{who}: {word.get('why')}; every rank was stopped"
+        kind = word.get("kind")
+        if kind == "interrupted":  # that node goes away: the gang is handed back, free
+            return "released", message.replace("; every", "; queued again, every")
+        return ("stopped" if kind == "stopped" else "failed"), message
+
+    def _gang_outcome(self, claim: cl.Claim, outcome: Outcome) -> Outcome:
+        """Rank 0's script has ended: tell the other ranks, and judge the attempt as a whole.
+        A success needs every rank's script to succeed (they are given the time a heartbeat
+        takes to go stale to say so); a failure elsewhere is named as the cause."""
+        gang = claim.gang
+        if outcome.state != "succeeded":
+            word = gang.aborted()
+            if word is not None and word.get("rank") != 0 and outcome.state == "failed":
+                state, message = self._abort_outcome(word)  # the cause, not its echo here
+                return Outcome(state, outcome.exit_code, message)
+            kind = "failed" if outcome.state in ("failed", "lost") else outcome.state
+            gang.abort(0, kind, outcome.message or outcome.state)
+            return outcome
+        deadline = time.monotonic() + self.stale_s
+        while time.monotonic() < deadline:
+            exits = gang.exits()
+            bad = {r: c for r, c in exits.items() if c != 0}
+            if bad:
+                rank, code = min(bad.items())
+                return Outcome("failed", code, f"rank {rank}'s script exited with code {code}")
+            if len(exits) == claim.gang.size - 1:
+                gang.abort(0, "done", "every rank succeeded")
+                return outcome
+            word = gang.aborted()
+            if word is not None and word.get("rank") != 0:
+                state, message = self._abort_outcome(word)
+                return Outcome(state, None, message)
+            time.sleep(self.poll_s)
+        gang.abort(0, "done", "rank 0 succeeded; the ranks still running were stopped")
+        return outcome
+
+    def _why_lost(self, claim: cl.Claim) -> str:
+        word = claim.gang.aborted() if claim.gang is not None else None
+        if word is not None:
+            return f"the gang's attempt ended (rank {word.get('rank')}: {word.get('why')})"
+        if claim.gang is not None and claim.gang.released():
+            return "the gang was released"
+        return "rank 0's claim went away"
 
     def _end(self, tree: ScriptTree, state: str, message: str) -> Outcome:
         """SIGTERM to the script's tree, SIGKILL after the grace period; say which it took."""
@@ -394,7 +623,7 @@ class Agent:
         metrics = latest_metrics(self.work_dir / "artifacts" / claim.exp / "metrics.csv")
         fields = dict(state=state, exit_code=outcome.exit_code, attempt=claim.attempt,
                       node=self.node, ended=time.time(), message=message)  # fmt: skip
-        if state == "interrupted":
+        if state in ("interrupted", "released"):  # handed back: no retry spent
             fields.update(state="queued", interruptions=interrupted + 1)
         if metrics:
             fields["metrics"] = metrics
@@ -406,7 +635,20 @@ class Agent:
             if final and records.read_status(self.storage, self.run, claim.exp) != final:
                 records.write_status(self.storage, self.run, claim.exp, **final)  # repair
             return  # a later attempt, or an earlier finish, owns the status now
+        if status["state"] in records.TERMINAL:  # stopped meanwhile: a re-queue must not undo it
+            return
         records.write_status(self.storage, self.run, claim.exp, **fields)
+
+    def finish_rank(self, claim: cl.Claim, outcome: Outcome) -> None:
+        """Rank K's end: its exit code for rank 0, and, if it failed, stopped or lost its node,
+        the word that ends the attempt on every rank. Rank 0 records the experiment's state."""
+        gang = claim.gang
+        if outcome.state == "lost":
+            return  # the attempt was already over for this rank
+        gang.report_exit(claim.rank, outcome.exit_code)
+        if outcome.state != "succeeded":
+            kind = outcome.state if outcome.state in ("stopped", "interrupted") else "failed"
+            gang.abort(claim.rank, kind, f"{outcome.message or outcome.state} on {self.node}")
 
     # -- helpers ----------------------------------------------------------------------------
     def _say(self, message: str) -> None:
@@ -428,8 +670,8 @@ class Agent:
     def _on_sigusr1(self, signum, frame) -> None:
         self._poked = True
 
-    def _next_log_seq(self, exp: str) -> int:
-        pieces = records.log_pieces(self.storage, self.run, exp)
+    def _next_log_seq(self, claim: cl.Claim) -> int:
+        pieces = records.log_pieces(self.storage, self.run, claim.exp, claim.rank)
         return max((int(n[:-4]) for n in pieces), default=-1) + 1
 
     def _ship_log(self, claim: cl.Claim, log_path: Path) -> None:
@@ -442,14 +684,14 @@ class Agent:
             return
         if not data:
             return
-        key = records.exp_key(self.run, claim.exp, "logs", f"{self._log_seq:06d}.log")
+        key = f"{records.log_dir(self.run, claim.exp, claim.rank)}/{self._log_seq:06d}.log"
         self.storage.write_bytes(key, data)
         self._log_offset += len(data)
         self._log_seq += 1
 
     def _log_line(self, claim: cl.Claim, line: str) -> None:
-        seq = self._next_log_seq(claim.exp)
-        key = records.exp_key(self.run, claim.exp, "logs", f"{seq:06d}.log")
+        seq = self._next_log_seq(claim)
+        key = f"{records.log_dir(self.run, claim.exp, claim.rank)}/{seq:06d}.log"
         self.storage.write_bytes(key, (line + "\n").encode())
 
     def _ship_artifacts(self, claim: cl.Claim, artifacts: Path, *, final: bool = False):
@@ -459,6 +701,8 @@ class Agent:
         told once in the node's log. Returns the ShipReport."""
         from launcher.storage.artifacts import ShipReport, ship_artifacts
 
+        if claim.rank:  # only rank 0's outputs are the experiment's (Lightning saves there)
+            return ShipReport()
         try:
             if not any(artifacts.iterdir()):
                 return ShipReport()
@@ -494,6 +738,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work-dir", default=None)
     p.add_argument("--interruption", default=None, help="imds or file:PATH")
     p.add_argument("--max-runtime", type=float, default=None, help="seconds per attempt")
+    p.add_argument("--addr", default=None,
+                   help="the address other ranks reach this node at (default: $LAUNCH_NODE_ADDR, "
+                   "else the default route's)")  # fmt: skip
+    p.add_argument("--group", default=None, help="form gangs only with agents of this group")
     args = p.parse_args(argv)
     agent = Agent(
         Storage(args.root),
@@ -503,6 +751,8 @@ def main(argv: list[str] | None = None) -> int:
         work_dir=args.work_dir,
         interruption=interruption_source(args.interruption),
         max_runtime=args.max_runtime,
+        addr=args.addr,
+        group=args.group,
     )
     print(json.dumps({"agent": args.node, "run": args.run, "work_dir": str(agent.work_dir)}))
     sys.stdout.flush()

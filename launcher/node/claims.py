@@ -14,6 +14,7 @@ from __future__ import annotations
 import socket
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from launcher.config import stale_timeout
 from launcher.processes import process_alive
@@ -27,6 +28,9 @@ from launcher.storage.records import (
 )
 from launcher.storage.root import Storage
 
+if TYPE_CHECKING:
+    from launcher.node.gang import Gang
+
 
 def node_is_dead(storage: Storage, run: str, node: str) -> bool:
     """True only when the node is known dead: it ran on this machine and its process is gone.
@@ -39,13 +43,16 @@ def node_is_dead(storage: Storage, run: str, node: str) -> bool:
 
 @dataclass
 class Claim:
-    """An attempt this agent holds."""
+    """An attempt this agent holds: as its claimer (rank 0), or, in a multi-node experiment, as
+    rank K > 0 sitting in the gang rank 0 formed (node/gang.py)."""
 
     run: str
     exp: str
     attempt: int
     node: str
     resumed: bool  # a previous attempt ran: its artifacts are restored first
+    rank: int = 0
+    gang: Gang | None = None  # multi-node experiments only
 
 
 def _attempt_is_dead(storage: Storage, run: str, exp: str, attempt: int, stale_s: float) -> bool:
@@ -117,13 +124,27 @@ def try_claim(
 
 def claim_lost(storage: Storage, claim: Claim) -> bool:
     """Whether another agent has taken a later attempt (this one was judged dead), or the
-    experiment was finished by someone else (a stop, an earlier attempt that was still alive)."""
-    return storage.exists(claim_key(claim.run, claim.exp, claim.attempt + 1)) or storage.exists(
+    experiment was finished by someone else (a stop, an earlier attempt that was still alive).
+    A rank K > 0 has also lost its attempt when the gang was released or aborted, or when rank
+    0's claim is dead (its agent or node went away)."""
+    if storage.exists(claim_key(claim.run, claim.exp, claim.attempt + 1)) or storage.exists(
         exp_key(claim.run, claim.exp, "final.json")
+    ):
+        return True
+    if claim.rank == 0 or claim.gang is None:
+        return False
+    gang = claim.gang
+    return (
+        gang.aborted() is not None
+        or gang.released()
+        or _attempt_is_dead(storage, claim.run, claim.exp, claim.attempt, stale_timeout())
     )
 
 
 def beat(storage: Storage, claim: Claim) -> None:
+    if claim.rank and claim.gang is not None:  # rank 0 beats for the experiment
+        claim.gang.beat(claim.rank, claim.node)
+        return
     storage.write_json(
         exp_key(claim.run, claim.exp, "heartbeat"),
         {"node": claim.node, "attempt": claim.attempt, "time": time.time()},

@@ -6,15 +6,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 
-from launcher.storage.records import TERMINAL, exp_key, log_pieces, read_status
+from launcher.storage.records import TERMINAL, log_dir, log_pieces, read_status
 from launcher.storage.root import Storage
 
 
-def read_log(storage: Storage, run: str, exp: str) -> str:
-    """Everything an experiment printed so far (all attempts)."""
+def read_log(storage: Storage, run: str, exp: str, rank: int = 0) -> str:
+    """Everything an experiment (rank 0, or ``rank`` of a multi-node one) printed so far, all
+    attempts."""
+    folder = log_dir(run, exp, rank)
     return "".join(
-        storage.read_bytes(exp_key(run, exp, "logs", n)).decode(errors="replace")
-        for n in log_pieces(storage, run, exp)
+        storage.read_bytes(f"{folder}/{n}").decode(errors="replace")
+        for n in log_pieces(storage, run, exp, rank)
     )
 
 
@@ -25,6 +27,7 @@ def follow_logs(
     *,
     poll: float = 1.0,
     tick: Callable[[], None] | None = None,
+    rank: int = 0,
 ) -> Iterator[tuple[str, str]]:
     """Yield ``(exp, text)`` as pieces land, until every experiment is finished and drained.
 
@@ -35,9 +38,10 @@ def follow_logs(
         # status before pieces: a finished status means its last piece is already there
         done = {e: read_status(storage, run, e)["state"] in TERMINAL for e in exps}
         for e in exps:
-            pieces = log_pieces(storage, run, e)
+            pieces = log_pieces(storage, run, e, rank)
+            folder = log_dir(run, e, rank)
             for name in pieces[seen[e] :]:
-                yield e, storage.read_bytes(exp_key(run, e, "logs", name)).decode(errors="replace")
+                yield e, storage.read_bytes(f"{folder}/{name}").decode(errors="replace")
             seen[e] = len(pieces)
         if all(done.values()):
             return

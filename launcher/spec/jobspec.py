@@ -14,7 +14,8 @@ Grid's spellings are accepted as aliases (``instance``, ``use_spot``, ``datastor
 ``local``, instance ``g4dn.xlarge`` (or, given ``cpus``/``memory``, the cheapest that fits),
 ``gpus`` = every GPU of the instance type (so ``--instance_type g4dn.12xlarge`` alone gives 4;
 pass ``--gpus 0`` for a CPU run), ``disk_size`` 100 GiB, ``nodes`` 1, ``max_nodes`` = nodes,
-``strategy`` grid_search, ``seed`` 0 (sweeps are reproducible by default), no retries, no runtime limit.
+``strategy`` grid_search, ``seed`` 0 (sweeps are reproducible by default), no retries, no
+runtime limit.
 """
 
 from __future__ import annotations

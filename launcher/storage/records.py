@@ -2,7 +2,9 @@
 
     runs/RUN/run.json, code.tar.gz, stop, nodes/NODE.json
     runs/RUN/experiments/EXP/{params.json, status.json, claims/NNNNNN, heartbeat, stop,
-                              logs/NNNNNN.log, artifacts.json, artifacts/...}
+                              logs/NNNNNN.log, logs/rank-K/NNNNNN.log, artifacts.json,
+                              artifacts/..., gang/NNNNNN/... (node/gang.py)}
+    runs/RUN/lobby/EXP-NNNNNN  (multi-node gangs forming; node/gang.py)
 
 Names are checked with ``fullmatch`` (``re.match`` with ``$`` would let a trailing newline
 through). Every layer reads and writes these records through the functions here, so the layout
@@ -125,7 +127,13 @@ def claim_numbers(storage: Storage, run: str, exp: str) -> list[int]:
     return sorted(int(n) for n in storage.list(exp_key(run, exp, "claims")) if n.isdigit())
 
 
-def log_pieces(storage: Storage, run: str, exp: str) -> list[str]:
-    """Piece names (``000000.log``, ...) in order."""
-    names = storage.list(exp_key(run, exp, "logs"))
+def log_dir(run: str, exp: str, rank: int = 0) -> str:
+    """Where a rank's log pieces go: ``logs/`` for rank 0 (every single-node experiment),
+    ``logs/rank-K/`` for rank K of a multi-node one."""
+    return exp_key(run, exp, "logs", *([f"rank-{rank}"] if rank else []))
+
+
+def log_pieces(storage: Storage, run: str, exp: str, rank: int = 0) -> list[str]:
+    """Piece names (``000000.log``, ...) of one rank's log, in order."""
+    names = storage.list(log_dir(run, exp, rank))
     return sorted(n for n in names if n.endswith(".log") and n[:-4].isdigit())

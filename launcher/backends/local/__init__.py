@@ -106,7 +106,7 @@ class LocalBackend(Backend):
         return out
 
     def submit(self, run: str, spec: JobSpec) -> list[NodeInfo]:
-        """Start the run's first agents: one per experiment, up to max_nodes."""
+        """Start the run's first agents: ``nodes`` per experiment, up to max_nodes."""
         experiments = self.storage().list(f"runs/{run}/experiments")
         return self._top_up(run, spec, {e: {} for e in experiments} or {"": {}})
 
@@ -135,7 +135,7 @@ class LocalBackend(Backend):
             fcntl.flock(lock, fcntl.LOCK_EX)
             records = self._records(run)
             alive = sum(1 for r in records if _alive(r))
-            count = missing_nodes(int(spec.max_nodes), statuses, alive)
+            count = missing_nodes(int(spec.max_nodes), statuses, alive, int(spec.nodes))
             if count == 0:
                 return []
             available = detect_gpus()
@@ -162,7 +162,7 @@ class LocalBackend(Backend):
         log_path = d / f"{node}.log"
         work_dir = self.home / "work" / run / node
         cmd = [sys.executable, "-m", "launcher.node.agent", "--root", self.storage().root_url,
-               "--run", run, "--node", node, "--gpus", gpus,
+               "--run", run, "--node", node, "--gpus", gpus, "--addr", "127.0.0.1",
                "--work-dir", str(work_dir)]  # fmt: skip
         if spec.max_runtime:
             cmd += ["--max-runtime", str(spec.max_runtime)]
