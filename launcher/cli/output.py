@@ -51,14 +51,21 @@ def state_color(state: str) -> str:
 
 
 def print_experiments(views) -> None:
+    """The experiments table; with a ``nodes`` column (rank 0 first) when they span nodes."""
+    gangs = any(v.nodes for v in views)
     rows = []
     for v in views:
         params = " ".join(f"{k}={val}" for k, val in v.params.items()) or "-"
         metric = _latest_metric(v.metrics)
         code = _exit_code(v.exit_code)
-        rows.append([v.id, params, v.state, code, str(v.attempt), metric, v.message or ""])
-    table(["id", "params", "status", "exit", "attempt", "metric", "message"], rows,
-          colors={2: state_color})  # fmt: skip
+        row = [v.id, params, v.state, code, str(v.attempt), metric, v.message or ""]
+        if gangs:
+            row.insert(5, ",".join(v.nodes) or "-")
+        rows.append(row)
+    headers = ["id", "params", "status", "exit", "attempt", "metric", "message"]
+    if gangs:
+        headers.insert(5, "nodes")
+    table(headers, rows, colors={2: state_color})
 
 
 def _exit_code(code: int | None) -> str:

@@ -82,18 +82,30 @@ def _print_nodes(nodes) -> None:
 
 
 @click.command(short_help="Print or follow experiments' output.")
-@click.argument("target", metavar="RUN[/EXP]")
+@click.argument("target", metavar="RUN[/EXP[/RANK]]")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing until the experiments end.")
-def logs(target: str, follow: bool) -> None:
-    """Print an experiment's output (every experiment's, prefixed, for a RUN)."""
+@click.option(
+    "--rank", type=int, default=None, help="A multi-node experiment's rank K (default: rank 0)."
+)
+def logs(target: str, follow: bool, rank: int | None) -> None:
+    """Print an experiment's output (every experiment's, prefixed, for a RUN). A multi-node
+    experiment's log is rank 0's; RUN/EXP/K or --rank K is rank K's (every rank's is kept)."""
     from launcher.runs import RunContext
     from launcher.runs.logs import follow_logs, read_log
 
+    target, rank = _split_rank(target, rank)
     ctx = RunContext(target)
     ids = ctx.experiment_ids()
+    if rank:
+        nodes = int(ctx.record()["spec"].get("nodes") or 1)
+        if rank >= nodes:
+            from launcher.errors import SpecError
+
+            raise SpecError(f"rank {rank}: {ctx.name} runs each experiment on {nodes} node(s), "
+                            f"ranks 0 to {nodes - 1}")  # fmt: skip
     if follow:
         for exp, text in follow_logs(
-            ctx.storage, ctx.name, ids, tick=lambda: ctx.refresh(reconcile=True)
+            ctx.storage, ctx.name, ids, tick=lambda: ctx.refresh(reconcile=True), rank=rank or 0
         ):
             if len(ids) > 1:
                 text = "".join(f"[{exp}] {line}" for line in text.splitlines(keepends=True))
@@ -102,13 +114,31 @@ def logs(target: str, follow: bool) -> None:
     for exp in ids:
         if len(ids) > 1:
             click.secho(f"==> {exp} <==", bold=True)
-        text = read_log(ctx.storage, ctx.name, exp)
+        text = read_log(ctx.storage, ctx.name, exp, rank or 0)
         if not text:
             from launcher.node.claims import read_status
 
             state = read_status(ctx.storage, ctx.name, exp)["state"]
             click.secho(f"(no output yet; {exp} is {state})", err=True, dim=True)
         click.echo(text, nl=False)
+
+
+def _split_rank(target: str, rank: int | None) -> tuple[str, int | None]:
+    """RUN/EXP/K -> (RUN/EXP, K); K must be a rank number, and agree with --rank if both."""
+    from launcher.errors import SpecError
+
+    parts = target.split("/")
+    if len(parts) != 3:
+        if rank is not None and len(parts) != 2:
+            raise SpecError("--rank needs one experiment: RUN/EXP --rank K")
+        if rank is not None and rank < 0:
+            raise SpecError(f"--rank {rank}: a rank is 0 or more")
+        return target, rank
+    if not parts[2].isdigit():
+        raise SpecError(f"{target!r}: the part after RUN/EXP/ is a rank number, e.g. 1")
+    if rank is not None and rank != int(parts[2]):
+        raise SpecError(f"{target!r} and --rank {rank} name different ranks")
+    return "/".join(parts[:2]), int(parts[2])
 
 
 @click.command(short_help="Stop a run or one experiment.")

@@ -30,8 +30,10 @@ def stop_run(name: str, *, index: RunIndex | None = None, wait: float | None = N
     if ctx.exp:
         status = records.read_status(ctx.storage, ctx.name, ctx.exp)
         if status["state"] == "running" and status.get("node"):
-            # where the backend can, its agent looks at once instead of at its next heartbeat
-            ctx.backend.notify_stop(ctx.name, status["node"])
+            # where the backend can, its agents (every rank's) look at once instead of at their
+            # next heartbeat
+            for node in status.get("nodes") or [status["node"]]:
+                ctx.backend.notify_stop(ctx.name, node)
     graceful = not ctx.exp and ctx.backend.capabilities.graceful_stop
     if graceful:
         ctx.backend.stop(ctx.name)  # returns once the agents have wound down

@@ -42,6 +42,7 @@ class ExperimentView:
     ended: float | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     message: str = ""
+    nodes: list[str] = field(default_factory=list)  # by rank, for a multi-node experiment
 
 
 #: What ``launch status`` says of a run in storage that cannot be read as one.
@@ -109,6 +110,7 @@ def experiment_views(record: dict, statuses: dict[str, dict]) -> list[Experiment
             state=st.get("state", "queued"), exit_code=st.get("exit_code"),
             attempt=int(st.get("attempt") or 0), node=st.get("node"), started=st.get("started"),
             ended=st.get("ended"), metrics=st.get("metrics") or {}, message=st.get("message", ""),
+            nodes=list(st.get("nodes") or []),
         ))  # fmt: skip
     return out
 
