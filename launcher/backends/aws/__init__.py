@@ -1,15 +1,20 @@
 """The AWS backend: one EC2 instance per node, the run's state and artifacts in S3.
 
 ``submit`` checks credentials and permissions first (STS, DryRun), then makes the security
-group (no inbound rules) and the run's least-privilege instance profile, then launches up to
-``max_nodes`` instances with zone fallback. Each instance's user-data installs the code
+group (its one inbound rule: traffic from the group itself), the run's cluster placement group
+if ``placement: cluster``, and the run's least-privilege instance profile, then launches
+:func:`~launcher.backends.base.wanted_nodes` instances with zone fallback: one ``run_instances``
+per gang of ``nodes`` (``MinCount=MaxCount=nodes``: all or none), so ``--nodes 2 --max-nodes 4``
+with two experiments is two requests of two. Each instance's user-data installs the code
 snapshot and runs ``python -m launcher.node.agent`` against ``s3://BUCKET/PREFIX``, then powers off
-(and so terminates). ``nodes`` only reads (describe_instances by tag). ``reconcile`` compares
-EC2 with S3: experiments left running on a vanished instance are re-queued, and, while
-experiments are left and fewer than ``max_nodes`` instances live (a spot interruption, a crash),
-replacements are launched within a budget of ``max_nodes + experiments x (retries + 1)``
-instances per run, so a broken node image cannot spend without end. ``AwsBackend(replace=False)``
-turns replacements off.
+(and so terminates); the agents form each experiment's gang through storage. ``nodes`` only
+reads (describe_instances by tag). ``reconcile`` compares EC2 with S3: experiments left running
+on a vanished instance are re-queued, and, while experiments are left and fewer nodes live than
+wanted (a spot interruption, a crash), replacements are launched within a budget of
+``max_nodes + experiments x (retries + 1) x nodes`` nodes per run, so a broken node image cannot
+spend without end. A gang that lost one node gets one replacement: gangs are formed through
+storage, not by reservation, so the survivors wait in its lobby and the newcomer fills the slot.
+``AwsBackend(replace=False)`` turns replacements off.
 
 Concurrent reconcilers (several ``launch status`` on several laptops) agree through S3: a node
 is launched only by whoever creates its record ``runs/RUN/nodes/node-K.json`` exclusively (a
@@ -22,10 +27,11 @@ Setup: an S3 bucket (``launch config set aws.bucket BUCKET``; prefix ``aws.prefi
 region's Deep Learning Base GPU AMI from its public SSM parameter, or ``aws.ami``. The user's
 credentials need: sts:GetCallerIdentity; ssm:GetParameter; ec2:RunInstances, DescribeInstances,
 DescribeImages, DescribeVpcs, DescribeSubnets, DescribeInstanceTypeOfferings,
-DescribeSecurityGroups, CreateSecurityGroup, RevokeSecurityGroupIngress, CreateTags,
-TerminateInstances; iam:CreateRole, PutRolePolicy, CreateInstanceProfile,
-AddRoleToInstanceProfile, GetInstanceProfile, PassRole and the matching Delete/Remove calls;
-s3 on the bucket. They never leave the user's machine.
+DescribeSecurityGroups, CreateSecurityGroup, AuthorizeSecurityGroupIngress,
+RevokeSecurityGroupIngress, CreateTags, TerminateInstances, and for ``--placement cluster``
+CreatePlacementGroup, DescribePlacementGroups, DeletePlacementGroup; iam:CreateRole,
+PutRolePolicy, CreateInstanceProfile, AddRoleToInstanceProfile, GetInstanceProfile, PassRole
+and the matching Delete/Remove calls; s3 on the bucket. They never leave the user's machine.
 
 boto3 is imported only when a client is first needed: ``launch --help`` never loads it.
 """
@@ -53,6 +59,7 @@ from launcher.backends.base import (
     Reconciled,
     missing_nodes,
     requeue_orphans,
+    wanted_nodes,
 )
 from launcher.errors import BackendError, CapacityError, LaunchError
 
@@ -63,11 +70,32 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def gang_size(spec: Mapping[str, Any]) -> int:
+    """Nodes per experiment (``nodes`` in run.json; runs written before it have 1)."""
+    return max(1, int(spec.get("nodes") or 1))
+
+
+def requests_of(names: list[str], size: int) -> list[list[str]]:
+    """Node names cut into ``run_instances`` requests of one gang each: whole gangs first, a
+    remainder (the missing ranks of a gang that lost some) as one smaller request."""
+    return [names[i : i + size] for i in range(0, len(names), size)]
+
+
+def node_budget(spec: Mapping[str, Any], experiments: int) -> int:
+    """The most nodes a run may ever launch: ``max_nodes`` to start with, then for every
+    attempt of every experiment, each of its ``nodes`` may be lost and replaced once
+    (``max_nodes + experiments x (retries + 1) x nodes``). A broken image spends it and stops."""
+    tries = int(spec.get("retries") or 0) + 1
+    return int(spec["max_nodes"]) + experiments * tries * gang_size(spec)
+
+
 class AwsBackend(Backend):
     """EC2 nodes, S3 storage. Options override settings; ``clients`` injects boto3 clients."""
 
     name = "aws"
-    capabilities = Capabilities(spot=True, multi_node=True, stop=True, gpus=True, cost=True)
+    capabilities = Capabilities(
+        spot=True, multi_node=True, stop=True, gpus=True, cost=True, gangs=True, placement=True
+    )
 
     def __init__(
         self,
@@ -125,8 +153,11 @@ class AwsBackend(Backend):
     # -- submit -----------------------------------------------------------------------------
     def submit(self, run: str, spec: JobSpec) -> list[NodeInfo]:
         record = self.storage().read_json(f"runs/{run}/run.json")
-        count = min(int(record["spec"]["max_nodes"]), len(record["experiments"]))
-        return self._launch(run, record, [f"node-{i}" for i in range(count)], first=True)
+        s = record["spec"]
+        size = gang_size(s)
+        count = wanted_nodes(int(s["max_nodes"]), len(record["experiments"]), size)
+        names = [f"node-{i}" for i in range(count)]
+        return self._launch(run, record, requests_of(names, size), first=True)
 
     def _image(self) -> tuple[str, str]:
         ami = resolve_ami(self.settings, self.client("ssm"))
@@ -135,7 +166,11 @@ class AwsBackend(Backend):
             raise BackendError(f"AMI {ami} does not exist in {self.settings.region}")
         return ami, images[0].get("RootDeviceName") or "/dev/sda1"
 
-    def _launch(self, run: str, record: dict, names: list[str], *, first: bool) -> list[NodeInfo]:
+    def _launch(
+        self, run: str, record: dict, requests: list[list[str]], *, first: bool
+    ) -> list[NodeInfo]:
+        """Launch ``requests``: each a list of consecutive node names sent as one
+        ``run_instances`` (``MinCount=MaxCount=len``), after reserving their records."""
         spec = record["spec"]
         ec2 = self.client("ec2")
         owner = prov.check_credentials(self.client("sts"))
@@ -143,27 +178,31 @@ class AwsBackend(Backend):
         zones, skipped = prov.default_zones(ec2, spec["instance_type"])
         if skipped:
             log.info("%s is not offered in %s", spec["instance_type"], ", ".join(skipped))
-        # The group is shared by the root's runs; the role is this run's.
+        # The group is shared by the root's runs; the role and the placement group are this run's.
         sg_tags = [
             {"Key": ec2req.TAG_OWNER, "Value": owner},
             {"Key": ec2req.TAG_ROOT, "Value": self.root_url},
         ]
-        role_tags = [*sg_tags, {"Key": ec2req.TAG_RUN, "Value": run}]
+        run_tags = [*sg_tags, {"Key": ec2req.TAG_RUN, "Value": run}]
         tries = int(spec.get("retries") or 0) + 1
         attempts = len(record["experiments"]) * tries
+        placement = spec.get("placement") == "cluster"
 
-        def request(node: str, zone: prov.Zone, sg: str, profile: str, dry: bool) -> dict:
+        def request(nodes: list[str], zone: prov.Zone, sg: str, profile: str, dry: bool) -> dict:
             values = UserDataValues(
                 root_url=self.root_url,
                 run=run,
-                node=node,
+                node=nodes[0],
+                count=len(nodes),
                 region=self.settings.region,
                 max_runtime=spec.get("max_runtime"),
                 attempts=attempts,
+                node_addr=self.settings.node_addr,
             )
             req = ec2req.NodeRequest(
                 run=run,
-                node=node,
+                node=nodes[0],
+                count=len(nodes),
                 instance_type=spec["instance_type"],
                 image_id=image_id,
                 root_device_name=root_device,
@@ -172,6 +211,9 @@ class AwsBackend(Backend):
                 subnet_id=zone.subnet_id,
                 security_group_id=sg,
                 instance_profile_arn=profile,
+                placement_group=ec2req.placement_group_name(self.root_url, run)
+                if placement
+                else None,
                 user_data=build_user_data(values),
                 owner=owner,
                 root_url=self.root_url,
@@ -180,10 +222,15 @@ class AwsBackend(Backend):
             if dry:  # nothing is created yet: check the launch itself, not our resources
                 params.pop("SecurityGroupIds")
                 params.pop("IamInstanceProfile")
+                params.pop("Placement", None)
             return params
 
-        prov.dry_run(ec2, request(names[0], zones[0], "", "", True))
+        prov.dry_run(ec2, request(requests[0], zones[0], "", "", True))
         sg = prov.ensure_security_group(ec2, zones[0].vpc_id, sg_tags, ec2req.SECURITY_GROUP_NAME)
+        if placement:
+            prov.ensure_placement_group(
+                ec2, ec2req.placement_group_name(self.root_url, run), run_tags
+            )
         policy = iamlib.node_policy(
             self.settings.bucket,
             self.settings.prefix,
@@ -192,46 +239,87 @@ class AwsBackend(Backend):
             spec.get("datastore_version"),
         )
         profile = iamlib.ensure_instance_profile(
-            self.client("iam"), iamlib.profile_name(self.root_url, run), policy, role_tags
+            self.client("iam"), iamlib.profile_name(self.root_url, run), policy, run_tags
         )
         launched: list[NodeInfo] = []
-        for node in names:
-            if not self._reserve(run, node):
-                continue  # another reconciler launches this one
+        for names in requests:
+            mine = self._reserve_all(run, names)
+            if not mine:
+                continue  # another reconciler launches these
             result = prov.launch_with_fallback(
                 ec2,
-                lambda z, node=node: request(node, z, sg, profile, False),
+                lambda z, mine=mine: request(mine, z, sg, profile, False),
                 zones,
                 profile_wait_s=self.profile_wait_s,
             )
-            if result.instance is None:
+            if not result.instances:
                 why = prov.describe_failures(
                     spec["instance_type"], spec.get("spot"), result.failures
                 )
-                self.storage().write_json(
-                    rec.node_key(run, node), {"node": node, "failed": why, "ended": time.time()}
-                )
+                if len(mine) > 1:
+                    why += f" (a gang of {len(mine)}: all or none)"
+                for node in mine:
+                    self.storage().write_json(
+                        rec.node_key(run, node), {"node": node, "failed": why, "ended": time.time()}
+                    )
                 if first and not launched:
                     raise CapacityError(why)
-                self.launch_notes.append(f"{node} not launched: {why}")
-                log.warning("%s not launched: %s", node, why)
+                self.launch_notes.append(f"{', '.join(mine)} not launched: {why}")
+                log.warning("%s not launched: %s", ", ".join(mine), why)
                 break  # the other zones answered the same a moment ago
-            # Later nodes try the zone that just had room first.
+            # Later requests try the zone that just had room first.
             zones = [result.zone] + [z for z in zones if z != result.zone]
+            launched.extend(self._record(run, spec, mine, result))
+        return launched
+
+    def _record(
+        self, run: str, spec: dict, names: list[str], result: prov.LaunchResult
+    ) -> list[NodeInfo]:
+        """Write each launched node's record; name a gang's instances by their launch index."""
+        out = []
+        for inst in sorted(result.instances, key=lambda i: int(i.get("AmiLaunchIndex") or 0)):
+            index = int(inst.get("AmiLaunchIndex") or 0)
+            node = names[index]
+            if len(names) > 1:
+                self._tag_instance(inst["InstanceId"], ec2req.instance_tags(run, node, index))
             self.storage().write_json(
                 rec.node_key(run, node),
                 {
                     "node": node,
-                    "instance_id": result.instance["InstanceId"],
+                    "instance_id": inst["InstanceId"],
                     "instance_type": spec["instance_type"],
                     "zone": result.zone.name,
                     "spot": bool(spec.get("spot")),
                     "launched": time.time(),
                     "failed_zones": result.failures,
+                    "launch_index": index,  # informational: its rank is the gang slot it takes
+                    "gang": names if len(names) > 1 else None,
+                    "private_ip": inst.get("PrivateIpAddress"),
                 },
             )
-            launched.append(rec.node_info(result.instance))
-        return launched
+            info = rec.node_info(inst)
+            info.node_id = node
+            out.append(info)
+        return out
+
+    def _tag_instance(self, instance_id: str, tags: list[dict[str, str]]) -> None:
+        """A gang member's own name; best effort: until it is there, its launch index names it."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client("ec2").create_tags(Resources=[instance_id], Tags=tags)
+        except (ClientError, BotoCoreError) as e:
+            log.warning("cannot tag %s with its node name: %s", instance_id, e)
+
+    def _reserve_all(self, run: str, names: list[str]) -> list[str]:
+        """Reserve a request's nodes in order, up to the first one someone else holds: a
+        concurrent reconciler reserves the same names in the same order, so it takes the rest."""
+        mine = []
+        for node in names:
+            if not self._reserve(run, node):
+                break
+            mine.append(node)
+        return mine
 
     def _reserve(self, run: str, node: str) -> bool:
         """Take the right to launch ``node`` (its record, created exclusively); False if taken."""
@@ -262,19 +350,19 @@ class AwsBackend(Backend):
         spec = record["spec"]
         statuses = {**statuses, **{e: {"state": "queued"} for e in requeued}}
         live = rec.live_count(infos, reserved)
-        want = missing_nodes(int(spec["max_nodes"]), statuses, live)
-        tries = int(spec.get("retries") or 0) + 1
-        budget = int(spec["max_nodes"]) + len(record["experiments"]) * tries - len(reserved)
+        size = gang_size(spec)
+        want = missing_nodes(int(spec["max_nodes"]), statuses, live, size)
+        budget = node_budget(spec, len(record["experiments"])) - len(reserved)
         count = min(want, budget)
         if want > 0 and budget <= 0:
             done.notes.append(f"no replacement: the run's budget of {len(reserved)} nodes is spent")
         if count <= 0:
             return done
-        start = max((rec.node_number(r["node"]) for r in reserved), default=-1) + 1
+        start = max((ec2req.node_number(r["node"]) for r in reserved), default=-1) + 1
         names = [f"node-{start + i}" for i in range(count)]
         log.warning("%d node(s) missing and %d live: launching %s", want, live, names)
         try:
-            done.started = self._launch(run, record, names, first=False)
+            done.started = self._launch(run, record, requests_of(names, size), first=False)
         except BackendError as e:  # status still reports; the next status tries again
             done.notes.append(f"replacement not launched: {e}")
             log.warning("replacement not launched: %s", e)
@@ -299,3 +387,8 @@ class AwsBackend(Backend):
     def delete(self, run: str) -> None:
         self.stop(run)
         iamlib.delete_instance_profile(self.client("iam"), iamlib.profile_name(self.root_url, run))
+        record = self.storage().read_json(f"runs/{run}/run.json", default=None)
+        if isinstance(record, dict) and record.get("spec", {}).get("placement"):
+            prov.delete_placement_group(
+                self.client("ec2"), ec2req.placement_group_name(self.root_url, run)
+            )

@@ -1,8 +1,17 @@
-"""Where the AWS backend's settings come from: bucket, prefix, region and the node AMI.
+"""Where the AWS backend's settings come from: bucket, prefix, region, the node AMI, and the
+address nodes give each other.
 
 Precedence, highest first: explicit arguments (``AwsBackend(bucket=...)``), environment
-(``LAUNCH_AWS_BUCKET``, ``LAUNCH_AWS_PREFIX``, ``LAUNCH_AWS_AMI``), ``launch config set aws.KEY``,
-then defaults. Credentials, region and endpoint follow the standard AWS chain (profiles,
+(``LAUNCH_AWS_BUCKET``, ``LAUNCH_AWS_PREFIX``, ``LAUNCH_AWS_AMI``, ``LAUNCH_AWS_NODE_ADDR``),
+``launch config set aws.KEY``, then defaults.
+
+``aws.node_addr`` is the address every node of a gang publishes for the others to reach it at
+(rank 0's becomes ``MASTER_ADDR``). Unset (the default), each node asks IMDSv2 for its private
+``local-ipv4``, which is what the security group's self rule admits. Set it when nodes must be
+reached some other way: a tunnel or overlay network that forwards to them, or, as the tests do,
+nodes that are really processes on one machine (``127.0.0.1`` for moto's made-up private IPs).
+
+Credentials, region and endpoint follow the standard AWS chain (profiles,
 ``AWS_REGION``/``AWS_DEFAULT_REGION``, ``AWS_ENDPOINT_URL``...): nothing here hard-codes an
 endpoint, so the same code talks to AWS or to a local moto server.
 """
@@ -27,6 +36,7 @@ DEFAULT_PREFIX = "launch"
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*")
 _AMI = re.compile(r"ami-[0-9a-f]{8,17}")
+_ADDR = re.compile(r"[A-Za-z0-9][A-Za-z0-9.:-]{0,252}")  # an IPv4/IPv6 address or a host name
 
 
 @dataclass(frozen=True)
@@ -38,6 +48,7 @@ class AwsSettings:
     region: str
     ami: str | None  # explicit AMI id, or None to resolve ami_parameter in the region
     ami_parameter: str
+    node_addr: str | None = None  # every node's address for its gang, or None: IMDS local-ipv4
 
     @property
     def root_url(self) -> str:
@@ -96,7 +107,12 @@ def resolve_settings(
     if ami and not _AMI.fullmatch(str(ami)):
         raise SpecError(f"invalid AMI id {ami!r}: expected ami- followed by 8-17 hex digits")
     parameter = str(_setting(config, "ami_parameter") or DEFAULT_AMI_PARAMETER)
-    return AwsSettings(str(bucket), prefix, str(region), ami and str(ami), parameter)
+    addr = os.environ.get("LAUNCH_AWS_NODE_ADDR") or _setting(config, "node_addr")
+    if addr and not _ADDR.fullmatch(str(addr)):
+        raise SpecError(f"invalid aws.node_addr {addr!r}: an IP address or a host name")
+    return AwsSettings(
+        str(bucket), prefix, str(region), ami and str(ami), parameter, addr and str(addr) or None
+    )
 
 
 def resolve_ami(settings: AwsSettings, ssm_client: Any) -> str:

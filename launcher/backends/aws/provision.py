@@ -1,4 +1,5 @@
-"""Sending: check credentials, find zones, make the security group, launch with zone fallback.
+"""Sending: check credentials, find zones, make the security group (and the run's placement
+group), launch with zone fallback.
 
 Errors become one clear line. Credentials and permissions are checked first (STS, then a DryRun
 ``run_instances``), before anything is created. A zone without capacity is skipped for the next
@@ -123,30 +124,141 @@ def default_zones(ec2: Any, instance_type: str) -> tuple[list[Zone], list[str]]:
     return zones, skipped
 
 
-def ensure_security_group(ec2: Any, vpc_id: str, tags: list[dict[str, str]], name: str) -> str:
-    """The nodes' security group in a VPC: created if missing, never any inbound rule.
+def self_rule(group_id: str) -> dict[str, Any]:
+    """The one inbound rule of the nodes' group: all traffic, from members of the group itself.
 
-    Nodes only call out (S3, package index); nothing may reach them. Inbound rules found on the
-    group (someone added them) are revoked: the group is the launcher's and that is its promise.
+    The ranks of a gang reach each other on ports they pick at run time (the rendezvous port,
+    NCCL's and gloo's ephemeral ones), so the rule cannot name ports; it names who, and only
+    the group's own instances qualify. Nothing outside it (no address range, no port 22)."""
+    return {"IpProtocol": "-1", "UserIdGroupPairs": [{"GroupId": group_id}]}
+
+
+def _strays(permissions: list[dict[str, Any]], group_id: str) -> tuple[list[dict], bool]:
+    """Inbound permissions other than :func:`self_rule` (to revoke), and whether it is there."""
+    strays, present = [], False
+    for perm in permissions:
+        pairs = perm.get("UserIdGroupPairs") or []
+        own = [p for p in pairs if p.get("GroupId") == group_id]
+        if perm.get("IpProtocol") == "-1" and own:
+            present = True
+            other = {k: perm[k] for k in ("IpRanges", "Ipv6Ranges", "PrefixListIds") if perm.get(k)}
+            others = [p for p in pairs if p.get("GroupId") != group_id]
+            if others:
+                other["UserIdGroupPairs"] = others
+            if other:
+                strays.append({"IpProtocol": "-1", **other})
+        else:
+            strays.append(perm)
+    return strays, present
+
+
+def ensure_security_group(ec2: Any, vpc_id: str, tags: list[dict[str, str]], name: str) -> str:
+    """The nodes' security group in a VPC: created if missing, its only inbound rule
+    :func:`self_rule`. Idempotent: a group made before gangs existed gains the rule.
+
+    Nodes call out (S3, package index) and, in a gang, to each other; nothing else may reach
+    them. Other inbound rules found on the group (someone added them) are revoked: the group is
+    the launcher's and that is its promise.
     """
-    found = ec2.describe_security_groups(
-        Filters=[{"Name": "vpc-id", "Values": [vpc_id]}, {"Name": "group-name", "Values": [name]}]
-    )["SecurityGroups"]
-    if found:
-        group = found[0]
-        if group.get("IpPermissions"):
-            log.warning("revoking inbound rules found on security group %s", group["GroupId"])
-            ec2.revoke_security_group_ingress(
-                GroupId=group["GroupId"], IpPermissions=group["IpPermissions"]
+    from botocore.exceptions import ClientError
+
+    def find() -> dict[str, Any] | None:
+        found = ec2.describe_security_groups(
+            Filters=[
+                {"Name": "vpc-id", "Values": [vpc_id]},
+                {"Name": "group-name", "Values": [name]},
+            ]
+        )["SecurityGroups"]
+        return found[0] if found else None
+
+    group = find()
+    if group is None:
+        try:
+            created = ec2.create_security_group(
+                GroupName=name,
+                Description="launch nodes: inbound only from this group",
+                VpcId=vpc_id,
+                TagSpecifications=[{"ResourceType": "security-group", "Tags": tags}],
             )
-        return group["GroupId"]
-    created = ec2.create_security_group(
-        GroupName=name,
-        Description="launch nodes: no inbound access",
-        VpcId=vpc_id,
-        TagSpecifications=[{"ResourceType": "security-group", "Tags": tags}],
-    )
-    return created["GroupId"]
+            group = {"GroupId": created["GroupId"], "IpPermissions": []}
+        except ClientError as e:
+            if error_code(e) != "InvalidGroup.Duplicate":
+                raise
+            group = find()  # another submit made it a moment ago
+            if group is None:
+                raise BackendError(f"security group {name} exists but cannot be found") from None
+    gid = group["GroupId"]
+    strays, present = _strays(group.get("IpPermissions") or [], gid)
+    if strays:
+        log.warning("revoking inbound rules found on security group %s", gid)
+        ec2.revoke_security_group_ingress(GroupId=gid, IpPermissions=strays)
+    if not present:
+        try:
+            ec2.authorize_security_group_ingress(GroupId=gid, IpPermissions=[self_rule(gid)])
+        except ClientError as e:
+            if error_code(e) != "InvalidPermission.Duplicate":  # a concurrent submit added it
+                raise
+    return gid
+
+
+def ensure_placement_group(ec2: Any, name: str, tags: list[dict[str, str]]) -> str:
+    """The run's cluster placement group (its nodes on one low-latency network segment), made
+    if missing. Idempotent; a group of that name with another strategy is an error."""
+    from botocore.exceptions import ClientError
+
+    try:
+        ec2.create_placement_group(
+            GroupName=name,
+            Strategy="cluster",
+            TagSpecifications=[{"ResourceType": "placement-group", "Tags": tags}],
+        )
+        return name
+    except ClientError as e:
+        if error_code(e) != "InvalidPlacementGroup.Duplicate":
+            err = credential_error(e, "creating the placement group")
+            raise err or BackendError(
+                f"cannot create placement group {name}: {error_code(e)}: {_message(e)}"
+            ) from None
+    (group,) = ec2.describe_placement_groups(GroupNames=[name])["PlacementGroups"]
+    if group.get("Strategy") != "cluster":
+        raise BackendError(
+            f"placement group {name} exists with strategy {group.get('Strategy')}, not cluster"
+        )
+    return name
+
+
+def delete_placement_group(
+    ec2: Any,
+    name: str,
+    *,
+    wait_s: float = 300.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> bool:
+    """Delete the run's placement group; False if there was none. EC2 refuses while an instance
+    is still in it (a node shutting down after stop): waits up to ``wait_s``, then says so."""
+    from botocore.exceptions import ClientError
+
+    waited = 0.0
+    while True:
+        try:
+            ec2.delete_placement_group(GroupName=name)
+            return True
+        except ClientError as e:
+            code = error_code(e)
+            if code == "InvalidPlacementGroup.Unknown":
+                return False
+            if code == "InvalidPlacementGroup.InUse" and waited < wait_s:
+                sleep(5.0)
+                waited += 5.0
+                continue
+            raise BackendError(
+                f"cannot delete placement group {name}: {code}: {_message(e)}"
+                + (
+                    "; its instances are still shutting down, delete again in a minute"
+                    if code == "InvalidPlacementGroup.InUse"
+                    else ""
+                )  # fmt: skip
+            ) from None
 
 
 def dry_run(ec2: Any, params: dict[str, Any]) -> None:
@@ -168,9 +280,13 @@ def dry_run(ec2: Any, params: dict[str, Any]) -> None:
 
 @dataclass
 class LaunchResult:
-    instance: dict[str, Any] | None
+    instances: list[dict[str, Any]]  # every instance of the request, or none
     zone: Zone | None
     failures: dict[str, str] = field(default_factory=dict)  # zone -> what it answered
+
+    @property
+    def instance(self) -> dict[str, Any] | None:
+        return self.instances[0] if self.instances else None
 
 
 def _profile_not_ready(e: BaseException) -> bool:
@@ -186,14 +302,15 @@ def launch_with_fallback(
     profile_wait_s: float = 60.0,
     sleep: Callable[[float], None] = time.sleep,
 ) -> LaunchResult:
-    """Launch one instance in the first zone with capacity.
+    """Send one request (one instance, or a gang's ``MinCount=MaxCount=N``) to the first zone
+    with capacity for all of it.
 
     Capacity errors move on to the next zone; quota and credential errors raise at once.
-    Returns the instance, or ``instance=None`` with every zone's answer when all refused.
+    Returns the instances, or none with every zone's answer when all refused.
     """
     from botocore.exceptions import ClientError
 
-    result = LaunchResult(None, None)
+    result = LaunchResult([], None)
     for zone in zones:
         waited = 0.0
         while True:
@@ -220,7 +337,7 @@ def launch_with_fallback(
                 raise BackendError(
                     f"run_instances failed in {zone.name}: {code}: {_message(e)}"
                 ) from None
-            result.instance, result.zone = resp["Instances"][0], zone
+            result.instances, result.zone = list(resp["Instances"]), zone
             return result
     return result
 

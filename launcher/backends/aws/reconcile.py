@@ -14,7 +14,14 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from launcher.backends.aws.ec2 import TAG_NODE, TAG_ROOT, TAG_RUN
+from launcher.backends.aws.ec2 import (
+    TAG_GANG,
+    TAG_GANG_SIZE,
+    TAG_NODE,
+    TAG_ROOT,
+    TAG_RUN,
+    gang_nodes,
+)
 from launcher.backends.base import NodeInfo
 from launcher.storage import records
 
@@ -65,6 +72,19 @@ def hourly_price(instance_type: str, spot: bool) -> float | None:
     return it.spot_price_hour if spot else it.price_hour
 
 
+def node_name(instance: dict[str, Any]) -> str:
+    """The node an instance is: its own tag, else its place in its gang's request (the tag is
+    set just after launch), else its instance id."""
+    own = tag(instance, TAG_NODE)
+    if own:
+        return own
+    first, size = tag(instance, TAG_GANG), tag(instance, TAG_GANG_SIZE)
+    index = instance.get("AmiLaunchIndex")
+    if first and size.isdigit() and isinstance(index, int) and 0 <= index < int(size):
+        return gang_nodes(first, int(size))[index]
+    return instance["InstanceId"]
+
+
 def node_info(instance: dict[str, Any], now: float | None = None) -> NodeInfo:
     """One instance as the generic code sees a node, with its cost so far in ``extra``."""
     now = time.time() if now is None else now
@@ -77,7 +97,7 @@ def node_info(instance: dict[str, Any], now: float | None = None) -> NodeInfo:
     price = hourly_price(instance["InstanceType"], spot)
     hours = max(0.0, ((ended or now) - started) / 3600) if started else 0.0
     return NodeInfo(
-        node_id=tag(instance, TAG_NODE) or instance["InstanceId"],
+        node_id=node_name(instance),
         state=state,
         instance_type=instance["InstanceType"],
         zone=instance.get("Placement", {}).get("AvailabilityZone", ""),
@@ -86,6 +106,10 @@ def node_info(instance: dict[str, Any], now: float | None = None) -> NodeInfo:
         ended_at=ended,
         extra={
             "instance_id": instance["InstanceId"],
+            "private_ip": instance.get("PrivateIpAddress", ""),
+            # its place in the request that launched it (informational: a rank is a gang slot)
+            "launch_index": instance.get("AmiLaunchIndex"),
+            "gang": tag(instance, TAG_GANG) or None,
             "ec2_state": instance["State"]["Name"],
             "reason": (instance.get("StateReason") or {}).get("Message", ""),
             "price_hour": price,
@@ -105,11 +129,6 @@ def launch_grace_s() -> float:
 
 def node_key(run: str, node: str) -> str:
     return records.run_key(run, "nodes", f"{node}.json")
-
-
-def node_number(node: str) -> int:
-    tail = node.removeprefix("node-")
-    return int(tail) if tail.isdigit() else -1
 
 
 def node_records(storage: Any, run: str) -> list[dict[str, Any]]:

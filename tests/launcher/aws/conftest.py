@@ -45,7 +45,11 @@ def moto_endpoint():
 
 @pytest.fixture
 def aws(moto_endpoint, tmp_path, monkeypatch):
-    """A clean moto account with the launcher's bucket, and a LAUNCH_HOME configured for it."""
+    """A clean moto account with the launcher's bucket, and a LAUNCH_HOME configured for it.
+
+    ``aws.node_addr: 127.0.0.1``: the played instances are processes on this machine, so the
+    address a gang's nodes publish is loopback, not moto's made-up private IP (the setting a
+    user sets for nodes reached through a tunnel)."""
     import boto3
     import requests
     import s3fs
@@ -56,10 +60,14 @@ def aws(moto_endpoint, tmp_path, monkeypatch):
     home.mkdir()
     (home / "config.yaml").write_text(
         f"aws:\n  bucket: {BUCKET}\n  prefix: launch\n  ami_parameter: {AMI_PARAMETER}\n"
+        "  node_addr: 127.0.0.1\n"
     )
     monkeypatch.setenv("LAUNCH_HOME", str(home))
     monkeypatch.delenv("LAUNCH_AWS_BUCKET", raising=False)
     monkeypatch.delenv("LAUNCH_AWS_AMI", raising=False)
     boto3.client("s3").create_bucket(Bucket=BUCKET)
     yield moto_endpoint
+    from tests.launcher.aws.helpers import close_played_imds
+
+    close_played_imds()
     s3fs.S3FileSystem.clear_instance_cache()

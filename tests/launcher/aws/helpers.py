@@ -48,6 +48,29 @@ exec REAL_PYTHON "$@"
 """
 
 
+def instance_metadata(instance_id: str) -> dict[str, str]:
+    """What IMDS would tell the instance about itself, from moto's record of it."""
+    import boto3
+
+    desc = boto3.client("ec2").describe_instances(InstanceIds=[instance_id])
+    (inst,) = [i for r in desc["Reservations"] for i in r["Instances"]]
+    return {
+        "instance-id": instance_id,
+        "ami-launch-index": str(inst.get("AmiLaunchIndex", 0)),
+        "local-ipv4": inst.get("PrivateIpAddress", ""),
+        "placement/availability-zone": inst["Placement"]["AvailabilityZone"],
+    }
+
+
+_PLAYED_IMDS: list[FakeImds] = []
+
+
+def close_played_imds() -> None:
+    """Stop the metadata services :func:`start_instance` started (the aws fixture's teardown)."""
+    while _PLAYED_IMDS:
+        _PLAYED_IMDS.pop().close()
+
+
 def start_instance(
     instance_id: str, work: Path, env: dict[str, str] | None = None
 ) -> subprocess.Popen:
@@ -55,8 +78,15 @@ def start_instance(
 
     The one change is the work directory (``/opt/launch`` is not writable here). ``shutdown``
     and ``python3`` are shims (a logged power-off that terminates the instance; pip logged),
-    the ``aws`` CLI and the agent are the real ones, against the same moto server.
+    the ``aws`` CLI and the agent are the real ones, against the same moto server. Its own
+    IMDSv2 (a :class:`FakeImds` answering with moto's launch index and private IP) stands in for
+    169.254.169.254, unless ``env`` names another ``AWS_EC2_METADATA_SERVICE_ENDPOINT``.
     """
+    env = dict(env or {})
+    if "AWS_EC2_METADATA_SERVICE_ENDPOINT" not in env:
+        imds = FakeImds(instance_metadata(instance_id))
+        _PLAYED_IMDS.append(imds)
+        env["AWS_EC2_METADATA_SERVICE_ENDPOINT"] = imds.endpoint
     script = user_data_of(instance_id)
     lines = script.splitlines()
     assert sum(line.startswith("LAUNCH_WORK_DIR=") for line in lines) == 1
@@ -104,9 +134,10 @@ def play_instance(instance_id: str, work: Path, env=None, timeout: float = 120) 
 
 class FakeImds:
     """An IMDSv2 stand-in: PUT /latest/api/token hands out tokens; every read needs one (401
-    otherwise); the spot notice is 404 until :meth:`interrupt`."""
+    otherwise); the spot notice is 404 until :meth:`interrupt`; ``meta`` maps other meta-data
+    paths (``ami-launch-index``, ``local-ipv4``) to their answers, 404 for the rest."""
 
-    def __init__(self):
+    def __init__(self, meta: dict[str, str] | None = None):
         import json
         import secrets
         import threading
@@ -114,6 +145,7 @@ class FakeImds:
 
         imds = self
         self.notice: dict | None = None
+        self.meta = dict(meta or {})
         self.tokens: set[str] = set()
         self.reads = 0
 
@@ -139,6 +171,9 @@ class FakeImds:
             def do_GET(self):
                 if self.headers.get("X-aws-ec2-metadata-token") not in imds.tokens:
                     return self._send(401)
+                asked = self.path.removeprefix("/latest/meta-data/")
+                if asked in imds.meta:
+                    return self._send(200, imds.meta[asked])
                 if self.path != "/latest/meta-data/spot/instance-action":
                     return self._send(404)
                 imds.reads += 1

@@ -67,7 +67,11 @@ def test_sweep_on_two_instances(aws, tmp_path):
         assert (vol["Size"], vol["VolumeType"], vol["Encrypted"]) == (80, "gp3", True)
         (group,) = aws_cli("ec2", "describe-security-groups", "--group-ids",
                            inst["SecurityGroups"][0]["GroupId"])["SecurityGroups"]  # fmt: skip
-        assert group["IpPermissions"] == []
+        # one inbound rule: everything, from members of the group itself (a gang's ranks)
+        assert [
+            (p["IpProtocol"], [g["GroupId"] for g in p["UserIdGroupPairs"]], p["IpRanges"],
+             p["Ipv6Ranges"], p["PrefixListIds"]) for p in group["IpPermissions"]
+        ] == [("-1", [group["GroupId"]], [], [], [])]  # fmt: skip
 
     nodes = {
         {t["Key"]: t["Value"] for t in i["Tags"]}["launch:node"]: i["InstanceId"] for i in found

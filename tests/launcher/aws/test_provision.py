@@ -33,6 +33,18 @@ class RefusingEc2:
         return getattr(self.real, name)
 
 
+def only_self_rule(group: dict) -> bool:
+    """The group's inbound rules are exactly one: all traffic from the group itself."""
+    (perm,) = group["IpPermissions"]
+    return (
+        perm["IpProtocol"] == "-1"
+        and [p["GroupId"] for p in perm["UserIdGroupPairs"]] == [group["GroupId"]]
+        and not perm.get("IpRanges")
+        and not perm.get("Ipv6Ranges")
+        and not perm.get("PrefixListIds")
+    )
+
+
 def subnets_by_zone() -> dict[str, str]:
     subnets = boto3.client("ec2").describe_subnets()["Subnets"]
     return {s["AvailabilityZone"]: s["SubnetId"] for s in subnets if s["DefaultForAz"]}
@@ -60,7 +72,8 @@ def test_submit_launches_locked_down_nodes(aws, tmp_path):
         groups = ec2.describe_security_groups(
             GroupIds=[g["GroupId"] for g in inst["SecurityGroups"]]
         )
-        assert [g["IpPermissions"] for g in groups["SecurityGroups"]] == [[]]
+        ((group,),) = [groups["SecurityGroups"]]
+        assert only_self_rule(group)
         vol_id = inst["BlockDeviceMappings"][0]["Ebs"]["VolumeId"]
         vol = ec2.describe_volumes(VolumeIds=[vol_id])["Volumes"][0]
         assert (vol["Size"], vol["VolumeType"], vol["Encrypted"]) == (60, "gp3", True)
