@@ -214,8 +214,10 @@ class Agent:
     def sit_or_claim(self) -> cl.Claim | None:
         """Work in a multi-node run: a seat in a gang that is forming, else a claim (rank 0 of
         a new gang). With neither, wait while an experiment is still queued (its gang may need
-        this node), up to the time a gang takes to form twice; None when nothing is left."""
-        idle_since = time.monotonic()
+        this node), up to the time a gang takes to form twice; None when nothing is left. Nothing
+        queued must hold for two heartbeats first: a node started to replace a gang's dead rank
+        may come up before rank 0 has noticed and handed the experiment back."""
+        idle_since = quiet_since = time.monotonic()
         seated, self._seated = self._seated, None
         if seated is not None:
             return seated
@@ -227,9 +229,12 @@ class Agent:
             if claim is not None:
                 return claim
             waiting = records.read_statuses(self.storage, self.run, list(self.experiments))
-            if not any(st["state"] == "queued" for st in waiting.values()):
+            now = time.monotonic()
+            if any(st["state"] == "queued" for st in waiting.values()):
+                quiet_since = now
+            elif now - quiet_since > 2 * self.heartbeat_s:
                 return None
-            if time.monotonic() - idle_since > 2 * self.form_s:
+            if now - idle_since > 2 * self.form_s:
                 self._say("nothing to do for a while; leaving")
                 return None
             time.sleep(self.poll_s)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.launcher.contract.gangjob import GANG_JOB
 from tests.launcher.local.localjob import JOB
 
 # A script that ignores SIGTERM: only SIGKILL ends it.
@@ -42,6 +43,7 @@ class Harness:
         self.project.mkdir()
         (self.project / "job.py").write_text(JOB)
         (self.project / "stubborn.py").write_text(STUBBORN)
+        (self.project / "gangjob.py").write_text(GANG_JOB)
         monkeypatch.chdir(self.project)
         monkeypatch.setenv("LAUNCH_HEARTBEAT_S", "0.3")
         monkeypatch.setenv("LAUNCH_ARTIFACT_SYNC_S", "0.3")
