@@ -1,0 +1,172 @@
+"""Multi-node gangs on the local backend, beyond the contract suite: a gang that cannot fill
+hands its attempt back (free) and forms once a node comes, agents that all claim at once
+converge without waiting out the formation timeout, stopping one experiment stops every rank,
+rank 0's agent killed, and the errors of --nodes and --rank."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+from localjob import NoAgents, make_spec, read_records
+
+from launcher import runs
+from launcher.backends.local import LocalBackend
+from launcher.cli.app import cli
+from launcher.node.gang import gang_key
+from launcher.processes import process_alive
+from launcher.runs.logs import read_log
+from launcher.storage import records
+from tests.launcher.contract.gangjob import GANG_JOB
+from tests.launcher.waiting import wait_for
+
+TIMEOUT = 90
+
+
+@pytest.fixture
+def gangdir(workdir):
+    (workdir / "gangjob.py").write_text(GANG_JOB)
+    return workdir
+
+
+def agent_process(name: str, node: str, tmp, **env) -> subprocess.Popen:
+    storage = LocalBackend().storage()
+    cmd = [sys.executable, "-m", "launcher.node.agent", "--root", storage.root_url, "--run", name,
+           "--node", node, "--gpus", "", "--addr", "127.0.0.1",
+           "--work-dir", str(tmp / node)]  # fmt: skip
+    return subprocess.Popen(cmd, env=dict(os.environ, **env), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+
+
+def status(name: str) -> dict:
+    return records.read_status(LocalBackend().storage(), name, "exp-0")
+
+
+def test_a_gang_that_cannot_fill_hands_back_and_forms_when_a_node_comes(home, gangdir, tmp_path):
+    spec = make_spec(script="gangjob.py", nodes=2, script_args=["--steps", "2"])
+    name = runs.prepare_run(spec, NoAgents())  # retries 0: a hand-back must not spend one
+    first = agent_process(name, "node-0", tmp_path, LAUNCH_GANG_FORM_S="1")
+    try:
+        wait_for(lambda: status(name).get("interruptions"), timeout=TIMEOUT,
+                 what="the unfilled gang to be handed back")  # fmt: skip
+        st = status(name)
+        assert st["state"] == "queued" and "only 1 of 2 nodes joined" in st["message"]
+        storage = LocalBackend().storage()
+        assert storage.exists(gang_key(name, "exp-0", 1, "released"))
+        second = agent_process(name, "node-1", tmp_path, LAUNCH_GANG_FORM_S="1")
+        wait_for(lambda: status(name)["state"] == "succeeded", timeout=TIMEOUT,
+                 what="the gang to form and succeed")  # fmt: skip
+        assert second.wait(timeout=30) == 0 and first.wait(timeout=30) == 0
+        assert "step 2 sum 3" in read_log(storage, name, "exp-0")
+    finally:
+        for p in (first, locals().get("second")):
+            if p is not None and p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+
+
+def test_agents_claiming_at_once_converge_one_gang_at_a_time(home, gangdir, tmp_path):
+    record = tmp_path / "record.jsonl"
+    spec = make_spec(
+        script="gangjob.py",
+        nodes=2,
+        max_nodes=4,
+        script_args=["--steps", "2", "--lr", "[1, 2, 3, 4]", "--record", str(record)],
+    )
+    name = runs.prepare_run(spec, NoAgents())
+    # four agents at once, each first claiming an experiment of its own: without giving way
+    # to the lowest forming gang they would all wait out the (here endless) formation timeout
+    procs = [agent_process(name, f"node-{i}", tmp_path, LAUNCH_GANG_FORM_S="3600")
+             for i in range(4)]  # fmt: skip
+    try:
+        storage = LocalBackend().storage()
+        exps = [f"exp-{i}" for i in range(4)]
+        wait_for(lambda: all(records.read_status(storage, name, e)["state"] == "succeeded"
+                             for e in exps), timeout=TIMEOUT * 2, what="four gangs")  # fmt: skip
+        for e in exps:
+            st = records.read_status(storage, name, e)
+            assert "nodes joined" not in st.get("message", "")  # nothing waited out a timeout
+        ranks = [(e["exp"], e["rank"]) for e in read_records(record) if e["event"] == "end"]
+        assert sorted(ranks) == [(e, r) for e in exps for r in (0, 1)]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+
+
+def test_stopping_one_experiment_stops_every_rank(home, gangdir, tmp_path):
+    record = tmp_path / "record.jsonl"
+    spec = make_spec(
+        script="gangjob.py",
+        nodes=2,
+        script_args=["--steps", "1000", "--sleep", "0.1", "--record", str(record)],
+    )
+    name = runs.prepare_run(spec, LocalBackend())
+    wait_for(lambda: len(read_records(record)) == 2, timeout=TIMEOUT, what="both ranks")
+    pids = [e["pid"] for e in read_records(record) if e["event"] == "start"]
+    runs.stop_run(f"{name}/exp-0")
+    assert status(name)["state"] == "stopped"
+    wait_for(lambda: not any(process_alive(p) for p in pids), timeout=30,
+             what="both ranks' scripts to end")  # fmt: skip
+
+
+def test_rank_0_killed_ends_the_other_rank_and_the_retry_resumes(home, gangdir, tmp_path):
+    record = tmp_path / "record.jsonl"
+    spec = make_spec(
+        script="gangjob.py",
+        nodes=2,
+        retries=1,
+        script_args=["--steps", "40", "--sleep", "0.2", "--record", str(record)],
+    )
+    name = runs.prepare_run(spec, LocalBackend())
+    storage = LocalBackend().storage()
+    ckpt = records.exp_key(name, "exp-0", "artifacts", "checkpoints", "last.ckpt")
+    wait_for(lambda: storage.exists(ckpt) and storage.read_json(ckpt)["step"] >= 3,
+             timeout=TIMEOUT, what="a shipped checkpoint")  # fmt: skip
+    rank0 = status(name)["nodes"][0]
+    (node,) = [n for n in LocalBackend().nodes(name) if n.node_id == rank0]
+    pids = [e["pid"] for e in read_records(record) if e["event"] == "start"]
+    os.killpg(node.extra["pid"], signal.SIGKILL)
+    wait_for(lambda: not any(process_alive(p) for p in pids), timeout=30,
+             what="both ranks of attempt 1 to end")  # fmt: skip
+
+    def done():
+        row, _ = runs.run_detail(name)  # `launch status`: re-queues, restarts the dead node
+        return row.finished and row
+
+    row = wait_for(done, timeout=TIMEOUT, interval=0.5, what="the retry")
+    assert row.status == "succeeded" and status(name)["attempt"] == 2
+    resumed = [
+        e["step"] for e in read_records(record) if e["attempt"] == 2 and e["event"] == "start"
+    ]
+    assert len(resumed) == 2 and min(resumed) >= 3
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--nodes", "3", "--max-nodes", "2"], "--nodes 3 is more than --max-nodes 2"),
+        (["--nodes", "0"], "nodes must be"),
+        (["--placement", "cluster"], "no placement groups"),
+    ],
+)
+def test_bad_node_counts_are_one_line_errors(home, workdir, args, message):
+    result = CliRunner().invoke(cli, ["run", "--gpus", "0", *args, "job.py"])
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 1 and len(lines) == 1 and message in lines[0], result.output
+    assert not (home / "store" / "runs").exists()  # nothing launched, nothing written
+
+
+def test_logs_rank_k_is_that_ranks_log(home, gangdir):
+    spec = make_spec(script="gangjob.py", nodes=2, script_args=["--steps", "1"])
+    name = runs.prepare_run(spec, LocalBackend())
+    wait_for(lambda: status(name)["state"] == "succeeded", timeout=TIMEOUT, what="the run")
+    for args, rank in (([f"{name}/exp-0/1"], 1), ([f"{name}/exp-0"], 0),
+                       ([f"{name}/exp-0", "--rank", "1"], 1)):  # fmt: skip
+        result = CliRunner().invoke(cli, ["logs", *args])
+        assert result.exit_code == 0 and f"rank {rank} of 2 joined" in result.stdout
+    result = CliRunner().invoke(cli, ["logs", f"{name}/exp-0/2"])
+    assert result.exit_code == 1 and "ranks 0 to 1" in result.stderr
