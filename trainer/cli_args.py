@@ -1,8 +1,9 @@
 """train.py's flags: the parser and the checks that turn bad flags into one-line errors.
 
 Everything here runs before torch is imported, so ``train.py --help`` and flag errors are fast.
-The launcher's variables are defaults: ``LAUNCH_DATASTORE_DIR`` for ``--data_dir`` and
-``LAUNCH_ARTIFACTS_DIR`` for ``--output_dir``.
+The launcher's variables are defaults: ``LAUNCH_DATASTORE_DIR`` for ``--data_dir``,
+``LAUNCH_ARTIFACTS_DIR`` for ``--output_dir``, and (resolved in ``hardware.py``)
+``LAUNCH_NUM_NODES`` for ``--num_nodes`` and ``LAUNCH_GPUS_PER_NODE`` for the devices.
 """
 
 from __future__ import annotations
@@ -179,8 +180,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--gpus", type=int, help="N GPUs (0 = CPU); fewer available -> warn and use those"
     )
     t.add_argument("--accelerator", default="auto", help="cpu, gpu, auto, ...")
-    t.add_argument("--devices", default="auto", help="a count, a list like 0,1, or auto")
-    t.add_argument("--num_nodes", type=int, default=1, help="machines taking part (DDP)")
+    # None: not given, so torchrun's or the launcher's values may fill them in (hardware.py).
+    t.add_argument(
+        "--devices",
+        help="a count, a list like 0,1, or auto (default: $LAUNCH_GPUS_PER_NODE GPUs, 0 "
+        "meaning the CPU; else auto)",
+    )
+    t.add_argument(
+        "--num_nodes",
+        type=int,
+        help="machines taking part (DDP) (default: $LAUNCH_NUM_NODES, else 1)",
+    )
     t.add_argument(
         "--strategy",
         default=None,
@@ -354,7 +364,7 @@ def fill_split_folders(args: argparse.Namespace, root: Path) -> None:
 def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
     """Check flag values and fill data defaults; ``parser.error`` on the first problem."""
     for flag in ("batch_size", "clips_per_video", "train_clips_per_video", "num_nodes"):
-        if getattr(args, flag) < 1:
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
             parser.error(f"--{flag} {getattr(args, flag)}: must be >= 1")
     for flag in ("max_epochs", "max_steps"):
         if getattr(args, flag) < 1 and getattr(args, flag) != -1:

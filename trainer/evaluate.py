@@ -16,6 +16,7 @@ def evaluate(args, dm, out) -> int:
     """--test_only: video-level top-1/top-5 of a checkpoint or weights on val and test."""
     import pytorch_lightning as pl
 
+    from trainer import hardware
     from trainer.backbones import BackboneError
     from trainer.model import VideoClassifier
     from trainer.predict import CheckpointError, check_checkpoint
@@ -70,6 +71,7 @@ def evaluate(args, dm, out) -> int:
         logger=False,
         enable_progress_bar=sys.stderr.isatty(),
         enable_model_summary=False,
+        plugins=hardware.cluster_plugins(),  # no SLURM requeue trap under the launcher
     )
     results = {}
     if "val" in dm.items:

@@ -16,7 +16,10 @@ continues from where it stopped. SIGTERM saves last.ckpt and exits with status 1
 trains nothing: it evaluates a checkpoint or weights on the val and test data.
 
 Under ``torchrun --nproc_per_node=N`` the processes train one model together (DDP): Lightning
-detects torchrun, and the device defaults follow it.
+detects torchrun, and the device defaults follow it. Under the launcher, a multi-node
+experiment runs this script once per node and the launcher's variables set the defaults: the
+nodes join one DDP group (gloo on the CPU). See ``trainer/hardware.py``. Rank 0 prints
+``world size N (NODES node(s) x P process(es))``.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ _REPO = str(Path(__file__).resolve().parent.parent)
 if not sys.path or sys.path[0] != _REPO:
     sys.path.insert(0, _REPO)
 
+from trainer import hardware  # noqa: E402
 from trainer.cli_args import build_parser, fill_split_folders, validate  # noqa: E402
 
 SIGTERM_EXIT = 143  # 128 + SIGTERM, what a shell reports for a process it terminated
@@ -49,8 +53,6 @@ MODEL_FLAGS = (
     "weights",
     "clips_per_video",
 )
-# What TorchElasticEnvironment.detected() looks for: the script runs under torchrun.
-TORCHRUN_VARS = ("RANK", "GROUP_RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
 
 
 def _flags(args, *names: str) -> dict:
@@ -75,65 +77,15 @@ def parse_args(argv: list[str] | None = None):
         )
     except BackboneError as e:
         parser.error(str(e))
-    args.accelerator, args.devices = _hardware(parser, args)
+    args.accelerator, args.devices = hardware.resolve(parser, args)
     if args.amp:
-        args.precision = "bf16-mixed" if _on_cpu(args.accelerator) else "16-mixed"
-    if args.sync_batchnorm and _on_cpu(args.accelerator):
+        args.precision = "bf16-mixed" if hardware.on_cpu(args.accelerator) else "16-mixed"
+    if args.sync_batchnorm and hardware.on_cpu(args.accelerator):
         parser.error(
             "--sync_batchnorm: PyTorch's SyncBatchNorm runs on GPUs only; drop it to train on "
             "the CPU"
         )
     return args
-
-
-def _on_cpu(accelerator: str) -> bool:
-    if accelerator == "auto":
-        import torch
-
-        return not torch.cuda.is_available()
-    return accelerator == "cpu"
-
-
-def _hardware(parser, args) -> tuple[str, int | str | list[int]]:
-    """--gpus N maps to accelerator/devices; asking for more GPUs than exist warns and uses
-    what is there (as the launcher's local backend does), none meaning the CPU."""
-    devices = args.devices
-    if isinstance(devices, str) and devices != "auto":
-        try:
-            devices = [int(d) for d in devices.split(",") if d] if "," in devices else int(devices)
-        except ValueError:
-            parser.error(f"--devices {args.devices}: a count, a list like 0,1, or auto")
-    elastic = _torchrun()
-    if elastic is not None and devices == "auto" and args.num_nodes == 1:
-        # torchrun started one process per device: they train one model together, so the
-        # devices and nodes are torchrun's, not this script's defaults (1 device, 1 node).
-        devices, args.num_nodes = elastic
-    if args.gpus is None:
-        return args.accelerator, devices
-    if args.gpus == 0:
-        return "cpu", devices if elastic else 1
-    import torch
-
-    have = torch.cuda.device_count()
-    if have == 0:
-        warnings.warn(f"--gpus {args.gpus}: no GPU here; training on the CPU", stacklevel=1)
-        return "cpu", devices if elastic else 1
-    if elastic:
-        return "gpu", devices
-    if args.gpus > have:
-        warnings.warn(f"--gpus {args.gpus}: only {have} GPU(s) here; using {have}", stacklevel=1)
-    return "gpu", min(args.gpus, have)
-
-
-def _torchrun() -> tuple[int, int] | None:
-    """(processes per node, nodes) when started by torchrun, else None."""
-    import os
-
-    if not all(v in os.environ for v in TORCHRUN_VARS):
-        return None
-    local = int(os.environ["LOCAL_WORLD_SIZE"])
-    world = int(os.environ.get("WORLD_SIZE", local))
-    return local, max(1, world // max(1, local))
 
 
 def make_datamodule(args):
@@ -232,12 +184,16 @@ def main(argv: list[str] | None = None) -> int:
         trainer = pl.Trainer(
             **_trainer_kwargs(args, out, has_val="val" in dm.items),
             logger=out.loggers(resume=resume is not None),
+            plugins=hardware.cluster_plugins(),
         )
     except (MisconfigurationException, ValueError, ImportError) as e:
         # Lightning's checks of --accelerator/--devices/--strategy/--precision together.
         print(f"error: {_hardware_flags(args)}: {_first_line(e)}", file=sys.stderr)
         return 2
+    # The ranks are known from here on (Lightning sets them as it builds the Trainer), so only
+    # global rank 0 writes: the other ranks' output dirs are not shipped.
     if trainer.is_global_zero:
+        print(hardware.world_line(trainer), flush=True)
         out.write_run_info(args, dm.labels, model)
 
     from pytorch_lightning.utilities.exceptions import SIGTERMException
