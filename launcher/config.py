@@ -24,6 +24,11 @@ SETTINGS = {
     "aws.region": "AWS region of the nodes (default: the AWS CLI's)",
     "aws.ami": "node image: an ami-... id (default: the AWS Deep Learning base AMI)",
     "defaults.backend": "local or aws: where `launch run` and `launch datastore` go by default",
+    "slurm.partition": "Slurm partition for runs (default: the cluster's default partition)",
+    "slurm.account": "Slurm account to charge (sbatch --account)",
+    "slurm.qos": "Slurm QOS (sbatch --qos)",
+    "slurm.sbatch_args": "extra sbatch options, shell-quoted (given last, so they win)",
+    "slurm.root": "storage root the Slurm nodes share (default: $LAUNCH_HOME/slurm; or s3://)",
 }
 
 

@@ -16,7 +16,14 @@ if TYPE_CHECKING:
 BACKENDS: dict[str, str] = {
     "local": "launcher.backends.local:LocalBackend",
     "aws": "launcher.backends.aws:AwsBackend",
+    "slurm": "launcher.backends.slurm:SlurmBackend",
 }
+
+
+def capabilities(name: str):
+    """A backend's :class:`~launcher.backends.base.Capabilities`, without instantiating it."""
+    module_name, cls_name = BACKENDS.get(name, BACKENDS["local"]).split(":")
+    return getattr(importlib.import_module(module_name), cls_name).capabilities
 
 
 def get_backend(name: str, **options) -> Backend:

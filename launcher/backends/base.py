@@ -43,6 +43,9 @@ class Capabilities:
     # stop() itself lets agents end gracefully (SIGTERM: the script is stopped, its last logs and
     # artifacts shipped), so `launch stop` need not wait for them to notice at a heartbeat
     graceful_stop: bool = False
+    # EC2 instance types apply (--instance, the catalog's checks and prices); False on a
+    # scheduler (slurm) whose nodes are the cluster's: --instance/--spot are refused there
+    instances: bool = True
 
 
 @dataclass

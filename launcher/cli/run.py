@@ -357,6 +357,10 @@ def _print_plan(spec, storage) -> None:
         f"{_gang_shape(spec, c['nodes'])}, {spec.gpus} GPU(s) per node, "
         f"{spec.disk_size} GiB disk{', spot' if spec.spot else ''}"
     )
+    if "hour" not in c:  # a backend without instance types (slurm): the cluster's own nodes
+        click.echo(f"cost estimate: none on the {spec.backend} backend (the cluster's own nodes)")
+        click.echo(f"code snapshot: {plan.files} file(s), {size(plan.size)}; nothing launched")
+        return
     kind = "spot" if spec.spot else "on-demand"
     line = (f"cost estimate on AWS: ${c['hour']:.3f}/hour {kind} for {c['nodes']} x "
             f"{c['instance_type']} (on-demand ${c['on_demand_hour']:.3f}, "

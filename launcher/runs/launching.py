@@ -70,8 +70,13 @@ def plan_run(spec: JobSpec, workdir: Path | str = ".", storage: Storage | None =
     if storage is not None:
         spec = _pin_datastore(spec, storage)
     selected = select_files(workdir)  # the snapshot's own check: what the real run would refuse
-    return Plan(spec, spec.experiments(), estimate_cost(spec), len(selected.files),
-                selected.total_size)  # fmt: skip
+    from launcher.backends import capabilities
+    from launcher.backends.base import wanted_nodes
+
+    experiments = spec.experiments()
+    cost = (estimate_cost(spec) if capabilities(spec.backend).instances  # no prices on a cluster
+            else {"nodes": wanted_nodes(spec.max_nodes, len(experiments), spec.nodes)})  # fmt: skip
+    return Plan(spec, experiments, cost, len(selected.files), selected.total_size)
 
 
 def prepare_run(

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from launcher.backends import BACKENDS
+from launcher.backends import BACKENDS, capabilities
 from launcher.errors import SpecError
 from launcher.spec import catalog, grid, sweep
 from launcher.spec.sweep import Experiment
@@ -162,6 +162,7 @@ class JobSpec:
             given_args = _check_args("script_args", flags["script_args"])
             flags["script_args"] = [*given_args, *data["script_args"]]
         data.update(flags)
+        _check_instances(data)
         spec = cls.from_dict(data)
         spec.validate(workdir=Path.cwd() if workdir is None else workdir)
         return spec
@@ -173,7 +174,8 @@ class JobSpec:
             raise SpecError(f"a job spec must be a mapping of field: value, not {_tname(data)}")
         data = _canonical_keys(data, source="spec")
         values = {name: _CHECKS[name](name, value) for name, value in data.items()}
-        if "instance_type" not in values and (values.get("cpus") or values.get("memory")):
+        picks = capabilities(values.get("backend", "local")).instances  # EC2 types apply
+        if picks and "instance_type" not in values and (values.get("cpus") or values.get("memory")):
             values["instance_type"] = catalog.pick_instance(
                 values.get("gpus"), values.get("cpus"), values.get("memory")
             )
@@ -212,21 +214,10 @@ class JobSpec:
         Resolves ``gpus`` (None -> the instance's GPU count) and normalizes ``script`` to a
         path relative to ``workdir``. Returns self, so ``JobSpec.from_dict(d).validate()``.
         """
-        inst = catalog.get_instance(self.instance_type)
-        if self.gpus is None:
-            self.gpus = inst.gpus
-        if self.gpus > inst.gpus:
-            options = catalog.instances_with_gpus(self.gpus, family=inst.name.split(".")[0])
-            need = f"needs one of: {', '.join(options[:8])}" if options else "no type has that many"
-            plural = "GPU" if inst.gpus == 1 else "GPUs"
-            raise SpecError(f"{inst.name} has {inst.gpus} {plural}; --gpus {self.gpus} {need}")
-        for flag, have, want in (("cpus", inst.vcpus, self.cpus),
-                                 ("memory", inst.memory_gib, self.memory)):  # fmt: skip
-            if want is not None and want > have:
-                unit = "vCPUs" if flag == "cpus" else "GiB of memory"
-                options = catalog.fitting(self.gpus, self.cpus, self.memory)
-                need = f"needs one of: {', '.join(options[:8])}" if options else "no type has that"
-                raise SpecError(f"{inst.name} has {have:g} {unit}; --{flag} {want:g} {need}")
+        if capabilities(self.backend).instances:
+            self._check_instance(catalog.get_instance(self.instance_type))
+        else:  # the cluster's own nodes: its scheduler checks what it is asked for
+            self.instance_type, self.gpus = self.backend, self.gpus or 0
         if self.max_nodes is None:
             self.max_nodes = self.nodes
         if self.nodes > self.max_nodes:
@@ -246,6 +237,23 @@ class JobSpec:
                 )
         self.experiments()  # surfaces malformed sweeps now, before anything is launched
         return self
+
+    def _check_instance(self, inst) -> None:
+        """gpus (None -> all the type has), cpus and memory against the instance type."""
+        if self.gpus is None:
+            self.gpus = inst.gpus
+        if self.gpus > inst.gpus:
+            options = catalog.instances_with_gpus(self.gpus, family=inst.name.split(".")[0])
+            need = f"needs one of: {', '.join(options[:8])}" if options else "no type has that many"
+            plural = "GPU" if inst.gpus == 1 else "GPUs"
+            raise SpecError(f"{inst.name} has {inst.gpus} {plural}; --gpus {self.gpus} {need}")
+        for flag, have, want in (("cpus", inst.vcpus, self.cpus),
+                                 ("memory", inst.memory_gib, self.memory)):  # fmt: skip
+            if want is not None and want > have:
+                unit = "vCPUs" if flag == "cpus" else "GiB of memory"
+                options = catalog.fitting(self.gpus, self.cpus, self.memory)
+                need = f"needs one of: {', '.join(options[:8])}" if options else "no type has that"
+                raise SpecError(f"{inst.name} has {have:g} {unit}; --{flag} {want:g} {need}")
 
     def check_capabilities(self, caps: Capabilities, backend: str | None = None) -> None:
         """SpecError if the spec asks for something the backend cannot do (spot, nodes, GPUs)."""
@@ -275,6 +283,18 @@ class JobSpec:
             self.seed,
             max_experiments=self.max_experiments,
         )
+
+
+def _check_instances(data: dict[str, Any]) -> None:
+    """--instance and --spot given explicitly to a backend without instance types (slurm)."""
+    backend = data.get("backend") or "local"
+    if backend in BACKENDS and not capabilities(backend).instances:
+        for key, flag in (("instance_type", "--instance"), ("spot", "--spot")):
+            if data.get(key) not in (None, False):
+                raise SpecError(
+                    f"{flag} does not apply on backend {backend!r}: the cluster's "
+                    "nodes are its own (ask for --gpus, --cpus, --memory)"
+                )
 
 
 def field_help() -> dict[str, str]:

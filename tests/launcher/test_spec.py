@@ -162,7 +162,7 @@ def test_check_capabilities(workdir):
         ({"trials": 3}, "trials only applies to strategy random_search"),
         ({"strategy": "random_search"}, "strategy random_search needs trials"),
         ({"strategy": "bayes"}, "strategy must be one of: grid_search, random_search; got 'bayes'"),
-        ({"backend": "gcp"}, "backend must be one of: local, aws; got 'gcp'"),
+        ({"backend": "gcp"}, "backend must be one of: local, aws, slurm; got 'gcp'"),
         ({"spot": "yes"}, "spot must be true or false, not 'yes'"),
         ({"name": "My Run"}, "invalid name 'My Run'"),
         ({"name": "../x"}, "invalid name '../x'"),

@@ -155,16 +155,47 @@ class AwsHarness(Harness):
             proc.wait()
 
 
-HARNESSES = {"local": LocalHarness, "aws": AwsHarness}
+class SlurmHarness(LocalHarness):
+    """The real test cluster (tests/launcher/slurm): Slurm runs the array tasks itself; a kill
+    is SIGKILL to a task's agent (its script dies with it), so the task ends FAILED."""
+
+    name = "slurm"
+
+    def backend(self):
+        from launcher.backends.slurm import SlurmBackend
+
+        return SlurmBackend()
+
+    def spec(self, **fields):
+        return Harness.spec(self, **fields)
+
+    def kill(self, run, node_id):
+        from launcher.processes import process_alive
+        from tests.launcher.waiting import wait_for
+
+        record = self.backend().storage().read_json(f"runs/{run}/nodes/{node_id}.json")
+        os.kill(record["pid"], signal.SIGKILL)
+        wait_for(lambda: not process_alive(record["pid"]), timeout=10, what="the kill")
+        wait_for(lambda: node_id not in self.live_nodes(run), timeout=30, what="its task to end")
+
+    def close(self):
+        pass  # the slurm_home fixture cancels every job
 
 
-@pytest.fixture(params=["local", pytest.param("aws", marks=pytest.mark.aws)])
+HARNESSES = {"local": LocalHarness, "aws": AwsHarness, "slurm": SlurmHarness}
+
+
+@pytest.fixture(params=["local", pytest.param("aws", marks=pytest.mark.aws),
+                        pytest.param("slurm", marks=pytest.mark.slurm)])  # fmt: skip
 def harness(request, tmp_path, monkeypatch):
     if request.param == "aws":
         request.getfixturevalue("aws")  # the moto server and a LAUNCH_HOME configured for it
+    if request.param == "slurm":
+        request.getfixturevalue("slurm_home")  # the test cluster; LAUNCH_HOME comes next
     h = HARNESSES[request.param](tmp_path, monkeypatch)
     yield h
     h.close()
 
 
 from tests.launcher.aws.conftest import aws, moto_endpoint  # noqa: E402, F401 - AWS fixtures
+from tests.launcher.slurm.conftest import slurm_cluster, slurm_home  # noqa: E402, F401
