@@ -80,9 +80,6 @@ fi
 if [ -z "$LAUNCH_NODE_ADDR" ]; then
     LAUNCH_NODE_ADDR="$(launch_imds local-ipv4)" || LAUNCH_NODE_ADDR=""
 fi
-if [ -n "$LAUNCH_NODE_ADDR" ]; then
-    export LAUNCH_NODE_ADDR  # the agent's default for --addr
-fi
 echo "launch: node $LAUNCH_NODE (ami-launch-index '$launch_index', address" \
     "'$LAUNCH_NODE_ADDR') of run $LAUNCH_RUN"
 cd "$LAUNCH_WORK_DIR"
@@ -104,6 +101,7 @@ echo "launch: starting the agent"
 "$LAUNCH_WORK_DIR/venv/bin/python" -m launcher.node.agent \
     --root "$LAUNCH_ROOT" --run "$LAUNCH_RUN" --node "$LAUNCH_NODE" \
     --work-dir "$LAUNCH_WORK_DIR/agent" --interruption imds \
+    ${LAUNCH_NODE_ADDR:+--addr "$LAUNCH_NODE_ADDR"} \
     ${LAUNCH_MAX_RUNTIME:+--max-runtime "$LAUNCH_MAX_RUNTIME"}
 """
 

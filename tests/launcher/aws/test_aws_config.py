@@ -53,3 +53,15 @@ def test_ami_from_ssm_parameter_or_configured(aws):
     missing = resolve_settings(bucket="bkt", config={"aws": {"ami_parameter": "/nope"}})
     with pytest.raises(BackendError, match="SSM parameter /nope .*ParameterNotFound"):
         resolve_ami(missing, ssm)
+
+
+def test_node_addr_from_env_or_config_and_checked(monkeypatch):
+    monkeypatch.delenv("LAUNCH_AWS_NODE_ADDR", raising=False)
+    assert resolve_settings(bucket="bkt", region="r", config={}).node_addr is None
+    config = {"aws": {"node_addr": "10.8.0.2"}}
+    assert resolve_settings(bucket="bkt", region="r", config=config).node_addr == "10.8.0.2"
+    monkeypatch.setenv("LAUNCH_AWS_NODE_ADDR", "127.0.0.1")
+    assert resolve_settings(bucket="bkt", region="r", config=config).node_addr == "127.0.0.1"
+    monkeypatch.setenv("LAUNCH_AWS_NODE_ADDR", "1.2.3.4; rm -rf /")
+    with pytest.raises(SpecError, match="invalid aws.node_addr"):
+        resolve_settings(bucket="bkt", region="r", config={})

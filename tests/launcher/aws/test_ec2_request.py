@@ -89,3 +89,26 @@ def test_dry_run_has_no_token():
 def test_oversized_user_data_is_refused():
     with pytest.raises(SpecError, match="16 KiB"):
         run_instances_request(make(user_data="#" * 20000))
+
+
+def test_gang_request_is_all_or_nothing_and_named_by_its_first_node():
+    p = run_instances_request(make(node="node-2", count=2))
+    assert p["MinCount"] == p["MaxCount"] == 2
+    tags = {t["Key"]: t["Value"] for t in p["TagSpecifications"][0]["Tags"]}
+    assert tags["launch:gang"] == "node-2" and tags["launch:gang-size"] == "2"
+    assert "launch:node" not in tags  # each instance is tagged with its own once it exists
+    assert tags["Name"] == "launch-sweep-1-node-2..node-3"
+    assert make(node="node-2", count=2).nodes == ["node-2", "node-3"]
+    assert client_token(make(node="node-2", count=2)) != client_token(make(node="node-2"))
+    assert "Placement" not in p
+
+
+def test_placement_group_is_requested_by_name():
+    p = run_instances_request(make(count=2, placement_group="launch-sweep-1-abc"))
+    assert p["Placement"] == {"GroupName": "launch-sweep-1-abc"}
+
+
+@pytest.mark.parametrize("bad", [{"count": 0}, {"node": "head", "count": 2}])
+def test_impossible_gangs_are_refused(bad):
+    with pytest.raises(SpecError):
+        run_instances_request(make(**bad))

@@ -100,3 +100,28 @@ def test_values_only_reach_the_assignment_block():
     body = script.split(END_OF_VALUES, 1)[1]
     for literal in ("run-1", "node-0", "s3://bkt", "us-east-1"):
         assert literal not in body
+
+
+def test_gang_script_names_every_node_and_takes_its_own_by_launch_index():
+    script = build_user_data(values(node="node-4", count=3))
+    subprocess.run(["bash", "-n"], input=script, text=True, check=True)
+    assert "LAUNCH_NODES='node-4 node-5 node-6'" in script
+    assert "LAUNCH_NODE_ADDR=''" in script  # no aws.node_addr: IMDS local-ipv4
+    body = script.split(END_OF_VALUES, 1)[1]
+    assert "meta-data/$1" in body and "ami-launch-index" in body and "local-ipv4" in body
+    # the name is known (or the script has given up) before anything is fetched
+    assert body.index("ami-launch-index") < body.index('aws s3 cp --only-show-errors "$LAUNCH_CODE')
+    assert body.index("trap launch_power_off EXIT") < body.index("ami-launch-index")
+    assert '--addr "$LAUNCH_NODE_ADDR"' in body
+    assert "node-4" not in body
+
+
+def test_node_addr_setting_is_a_quoted_value():
+    script = build_user_data(values(node_addr="127.0.0.1"))
+    assert "LAUNCH_NODE_ADDR=127.0.0.1" in script and "LAUNCH_NODES=node-0" in script
+
+
+@pytest.mark.parametrize("bad", [{"node": "head", "count": 2}, {"count": 0}, {"count": True}])
+def test_invalid_gangs_are_refused(bad):
+    with pytest.raises(SpecError):
+        build_user_data(values(**bad))
