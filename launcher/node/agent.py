@@ -531,7 +531,7 @@ class Agent:
         message = f"{who}: {word.get('why')}; every rank was stopped"
         kind = word.get("kind")
         if kind == "interrupted":  # that node goes away: the gang is handed back, free
-            return "released", message.replace("; every", "; queued again, every")
+            return "released", f"{message} and the experiment queued again"
         return ("stopped" if kind == "stopped" else "failed"), message
 
     def _gang_outcome(self, claim: cl.Claim, outcome: Outcome) -> Outcome:
@@ -651,9 +651,12 @@ class Agent:
         if outcome.state == "lost":
             return  # the attempt was already over for this rank
         gang.report_exit(claim.rank, outcome.exit_code)
-        if outcome.state != "succeeded":
-            kind = outcome.state if outcome.state in ("stopped", "interrupted") else "failed"
-            gang.abort(claim.rank, kind, f"{outcome.message or outcome.state} on {self.node}")
+        if outcome.state == "interrupted":
+            gang.abort(claim.rank, "interrupted", f"node {self.node} was interrupted")
+        elif outcome.state == "stopped":
+            gang.abort(claim.rank, "stopped", "stopped by the user")
+        elif outcome.state != "succeeded":
+            gang.abort(claim.rank, "failed", f"{outcome.message or outcome.state} on {self.node}")
 
     # -- helpers ----------------------------------------------------------------------------
     def _say(self, message: str) -> None:

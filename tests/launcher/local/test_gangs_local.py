@@ -170,3 +170,67 @@ def test_logs_rank_k_is_that_ranks_log(home, gangdir):
         assert result.exit_code == 0 and f"rank {rank} of 2 joined" in result.stdout
     result = CliRunner().invoke(cli, ["logs", f"{name}/exp-0/2"])
     assert result.exit_code == 1 and "ranks 0 to 1" in result.stderr
+
+
+def test_one_ranks_node_interrupted_hands_the_gang_back_free(home, gangdir, tmp_path):
+    """A spot notice on rank 1's node: every rank stops, the experiment is queued again as a
+    whole without spending a retry (retries 0), and re-forms with the next node, resuming."""
+    record = tmp_path / "record.jsonl"
+    notice = tmp_path / "spot-notice"
+    spec = make_spec(
+        script="gangjob.py",
+        nodes=2,
+        script_args=["--steps", "30", "--sleep", "0.2", "--record", str(record)],
+    )
+    name = runs.prepare_run(spec, NoAgents())
+    procs = [agent_process(name, "node-0", tmp_path)]
+    storage = LocalBackend().storage()
+    ckpt = records.exp_key(name, "exp-0", "artifacts", "checkpoints", "last.ckpt")
+    try:
+        claim = records.claim_key(name, "exp-0", 1)  # node-0 is rank 0, node-1 sits
+        wait_for(lambda: storage.exists(claim), timeout=TIMEOUT, what="rank 0's claim")
+        storage_root = storage.root_url
+        cmd = [sys.executable, "-m", "launcher.node.agent", "--root", storage_root, "--run", name,
+               "--node", "node-1", "--gpus", "", "--addr", "127.0.0.1", "--work-dir",
+               str(tmp_path / "node-1"), "--interruption", f"file:{notice}"]  # fmt: skip
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                      start_new_session=True))  # fmt: skip
+        wait_for(lambda: storage.exists(ckpt) and storage.read_json(ckpt)["step"] >= 3,
+                 timeout=TIMEOUT, what="a shipped checkpoint")  # fmt: skip
+        notice.touch()
+        wait_for(lambda: status(name).get("interruptions") == 1, timeout=TIMEOUT,
+                 what="the gang handed back")  # fmt: skip
+        assert procs[1].wait(timeout=30) == 0  # the interrupted node's agent leaves
+        st = status(name)
+        assert "rank 1: node node-1 was interrupted" in st["message"], st
+        procs.append(agent_process(name, "node-2", tmp_path))
+        wait_for(lambda: status(name)["state"] == "succeeded", timeout=TIMEOUT,
+                 what="the gang re-formed and done")  # fmt: skip
+        assert status(name)["attempt"] == 2
+        resumed = [e["step"] for e in read_records(record)
+                   if e["event"] == "start" and e["attempt"] == 2]  # fmt: skip
+        assert len(resumed) == 2 and min(resumed) >= 3
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+
+
+def test_dry_run_counts_nodes_times_experiments_at_once(home, workdir):
+    result = CliRunner().invoke(cli, ["run", "--gpus", "0", "--instance", "t3.medium", "--nodes",
+                                      "2", "--max-nodes", "4", "--dry-run", "job.py", "--lr",
+                                      "[1, 2, 3]"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "resources: 4 x t3.medium (2 experiment(s) at once x 2 nodes)" in result.stdout
+    assert "for 4 x t3.medium" in result.stdout
+
+
+def test_a_backend_without_gangs_refuses_nodes():
+    from launcher.backends.base import Capabilities
+    from launcher.errors import SpecError
+    from launcher.spec.jobspec import JobSpec
+
+    spec = JobSpec(script="job.py", nodes=2, max_nodes=2, gpus=0)
+    with pytest.raises(SpecError, match="cannot run an experiment across nodes; --nodes 2"):
+        spec.check_capabilities(Capabilities(gangs=False), "plain")
+    spec.check_capabilities(Capabilities(gangs=True), "gangs")  # and one with them accepts
