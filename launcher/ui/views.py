@@ -76,8 +76,9 @@ def run_page(name: str) -> dict[str, Any]:
         b = board[v.id]
         experiments.append({
             "id": v.id, "params": v.params, "state": v.state, "attempt": v.attempt,
-            "node": v.node, "exit_code": v.exit_code, "started": v.started, "ended": v.ended,
-            "message": v.message, "best": b.best, "best_epoch": b.epoch, "rank": b.rank,
+            "node": v.node, "nodes": v.nodes, "exit_code": v.exit_code, "started": v.started,
+            "ended": v.ended, "message": v.message, "best": b.best, "best_epoch": b.epoch,
+            "rank": b.rank,
         })  # fmt: skip
     ranked = sorted(board.values(), key=lambda b: (b.rank is None, b.rank or 0))
     shown = [b.experiment for b in ranked[:MAX_CURVES]]

@@ -355,7 +355,8 @@ function runPage(run) {
                                    num: true, cell: (e) => num(e.params[p]) })),
       { key: "state", label: "status", cell: (e) => stateBadge(e.state) },
       { key: "attempt", label: "attempts", num: true },
-      { key: "node", label: "node", cell: (e) => e.node || "-" },
+      // a multi-node experiment's nodes, rank 0 first
+      { key: "node", label: "node", cell: (e) => (e.nodes && e.nodes.length ? e.nodes.join(", ") : e.node) || "-" },
       { key: "duration", label: "duration", num: true, value: (e) => span(e.started, e.ended),
         cell: (e) => dur(span(e.started, e.ended)) },
       { key: "cost", label: "cost", num: true,

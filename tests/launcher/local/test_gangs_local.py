@@ -170,6 +170,14 @@ def test_logs_rank_k_is_that_ranks_log(home, gangdir):
         assert result.exit_code == 0 and f"rank {rank} of 2 joined" in result.stdout
     result = CliRunner().invoke(cli, ["logs", f"{name}/exp-0/2"])
     assert result.exit_code == 1 and "ranks 0 to 1" in result.stderr
+    # launch status RUN and the dashboard list the experiment's nodes, rank 0 first
+    nodes = status(name)["nodes"]
+    out = CliRunner().invoke(cli, ["status", name]).stdout
+    assert "NODES" in out and ",".join(nodes) in out
+    from launcher.ui.views import run_page
+
+    (exp,) = run_page(name)["experiments"]
+    assert exp["nodes"] == nodes and len(set(nodes)) == 2
 
 
 def test_one_ranks_node_interrupted_hands_the_gang_back_free(home, gangdir, tmp_path):
