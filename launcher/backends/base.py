@@ -76,6 +76,7 @@ class Reconciled:
     requeued: list[str] = field(default_factory=list)  # experiments a dead node held
     started: list[NodeInfo] = field(default_factory=list)  # replacement nodes
     notes: list[str] = field(default_factory=list)  # what it could not do, for the user
+    stopped: list[str] = field(default_factory=list)  # experiments the scheduler cancelled
 
     def summary(self) -> str:
         parts = []

@@ -22,7 +22,7 @@ def reconcile_run(ctx: RunContext, statuses: dict[str, dict], stop: bool) -> tup
     if stop:
         return _close_stopped(ctx, statuses)
     result = ctx.backend.reconcile(ctx.name, statuses)
-    return result.summary(), bool(result.requeued or result.started)
+    return result.summary(), bool(result.requeued or result.started or result.stopped)
 
 
 def _close_stopped(ctx: RunContext, statuses: dict[str, dict]) -> tuple[str, bool]:

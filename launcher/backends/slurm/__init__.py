@@ -85,7 +85,10 @@ class SlurmBackend(Backend):
         if self._storage is None:
             from launcher.storage.root import Storage
 
-            self._storage = Storage(self.settings.root_url)
+            url = self.settings.root_url
+            if url.startswith("file://") and not Path(url[7:]).exists():
+                self._check_root()  # a root that cannot even be made: say so before writing
+            self._storage = Storage(url)
         return self._storage
 
     # -- records of what was submitted ------------------------------------------------------------
@@ -141,17 +144,21 @@ class SlurmBackend(Backend):
         self._check_root()
 
     def _check_root(self) -> None:
+        """A file:// root must be a folder this login node can write (by trying it)."""
         url = self.settings.root_url
-        if url.startswith("file://"):
-            path = Path(url[7:])
-            above = path
-            while not above.exists() and above != above.parent:
-                above = above.parent
-            if not (above.is_dir() and os.access(above, os.W_OK | os.X_OK)):
-                raise BackendError(f"the storage root {path} cannot be written from this machine "
-                                   f"({above} is not a writable folder); the cluster's nodes "
-                                   "must share it: `launch config set slurm.root "
-                                   "/shared/path` (or s3://BUCKET/PREFIX)")  # fmt: skip
+        if not url.startswith("file://"):
+            return
+        path = Path(url[7:])
+        probe = path / f".write-test-{socket.gethostname()}-{os.getpid()}"
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise BackendError(f"the storage root {path} cannot be written from this machine "
+                               f"({e.strerror or e}); the cluster's nodes must share it: `launch "
+                               "config set slurm.root /shared/path` (or s3://BUCKET/PREFIX)"
+                               ) from None  # fmt: skip
 
     def _submit_batch(self, run: str, spec: dict, count: int, *, number: int,
                       first: bool = False) -> list[NodeInfo]:  # fmt: skip
@@ -235,7 +242,7 @@ class SlurmBackend(Backend):
             f"cancelled in Slurm (scancel of {', '.join(ids[:4])}{'...' if len(ids) > 4 else ''})"
         )
         alive = {t.node for t in tasks if t.live}
-        now = time.time()
+        now, stopped = time.time(), []
         for exp, st in statuses.items():
             if st.get("state") in records.TERMINAL:
                 continue
@@ -243,7 +250,8 @@ class SlurmBackend(Backend):
                 continue
             records.finish(self.storage(), run, exp, state="stopped", ended=now,
                            attempt=int(st.get("attempt") or 0), message=said)  # fmt: skip
-        return Reconciled(notes=[f"the run was {said}; nothing resubmitted"])
+            stopped.append(exp)
+        return Reconciled(stopped=stopped, notes=[f"the run was {said}; nothing resubmitted"])
 
     # -- stop and delete --------------------------------------------------------------------------
     def stop(self, run: str) -> list[NodeInfo]:

@@ -84,7 +84,7 @@ def sbatch_argv(
 ) -> list[str]:
     """sbatch's arguments (the script comes on stdin): an array of ``tasks`` agents, at most
     ``throttle`` (default: all of them) at once."""
-    argv = ["sbatch", "--parsable", f"--job-name={run}", f"--output={output}",
+    argv = ["sbatch", "--parsable", f"--job-name={run}", f"--output={output}", "--open-mode=append",
             f"--array=0-{tasks - 1}%{throttle or tasks}", "--nodes=1", "--ntasks=1"]  # fmt: skip
     gpus = int(spec.get("gpus") or 0)
     if gpus:

@@ -69,6 +69,7 @@ TaskPlugin=task/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 MpiDefault=none
+JobSubmitPlugins=lua
 ReturnToService=2
 StateSaveLocation={dir}/state
 SlurmctldPidFile={dir}/slurmctld.pid
@@ -93,6 +94,19 @@ NodeName=n[1-2] NodeHostname={host} NodeAddr=127.0.0.1 Port={node_ports} {node_s
 PartitionName=debug Nodes=n[1-2] Default=YES MaxTime=INFINITE State=UP
 """
 
+# Stands in for the account associations of a cluster with slurmdbd: only account "lab" exists.
+JOB_SUBMIT_LUA = """\
+function slurm_job_submit(job_desc, part_list, submit_uid)
+    if job_desc.account ~= nil and job_desc.account ~= "lab" then
+        return slurm.ESLURM_INVALID_ACCOUNT
+    end
+    return slurm.SUCCESS
+end
+function slurm_job_modify(job_desc, job_rec, part_list, modify_uid)
+    return slurm.SUCCESS
+end
+"""
+
 
 class Cluster:
     """Start with :meth:`start`, stop with :meth:`stop` (by pid); ``env`` is what clients need."""
@@ -101,12 +115,13 @@ class Cluster:
         self.dir = Path(root)
         self.conf = self.dir / "slurm.conf"
         self.munge_socket = self.dir / "munge" / "munge.socket"
-        self.env = {"SLURM_CONF": str(self.conf)}
+        # PATH as it is now: a test that hides sbatch from the launcher must not hide it here
+        self.env = {"SLURM_CONF": str(self.conf), "PATH": os.environ.get("PATH", "")}
         self._started: list[Path] = []  # pid files of what this object started
 
     # -- start --------------------------------------------------------------------------------
     def start(self, timeout: float = 60.0) -> Cluster:
-        for sub in ("munge", "keys", "state", "spool"):
+        for sub in ("munge", "keys", "state", *(f"spool/{n}" for n in NODES)):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
         (self.dir / "keys").chmod(0o700)
         (self.dir / "munge").chmod(0o755)  # clients (root here) reach the socket through it
@@ -127,6 +142,7 @@ class Cluster:
             host=host, dir=self.dir, munge_socket=self.munge_socket, ctld_port=ctld_port,
             node_ports=f"{node_ports[0]}-{node_ports[-1]}",
             node_size="CPUs=1 RealMemory=4000 State=UNKNOWN"))  # fmt: skip
+        (self.dir / "job_submit.lua").write_text(JOB_SUBMIT_LUA)  # beside slurm.conf
         self._daemon([_exe("slurmctld"), "-f", str(self.conf)], self.dir / "slurmctld.pid")
         for n in NODES:
             self._daemon([_exe("slurmd"), "-f", str(self.conf), "-N", n],
@@ -167,7 +183,8 @@ class Cluster:
         return self.cmd("sinfo", "-N", "-h", "-o", "%N %T", check=False).stdout
 
     def idle_nodes(self) -> int:
-        return sum(1 for line in self.sinfo().splitlines() if line.split()[1:] == ["idle"])
+        lines = self.sinfo().splitlines()  # a node shows once per partition
+        return len({line.split()[0] for line in lines if line.split()[1:] == ["idle"]})
 
     def logs(self) -> str:
         out = []
