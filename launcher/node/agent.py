@@ -111,7 +111,9 @@ class Agent:
         self.addr = addr or os.environ.get("LAUNCH_NODE_ADDR") or gangs.primary_address()
         self.group = group  # gangs form only among agents of one group (a Slurm allocation)
         self.form_s = env_float("LAUNCH_GANG_FORM_S", 300.0)  # seats to fill, then hand back
-        self.poll_s = env_float("LAUNCH_GANG_POLL_S", 0.2)
+        # how often a forming gang looks at its seats (and an idle agent for work): quick on a
+        # file system, gentler on S3, where each look is a LIST and a few GETs
+        self.poll_s = env_float("LAUNCH_GANG_POLL_S", 0.2 if storage.protocol == "file" else 1.0)
         self._seated: cl.Claim | None = None  # a seat taken while giving way (see _gather)
         self._code_dir: Path | None = None
         self._python: str | None = None  # the dependency file's venv, once installed
@@ -319,7 +321,7 @@ class Agent:
                 gang.abort(claim.rank, "failed", why)
                 return Outcome("failed", None, why)
             time.sleep(self.poll_s)
-        return Outcome("lost", None, "the gang did not form")
+        return Outcome("lost", None, self._why_lost(claim))
 
     def _gpu_count(self) -> int:
         """GPUs each of this node's ranks' script gets (the gang's LAUNCH_GPUS_PER_NODE)."""
@@ -571,6 +573,9 @@ class Agent:
             return f"the gang's attempt ended (rank {word.get('rank')}: {word.get('why')})"
         if claim.gang is not None and claim.gang.released():
             return "the gang was released"
+        if claim.gang is not None:  # rank 0 died: its lobby entry (if it still formed) goes too
+            with contextlib.suppress(Exception):
+                gangs.close_lobby(self.storage, claim.gang)
         return "rank 0's claim went away"
 
     def _end(self, tree: ScriptTree, state: str, message: str) -> Outcome:

@@ -138,7 +138,9 @@ class Gang:
 
     # -- rank 0's decisions -----------------------------------------------------------------
     def publish(self, cluster: Cluster) -> None:
-        self.storage.write_json(self.key("cluster.json"), cluster.to_dict())
+        data = cluster.to_dict()
+        self.storage.write_json(self.key("cluster.json"), data)
+        self._seen_cluster = data  # rank 0 never needs to read back what it wrote
 
     def cluster(self) -> Cluster | None:
         if self._seen_cluster is None:
