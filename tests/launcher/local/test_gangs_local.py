@@ -242,3 +242,26 @@ def test_a_backend_without_gangs_refuses_nodes():
     with pytest.raises(SpecError, match="cannot run an experiment across nodes; --nodes 2"):
         spec.check_capabilities(Capabilities(gangs=False), "plain")
     spec.check_capabilities(Capabilities(gangs=True), "gangs")  # and one with them accepts
+
+
+def test_a_seat_left_empty_by_a_crash_costs_one_hand_back_not_the_run(home, gangdir, tmp_path):
+    """An agent that died between creating its seat and writing it leaves an empty seat-1:
+    rank 0 cannot count it as a node, hands the attempt back at the formation timeout (free),
+    and the next attempt's gang forms with a live node."""
+    spec = make_spec(script="gangjob.py", nodes=2, script_args=["--steps", "1"])
+    name = runs.prepare_run(spec, NoAgents())
+    storage = LocalBackend().storage()
+    seat = storage.path(gang_key(name, "exp-0", 1, "seat-1"))
+    os.makedirs(os.path.dirname(seat))
+    open(seat, "wb").close()  # O_EXCL'd, never written: its writer died
+    procs = [agent_process(name, f"node-{i}", tmp_path, LAUNCH_GANG_FORM_S="1") for i in (0, 1)]
+    try:
+        wait_for(lambda: status(name)["state"] == "succeeded", timeout=TIMEOUT,
+                 what="the second attempt's gang")  # fmt: skip
+        st = status(name)
+        assert st["attempt"] >= 2 and st["interruptions"] >= 1  # handed back, not failed
+        assert "step 1 sum 3" in read_log(storage, name, "exp-0")
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
