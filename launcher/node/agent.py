@@ -179,6 +179,8 @@ class Agent:
         except Exception as e:  # setup failed: the attempt fails like a crashed script
             outcome = Outcome("failed", None, f"setup failed: {type(e).__name__}: {e}")
             self._log_line(claim, f"[launch] {outcome.message}")
+            if claim.gang is not None and not claim.rank:  # the other ranks stop at once
+                claim.gang.abort(0, "failed", outcome.message)
             return outcome
         try:
             outcome = self.supervise(claim, tree, log_path, artifacts, lost)

@@ -192,8 +192,11 @@ def test_delete_of_a_corrupt_run_the_index_never_saw_stops_its_agent(home, workd
 
 
 def test_a_corrupt_index_is_set_aside_and_rebuilt(home, workdir):
-    name = runs.prepare_run(make_spec(name="kept"), LocalBackend())
-    runs.wait_run(name, poll=0.2, timeout=60)
+    # the run is made in another process, as a user's earlier `launch run` was: an index
+    # connection still open in this one would keep reading the old pages through its WAL
+    cmd = [sys.executable, "-c", "from launcher.cli.app import main; main()", "run", "--name",
+           "kept", "--instance", "t3.medium", "--gpus", "0", "--wait", "job.py"]  # fmt: skip
+    assert subprocess.run(cmd, capture_output=True, timeout=120).returncode == 0
     (home / "runs.sqlite3").write_bytes(b"SQLite format 3\x00" + b"\xff" * 4000)
     for suffix in ("-wal", "-shm"):
         (home / f"runs.sqlite3{suffix}").unlink(missing_ok=True)
