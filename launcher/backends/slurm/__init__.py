@@ -70,6 +70,9 @@ class SlurmBackend(Backend):
     def __init__(self, settings: SlurmSettings | None = None):
         self.settings = settings or resolve_settings()
         self._storage: Storage | None = None
+        # what the last reconcile saw, handed once to the nodes() call of the same refresh (a
+        # `launch status` is one squeue), when that reconcile changed nothing
+        self._seen: dict[str, tuple[float, list[queue.Task]]] = {}
 
     @classmethod
     def configured(cls) -> bool:
@@ -194,7 +197,9 @@ class SlurmBackend(Backend):
 
     # -- inspect ----------------------------------------------------------------------------------
     def nodes(self, run: str) -> list[NodeInfo]:
-        return [_node_info(t) for t in self._tasks(run)]
+        seen = self._seen.pop(run, None)
+        fresh = seen is not None and time.monotonic() - seen[0] < 2.0
+        return [_node_info(t) for t in (seen[1] if fresh else self._tasks(run))]
 
     # -- reconcile --------------------------------------------------------------------------------
     def reconcile(self, run: str, statuses: Mapping[str, dict]) -> Reconciled:
@@ -224,6 +229,8 @@ class SlurmBackend(Backend):
         if want > 0 and budget <= 0:
             done.notes.append(f"no replacement: the run's budget of {spent} Slurm tasks is spent")
         if count <= 0:
+            if not requeued:
+                self._seen[run] = (time.monotonic(), tasks)
             return done
         number = max((int(b["number"]) for b in batches), default=-1) + 1
         try:
