@@ -23,6 +23,7 @@ SETTINGS = {
     "aws.prefix": "folder in the bucket (default: launch)",
     "aws.region": "AWS region of the nodes (default: the AWS CLI's)",
     "aws.ami": "node image: an ami-... id (default: the AWS Deep Learning base AMI)",
+    "aws.node_addr": "address every node gives the other ranks (default: its private IP)",
     "defaults.backend": "local or aws: where `launch run` and `launch datastore` go by default",
     "slurm.partition": "Slurm partition for runs (default: the cluster's default partition)",
     "slurm.account": "Slurm account to charge (sbatch --account)",

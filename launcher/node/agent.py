@@ -593,6 +593,12 @@ class Agent:
         # a signal to the whole group (local stop, a node shutting down) reaches the script too
         if self._stop_requested(claim.exp):
             return Outcome("stopped", code, "stopped by the user")
+        if code in (-signal.SIGTERM, 128 + signal.SIGTERM) and not self._terminating:
+            # a scheduler that signals the whole job (Slurm's requeue, a node shutting down)
+            # may reach the script a moment before this agent's own handler has run
+            deadline = time.monotonic() + env_float("LAUNCH_SIGTERM_RACE_S", 1.0)
+            while not self._terminating and time.monotonic() < deadline:
+                time.sleep(0.02)
         if self._terminating:
             return Outcome("interrupted", code, "agent terminated; queued again")
         return Outcome("failed", code, f"the script exited with code {code}")

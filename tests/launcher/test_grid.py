@@ -95,7 +95,7 @@ def test_the_tutorials_grid_command_line_runs_as_written():
     assert "1 experiment(s) of train.py on local:" in out
     assert "--gpus 1 --max_epochs 10" in out
     # one experiment: one node is counted and priced, not --grid_max_nodes 10
-    assert "resources: 1 x p3.2xlarge, 1 GPU(s) per experiment, 200 GiB disk" in out
+    assert "resources: 1 x p3.2xlarge, 1 GPU(s) per node, 200 GiB disk" in out
     assert f"${catalog.get_instance('p3.2xlarge').price_hour:.3f}/hour on-demand for 1 x" in out
     assert notes(r) == [
         "note: --framework lightning: the script runs with python, as every run does",
@@ -121,7 +121,7 @@ def test_a_grid_config_launches_the_same_run_as_its_flags(project):
     assert by_config.exit_code == 0, by_config.output
     assert by_config.stdout == by_flags.stdout
     assert "3 experiment(s) of train.py" in by_config.stdout
-    assert "resources: 1 x g4dn.12xlarge, 2 GPU(s) per experiment, 200 GiB disk" in by_config.stdout
+    assert "resources: 1 x g4dn.12xlarge, 2 GPU(s) per node, 200 GiB disk" in by_config.stdout
     said = " ".join(notes(by_config))
     assert "compute.provider: ignored" in said and "framework lightning" in said
     assert "dependency_file requirements.txt: checked; each node pip-installs it" in said
@@ -287,7 +287,7 @@ def test_every_grid_spelling_reaches_its_option():
                "t3.medium", "--g_disk_size", "50", "train.py", "--lr", "[1, 2, 3]")  # fmt: skip
     assert r.exit_code == 0, r.output
     assert "2 experiment(s)" in r.stdout and "description: about" in r.stdout
-    assert "resources: 1 x t3.medium, 0 GPU(s) per experiment, 50 GiB disk" in r.stdout
+    assert "resources: 1 x t3.medium, 0 GPU(s) per node, 50 GiB disk" in r.stdout
 
 
 def test_an_unknown_option_gets_a_did_you_mean():

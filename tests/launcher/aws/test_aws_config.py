@@ -65,3 +65,17 @@ def test_node_addr_from_env_or_config_and_checked(monkeypatch):
     monkeypatch.setenv("LAUNCH_AWS_NODE_ADDR", "1.2.3.4; rm -rf /")
     with pytest.raises(SpecError, match="invalid aws.node_addr"):
         resolve_settings(bucket="bkt", region="r", config={})
+
+
+def test_launch_config_set_aws_node_addr(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from launcher.cli.app import cli
+    from launcher.config import load_config
+
+    monkeypatch.setenv("LAUNCH_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("LAUNCH_AWS_NODE_ADDR", raising=False)
+    result = CliRunner().invoke(cli, ["config", "set", "aws.node_addr", "10.8.0.2"])
+    assert result.exit_code == 0, result.output
+    config = load_config()
+    assert resolve_settings(bucket="bkt", region="r", config=config).node_addr == "10.8.0.2"

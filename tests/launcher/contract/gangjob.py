@@ -1,7 +1,9 @@
 """A stand-in for a multi-node training, for the contract suite's gang cases: every rank joins
 one gloo group from the launcher's variables and all-reduces once per step, so the ranks are
 coupled as DDP couples them; rank 0 writes last.ckpt (the step reached) after each step, and
-every rank appends what it did to ``--record`` (JSON lines: rank, pid, start step, times)."""
+every rank appends what it did to ``--record`` (JSON lines: rank, pid, start step, times);
+``--meet DIR`` makes experiments wait for each other (a check that they ran at once that does
+not depend on timing)."""
 
 GANG_JOB = """
 import argparse, datetime, json, os, sys, time
@@ -16,6 +18,9 @@ p.add_argument("--sleep", type=float, default=0.1)
 p.add_argument("--fail-rank", type=int, default=None, help="this rank exits 1 after step 1")
 p.add_argument("--record", default=None)
 p.add_argument("--lr", default="0.1")
+p.add_argument("--meet", default=None, help="rank 0 waits in this folder until --meet-count "
+               "experiments' rank 0 are there: they run at the same time, or it exits 2")
+p.add_argument("--meet-count", type=int, default=2)
 args = p.parse_args()
 
 rank, world = int(os.environ["NODE_RANK"]), int(os.environ["WORLD_SIZE"])
@@ -41,6 +46,16 @@ dist.init_process_group("gloo", init_method=f"tcp://{os.environ['MASTER_ADDR']}:
                         f"{os.environ['MASTER_PORT']}", rank=rank, world_size=world,
                         timeout=datetime.timedelta(seconds=60))
 print(f"rank {rank} of {world} joined, start_step={start} attempt={attempt}", flush=True)
+if args.meet and rank == 0:
+    meet = Path(args.meet)
+    meet.mkdir(parents=True, exist_ok=True)
+    (meet / os.environ["LAUNCH_EXPERIMENT"]).touch()
+    deadline = time.monotonic() + 120
+    while len(list(meet.iterdir())) < args.meet_count:
+        if time.monotonic() > deadline:
+            print("the other experiments never ran at the same time", flush=True)
+            sys.exit(2)
+        time.sleep(0.1)
 for step in range(start, args.steps):
     value = torch.tensor([float(rank + 1)])
     dist.all_reduce(value)

@@ -29,7 +29,7 @@ def starts(record) -> list[dict]:
 
 def test_one_experiment_runs_across_two_nodes(gang_harness, tmp_path):
     h, record = gang_harness, tmp_path / "record.jsonl"
-    name = h.launch(name="gang", script="gangjob.py", nodes=2,
+    name = h.launch(name="gang", script="gangjob.py", nodes=2, gpus=0,
                     script_args=["--steps", "2", "--record", str(record)])  # fmt: skip
     row, (view,) = finish(h, name)
     assert row.status == "succeeded" and view.attempt == 1, view.message
@@ -53,23 +53,27 @@ def test_one_experiment_runs_across_two_nodes(gang_harness, tmp_path):
 
 def test_two_gangs_run_at_once_within_max_nodes(gang_harness, tmp_path):
     h, record = gang_harness, tmp_path / "record.jsonl"
-    args = ["--steps", "12", "--sleep", "0.25", "--lr", "[0.1, 0.01]", "--record", str(record)]
-    name = h.launch(name="gangs", script="gangjob.py", nodes=2, max_nodes=4, script_args=args)
+    # each experiment's rank 0 waits until the other's is running too (or exits 2): both
+    # succeed only if the two gangs ran at the same time
+    meet = tmp_path / "meet"
+    args = ["--steps", "2", "--lr", "[0.1, 0.01]", "--record", str(record), "--meet", str(meet)]
+    name = h.launch(name="gangs", script="gangjob.py", nodes=2, max_nodes=4, gpus=0,
+                    script_args=args)  # fmt: skip
     row, views = finish(h, name)
-    assert row.status == "succeeded" and row.done == 2
+    assert row.status == "succeeded" and row.done == 2, [v.message for v in views]
     assert len({n for v in views for n in v.nodes}) == 4  # each gang on its own two nodes
     events = read_records(record)
     span = {}
     for exp in ("exp-0", "exp-1"):
         times = [e["time"] for e in events if e["exp"] == exp and e["rank"] == 0]
         span[exp] = (min(times), max(times))
-    # both ran at the same time: each started before the other ended
+    # and the recorded times agree: each started before the other ended
     assert span["exp-0"][0] < span["exp-1"][1] and span["exp-1"][0] < span["exp-0"][1]
 
 
 def test_a_killed_rank_stops_the_gang_and_the_retry_resumes(gang_harness, tmp_path):
     h, record = gang_harness, tmp_path / "record.jsonl"
-    name = h.launch(name="gangkill", script="gangjob.py", nodes=2, retries=1, script_args=[
+    name = h.launch(name="gangkill", script="gangjob.py", nodes=2, retries=1, gpus=0, script_args=[
         "--steps", "40", "--sleep", "0.2", "--record", str(record)])  # fmt: skip
     storage = h.backend().storage()
     ckpt = records.exp_key(name, "exp-0", "artifacts", "checkpoints", "last.ckpt")
@@ -96,7 +100,7 @@ def test_a_killed_rank_stops_the_gang_and_the_retry_resumes(gang_harness, tmp_pa
 def test_one_rank_failing_fails_the_experiment_and_ends_every_rank(gang_harness, tmp_path):
     h, record = gang_harness, tmp_path / "record.jsonl"
     args = ["--steps", "200", "--sleep", "0.1", "--fail-rank", "1", "--record", str(record)]
-    name = h.launch(name="gangfail", script="gangjob.py", nodes=2, script_args=args)
+    name = h.launch(name="gangfail", script="gangjob.py", nodes=2, gpus=0, script_args=args)
     row, (view,) = finish(h, name)
     assert row.status == "failed" and view.state == "failed"
     assert "rank 1" in view.message and "code 1" in view.message, view.message

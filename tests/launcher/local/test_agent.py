@@ -294,3 +294,29 @@ def test_shipping_errors_while_running_do_not_kill_the_training(
     st = records.read_status(storage(), name, "exp-0")
     assert st["state"] == "succeeded" and len(raised) == 2
     assert storage().exists(records.exp_key(name, "exp-0", "artifacts/checkpoints/best.ckpt"))
+
+
+RACE = """
+import os, signal, subprocess, sys
+agent = os.getppid()
+# a scheduler signalling the whole job: the script is ended first, its agent a moment later
+helper = subprocess.Popen([sys.executable, "-c", "import os, signal, sys, time; print('ready', "
+                           "flush=True); time.sleep(0.3); os.kill(int(sys.argv[1]), "
+                           "signal.SIGTERM)", str(agent)], stdout=subprocess.PIPE)
+helper.stdout.readline()
+os.kill(os.getpid(), signal.SIGTERM)
+"""
+
+
+def test_a_job_wide_sigterm_reaching_the_script_first_hands_back_not_fails(home, workdir, tmp_path):
+    (workdir / "race.py").write_text(RACE)
+    name = prepared([], script="race.py")
+    out = subprocess.run(
+        [sys.executable, "-m", "launcher.node.agent", "--root", storage().root_url, "--run", name,
+         "--node", "node-0", "--work-dir", str(tmp_path / "w")],
+        capture_output=True, text=True, timeout=60,
+        env=dict(os.environ, LAUNCH_SIGTERM_RACE_S="10"),
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    status = records.read_status(storage(), name, "exp-0")
+    assert status["state"] == "queued" and status["interruptions"] == 1, status  # no retry spent
