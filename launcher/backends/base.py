@@ -95,9 +95,7 @@ def wanted_nodes(max_nodes: int, unfinished: int, nodes: int = 1) -> int:
     return min(at_once, int(unfinished)) * max(1, int(nodes))
 
 
-def missing_nodes(
-    max_nodes: int, statuses: Mapping[str, dict], live: int, nodes: int = 1
-) -> int:
+def missing_nodes(max_nodes: int, statuses: Mapping[str, dict], live: int, nodes: int = 1) -> int:
     """How many nodes a run lacks: :func:`wanted_nodes` for its unfinished experiments, less
     those alive. The one rule every backend's reconcile applies."""
     from launcher.storage.records import TERMINAL
