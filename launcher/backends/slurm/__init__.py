@@ -9,17 +9,20 @@ and the rest of Slurm's environment are honoured by those commands). The storage
   pool agent that claims experiments until none is left, exactly as on every backend, so
   ``--max-nodes`` is the array's size and throttle, retries and recovery are the common code, and
   a 100,000-experiment sweep is still one small array. Slurm queues the tasks until it has room.
-  Resources: ``--gres=gpu:N``, ``--cpus-per-task``, ``--mem``, ``--time`` = max_runtime plus a
+  With ``--nodes N`` a task is an N-node allocation running one agent per node through ``srun``
+  (they form the experiment's gang among themselves), K counts tasks (``max_nodes // N``
+  experiments at once) and the node names are ``jJOB-TASK-rRESTART-nNODEID``. Resources, per
+  node: ``--gres=gpu:N``, ``--cpus-per-task``, ``--mem``, ``--time`` = max_runtime plus a
   margin (a task that reaches it hands its experiment back and requeues, see sbatch.py).
 - ``nodes``: one ``squeue`` (plus one ``sacct`` for jobs squeue has forgotten); read-only.
 - ``reconcile``: Slurm requeues what it preempts or requeues itself, so this only handles what
   Slurm will not: an experiment left ``running`` by a task that ended (killed, failed, node
   failure, time-out) is re-queued, and missing agents (fewer live tasks than wanted) come back as
-  one new small array, within the run's budget of ``max_nodes + experiments x (retries + 1)``
-  tasks. A batch is submitted only by whoever creates its record ``runs/RUN/slurm/batch-N.json``
-  exclusively, so concurrent ``launch status`` submit it once. A task cancelled from outside
-  (``scancel``) cancels the run: its unfinished experiments are stopped, saying so, and nothing
-  is resubmitted.
+  one new small array, within the run's budget of ``max_nodes + experiments x (retries + 1) x
+  nodes`` nodes. A batch is submitted only by whoever creates its record
+  ``runs/RUN/slurm/batch-N.json`` exclusively, so concurrent ``launch status`` submit it once.
+  A task cancelled from outside (``scancel``) cancels the run: its unfinished experiments are
+  stopped, saying so, and nothing is resubmitted.
 - ``stop``: ``scancel`` of the run's jobs (the agents stop their scripts and ship first);
   ``delete`` also removes the task logs.
 """
@@ -65,7 +68,7 @@ class SlurmBackend(Backend):
 
     name = "slurm"
     capabilities = Capabilities(spot=False, multi_node=True, stop=True, gpus=True, cost=False,
-                                graceful_stop=True, instances=False)  # fmt: skip
+                                graceful_stop=True, instances=False, gangs=True)  # fmt: skip
 
     def __init__(self, settings: SlurmSettings | None = None):
         self.settings = settings or resolve_settings()
@@ -73,6 +76,7 @@ class SlurmBackend(Backend):
         # what the last reconcile saw, handed once to the nodes() call of the same refresh (a
         # `launch status` is one squeue), when that reconcile changed nothing
         self._seen: dict[str, tuple[float, list[queue.Task]]] = {}
+        self._sizes: dict[str, int] = {}  # run -> nodes per task (its spec's nodes)
 
     @classmethod
     def configured(cls) -> bool:
@@ -111,6 +115,13 @@ class SlurmBackend(Backend):
     def _jobs(self, batches: list[dict]) -> set[str]:
         return {str(b["job"]) for b in batches if b.get("job")}
 
+    def _size(self, run: str) -> int:
+        """Nodes per task: the run's ``nodes`` (read once; a run's spec never changes)."""
+        if run not in self._sizes:
+            record = self.storage().read_json(f"runs/{run}/run.json", default=None) or {}
+            self._sizes[run] = max(1, int((record.get("spec") or {}).get("nodes") or 1))
+        return self._sizes[run]
+
     def _tasks(self, run: str, batches: list[dict] | None = None) -> list[queue.Task]:
         batches = self._batches(run) if batches is None else batches
         return queue.query(self._jobs(batches), run)
@@ -119,7 +130,8 @@ class SlurmBackend(Backend):
     def submit(self, run: str, spec: JobSpec) -> list[NodeInfo]:
         self.check(spec)
         record = self.storage().read_json(f"runs/{run}/run.json")
-        count = wanted_nodes(int(spec.max_nodes), len(record["experiments"]), int(spec.nodes))
+        size = max(1, int(spec.nodes or 1))
+        count = wanted_nodes(int(spec.max_nodes), len(record["experiments"]), size) // size
         return self._submit_batch(run, record["spec"], count, number=0, first=True)
 
     def check(self, spec: JobSpec) -> None:
@@ -174,8 +186,9 @@ class SlurmBackend(Backend):
         output = self.log_dir(run) / "%A_%a.out"
         output.parent.mkdir(parents=True, exist_ok=True)
         argv = sbatch_argv(run, spec, count, self.settings, str(output))
+        size = max(1, int(spec.get("nodes") or 1))
         script = batch_script(BatchValues(run=run, root_url=self.settings.root_url,
-                                          python=sys.executable,
+                                          python=sys.executable, nodes=size,
                                           max_runtime=spec.get("max_runtime")))  # fmt: skip
         try:
             job = parse_job_id(queue.run_slurm(argv, input=script))
@@ -185,9 +198,11 @@ class SlurmBackend(Backend):
                 raise BackendError(str(e)) from None
             raise
         storage.write_json(key, dict(body, job=job, submitted=time.time()))
-        log.info("submitted Slurm job %s (%d task(s)) for %s", job, count, run)
-        return [NodeInfo(node_id=f"j{job}-{t}-r0", state="pending", instance_type="slurm",
-                         extra={"job": job, "task": t}) for t in range(count)]  # fmt: skip
+        log.info("submitted Slurm job %s (%d task(s) of %d node(s)) for %s", job, count, size, run)
+        return [NodeInfo(node_id=n, state="pending", instance_type="slurm",
+                         extra={"job": job, "task": t})
+                for t in range(count)
+                for n in queue.node_names(f"j{job}-{t}-r0", size)]  # fmt: skip
 
     def log_dir(self, run: str) -> Path:
         """Where Slurm writes the tasks' own output (the agents' lines), on the shared home."""
@@ -199,7 +214,8 @@ class SlurmBackend(Backend):
     def nodes(self, run: str) -> list[NodeInfo]:
         seen = self._seen.pop(run, None)
         fresh = seen is not None and time.monotonic() - seen[0] < 2.0
-        return [_node_info(t) for t in (seen[1] if fresh else self._tasks(run))]
+        tasks = seen[1] if fresh else self._tasks(run)
+        return [info for t in tasks for info in _node_infos(t, self._size(run))]
 
     # -- reconcile --------------------------------------------------------------------------------
     def reconcile(self, run: str, statuses: Mapping[str, dict]) -> Reconciled:
@@ -220,11 +236,13 @@ class SlurmBackend(Backend):
         pending = sum(int(b.get("tasks") or 0) for b in batches
                       if not b.get("job") and not b.get("failed")
                       and now - float(b.get("reserved") or 0) < RESERVE_GRACE_S)  # fmt: skip
-        live = sum(t.live for t in tasks) + pending
-        want = missing_nodes(int(spec["max_nodes"]), statuses, live, int(spec.get("nodes") or 1))
+        size = max(1, int(spec.get("nodes") or 1))  # nodes per task
+        live = (sum(t.live for t in tasks) + pending) * size
+        want = -(-missing_nodes(int(spec["max_nodes"]), statuses, live, size) // size)  # tasks
+        # the nodes' budget, max_nodes + experiments x (retries + 1) x nodes, counted in tasks
         tries = int(spec.get("retries") or 0) + 1
         spent = sum(int(b.get("tasks") or 0) for b in batches)
-        budget = int(spec["max_nodes"]) + len(record["experiments"]) * tries - spent
+        budget = int(spec["max_nodes"]) // size + len(record["experiments"]) * tries - spent
         count = min(want, budget)
         if want > 0 and budget <= 0:
             done.notes.append(f"no replacement: the run's budget of {spent} Slurm tasks is spent")
@@ -248,7 +266,7 @@ class SlurmBackend(Backend):
         said = (
             f"cancelled in Slurm (scancel of {', '.join(ids[:4])}{'...' if len(ids) > 4 else ''})"
         )
-        alive = {t.node for t in tasks if t.live}
+        alive = {n for t in tasks if t.live for n in queue.node_names(t.node, self._size(run))}
         now, stopped = time.time(), []
         for exp, st in statuses.items():
             if st.get("state") in records.TERMINAL:
@@ -276,7 +294,7 @@ class SlurmBackend(Backend):
         deadline = time.time() + env_float("LAUNCH_STOP_GRACE_S", 10.0) + 60
         while time.time() < deadline and any(t.live for t in queue.query(jobs, run)):
             time.sleep(0.5)
-        stopped = [_node_info(t) for t in live]
+        stopped = [info for t in live for info in _node_infos(t, self._size(run))]
         for n in stopped:
             n.state = "terminated"
         return stopped
@@ -300,7 +318,8 @@ def _gpus_in(gres: str) -> int:
 
 def _gone(statuses: Mapping[str, dict], tasks: list[queue.Task], jobs: set[str]) -> dict[str, str]:
     """node -> why, for each running experiment whose task life is over: the task ended, Slurm
-    requeued it (a new life, another node name), or Slurm no longer knows it."""
+    requeued it (a new life, another node name), or Slurm no longer knows it. A gang's node
+    names end in ``-nNODEID``; the task's life is the rest."""
     by_task = {(t.job, t.task): t for t in tasks}
     gone = {}
     for st in statuses.values():
@@ -309,6 +328,7 @@ def _gone(statuses: Mapping[str, dict], tasks: list[queue.Task], jobs: set[str])
             continue
         job, _, rest = node[1:].partition("-")
         task, _, restart = rest.partition("-r")
+        restart = restart.partition("-n")[0]
         if job not in jobs or not task.isdigit():
             continue
         t = by_task.get((job, int(task)))
@@ -321,8 +341,10 @@ def _gone(statuses: Mapping[str, dict], tasks: list[queue.Task], jobs: set[str])
     return gone
 
 
-def _node_info(t: queue.Task) -> NodeInfo:
+def _node_infos(t: queue.Task, size: int) -> list[NodeInfo]:
+    """A task's nodes: one, or ``size`` (the agents srun runs on its allocation's nodes)."""
     state = ("pending" if t.state in queue.PENDING else "running") if t.live else "terminated"
-    return NodeInfo(node_id=t.node, state=state, instance_type="slurm",
-                    extra={"job": t.job, "task": t.task, "slurm_state": t.state,
-                           "nodelist": t.nodelist, "reason": t.reason})  # fmt: skip
+    return [NodeInfo(node_id=n, state=state, instance_type="slurm",
+                     extra={"job": t.job, "task": t.task, "slurm_state": t.state,
+                            "nodelist": t.nodelist, "reason": t.reason})
+            for n in queue.node_names(t.node, size)]  # fmt: skip

@@ -1,8 +1,9 @@
 """What Slurm says of a run's jobs: one ``squeue`` call per look (and one ``sacct`` for jobs
 squeue has already forgotten), parsed into :class:`Task` records.
 
-A task's node name is the one its agent reports (``jJOB-TASK-rRESTART``, see sbatch.py), so an
-experiment's status (``node``) is matched to the task life that ran it.
+A task's node name is the one its agent reports (``jJOB-TASK-rRESTART``, see sbatch.py; with
+``-nNODEID`` per node of a multi-node task), so an experiment's status (``node``) is matched to
+the task life that ran it.
 """
 
 from __future__ import annotations
@@ -42,6 +43,12 @@ class Task:
     @property
     def live(self) -> bool:
         return self.state in LIVE
+
+
+def node_names(task_node: str, size: int) -> list[str]:
+    """The agents' names of a task life ``jJOB-TASK-rRESTART``: itself, or one per node of a
+    multi-node allocation, ``...-nNODEID`` (Slurm's SLURM_NODEID, 0 to size - 1)."""
+    return [task_node] if size <= 1 else [f"{task_node}-n{k}" for k in range(size)]
 
 
 def slurm_command(name: str) -> str:

@@ -16,6 +16,15 @@ exactly-once and recovery. The script:
   (``--requeue``);
 - waits for the agent through signals (the shell must outlive it: Slurm kills the job's
   processes once the batch shell exits).
+
+A task of a ``--nodes N`` run is an N-node allocation (``--nodes=N --ntasks-per-node=1``) whose
+batch shell runs one agent per node through ``srun --kill-on-bad-exit=1`` (srun forwards the
+shell's SIGTERM to them; one agent dying ends the others, so the task ends as one unit). Each
+agent is ``jJOB-TASK-rRESTART-nNODEID``, in the group ``JOB_TASK_RRESTART`` (it forms gangs only
+with the agents of its own allocation), and its ``--addr`` is its node's NodeAddr (what
+``scontrol show node`` says; ``LAUNCH_NODE_ADDR`` overrides it). The SLURM_* variables srun
+needs stay in the batch shell: each node's command reads what it uses, then scrubs them before
+it starts the agent.
 """
 
 from __future__ import annotations
@@ -36,27 +45,24 @@ class BatchValues:
     root_url: str
     python: str
     max_runtime: int | None = None
+    nodes: int = 1
 
 
 BATCH_SCRIPT = """\
 #!/bin/bash
-# launch run {run}: each array task is one of the run's agents (launcher/backends/slurm)
+# launch run {run}: each array task is {what} (launcher/backends/slurm)
 #SBATCH --requeue
 #SBATCH --signal=B:USR1@{lead}
 task="${{SLURM_ARRAY_JOB_ID:-$SLURM_JOB_ID}}_${{SLURM_ARRAY_TASK_ID:-0}}"
 node="j${{SLURM_ARRAY_JOB_ID:-$SLURM_JOB_ID}}-${{SLURM_ARRAY_TASK_ID:-0}}-r${{SLURM_RESTART_COUNT:-0}}"
-work="${{TMPDIR:-/tmp}}/launch-{run}-$node"
 handed_back=0
-(
-    for v in ${{!SLURM_@}}; do unset "$v"; done
-    exec {agent} --node "$node" --work-dir "$work"
-) &
+{start}
 agent=$!
 trap 'handed_back=1; kill -TERM $agent 2>/dev/null' USR1
 trap 'kill -TERM $agent 2>/dev/null' TERM
 rc=0
 while kill -0 $agent 2>/dev/null; do wait $agent; rc=$?; done
-rm -rf "$work"
+{cleanup}
 if [ $handed_back = 1 ]; then
     echo "[launch] time limit near: the experiment was handed back; requeueing $task"
     scontrol requeue "$task"
@@ -64,12 +70,55 @@ fi
 exit $rc
 """
 
+# One agent on the batch node, in a subshell without SLURM_* (scontrol requeue needs them here).
+ONE_NODE = """\
+work="${{TMPDIR:-/tmp}}/launch-{run}-$node"
+(
+    for v in ${{!SLURM_@}}; do unset "$v"; done
+    exec {agent} --node "$node" --work-dir "$work"
+) &"""
+
+# One agent per node of the allocation: srun runs RANK_COMMAND on each (it reads its node's id,
+# name and address while SLURM_* is set, then drops them and waits for its agent, as above).
+GANG = """\
+export LAUNCH_SLURM_NODE_BASE="$node"
+read -r -d '' rank_command <<'RANK'
+node="$LAUNCH_SLURM_NODE_BASE-n$SLURM_NODEID"
+group="${{LAUNCH_SLURM_NODE_BASE#j}}"; group="${{group//-/_}}"
+where="$SLURMD_NODENAME"
+addr="${{LAUNCH_NODE_ADDR:-$(scontrol show node "$where" 2>/dev/null \\
+    | sed -n 's/.*NodeAddr=\\([^ ]*\\).*/\\1/p' | head -n 1)}}"
+addr="${{addr:-$(hostname -I 2>/dev/null | cut -d' ' -f1)}}"
+echo "[launch] agent $node on Slurm node $where (addr $addr) of $SLURM_JOB_NODELIST"
+work="${{TMPDIR:-/tmp}}/launch-{run}-$node"
+for v in ${{!SLURM_@}} ${{!SLURMD_@}} ${{!SRUN_@}} LAUNCH_SLURM_NODE_BASE; do unset "$v"; done
+{agent} --node "$node" --work-dir "$work" --group "$group" --addr "$addr" &
+a=$!
+trap 'kill -TERM $a 2>/dev/null' TERM
+rc=0
+while kill -0 $a 2>/dev/null; do wait $a; rc=$?; done
+rm -rf "$work"
+exit $rc
+RANK
+srun --nodes={nodes} --ntasks={nodes} --ntasks-per-node=1 --kill-on-bad-exit=1 \\
+    bash -c "$rank_command" &"""
+
 
 def batch_script(v: BatchValues) -> str:
     agent = [v.python, "-m", "launcher.node.agent", "--root", v.root_url, "--run", v.run]
     if v.max_runtime:
         agent += ["--max-runtime", str(int(v.max_runtime))]
-    return BATCH_SCRIPT.format(run=v.run, lead=SIGNAL_LEAD_S, agent=shlex.join(agent))
+    agent_cmd = shlex.join(agent)
+    if v.nodes > 1:
+        start = GANG.format(run=v.run, agent=agent_cmd, nodes=int(v.nodes))
+        what = f"one experiment's {v.nodes} nodes, an agent on each"
+        cleanup = ""
+    else:
+        start = ONE_NODE.format(run=v.run, agent=agent_cmd)
+        what = "one of the run's agents"
+        cleanup = 'rm -rf "$work"'
+    return BATCH_SCRIPT.format(run=v.run, lead=SIGNAL_LEAD_S, what=what, start=start,
+                               cleanup=cleanup)  # fmt: skip
 
 
 def time_limit(max_runtime: int | None) -> str | None:
@@ -82,10 +131,15 @@ def time_limit(max_runtime: int | None) -> str | None:
 def sbatch_argv(
     run: str, spec: dict, tasks: int, settings, output: str, *, throttle: int | None = None
 ) -> list[str]:
-    """sbatch's arguments (the script comes on stdin): an array of ``tasks`` agents, at most
-    ``throttle`` (default: all of them) at once."""
+    """sbatch's arguments (the script comes on stdin): an array of ``tasks`` tasks (each one
+    agent, or ``nodes`` of them for a multi-node run), at most ``throttle`` (default: all of
+    them) at once."""
     argv = ["sbatch", "--parsable", f"--job-name={run}", f"--output={output}", "--open-mode=append",
-            f"--array=0-{tasks - 1}%{throttle or tasks}", "--nodes=1", "--ntasks=1"]  # fmt: skip
+            f"--array=0-{tasks - 1}%{throttle or tasks}"]  # fmt: skip
+    nodes = int(spec.get("nodes") or 1)  # one agent per node; --gres, --cpus, --mem are per node
+    argv += (
+        [f"--nodes={nodes}", "--ntasks-per-node=1"] if nodes > 1 else ["--nodes=1", "--ntasks=1"]
+    )
     gpus = int(spec.get("gpus") or 0)
     if gpus:
         argv.append(f"--gres=gpu:{gpus}")

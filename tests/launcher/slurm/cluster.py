@@ -2,8 +2,9 @@
 
 Debian's slurm-wlm (22.05) and munge, run as root: one munged on its own socket and key, one
 slurmctld, and two slurmd (``-N n1``, ``-N n2``) that share this host (``NodeAddr=127.0.0.1``,
-ports 17001-17002 by default). Every file it writes (config, key, spool, state, logs, pid files)
-lives under one folder; the daemons are stopped by the pids they wrote, never by name.
+ports 17001-17002 by default). Each node has 2 CPUs, so two tasks (one CPU each) share a node
+and two 2-node gangs run at once. Every file it writes (config, key, spool, state, logs, pid
+files) lives under one folder; the daemons are stopped by the pids they wrote, never by name.
 
     python -m tests.launcher.slurm.cluster DIR     # start one by hand; Ctrl-C stops it
 """
@@ -141,7 +142,7 @@ class Cluster:
         self.conf.write_text(SLURM_CONF.format(
             host=host, dir=self.dir, munge_socket=self.munge_socket, ctld_port=ctld_port,
             node_ports=f"{node_ports[0]}-{node_ports[-1]}",
-            node_size="CPUs=1 RealMemory=4000 State=UNKNOWN"))  # fmt: skip
+            node_size="CPUs=2 RealMemory=4000 State=UNKNOWN"))  # fmt: skip
         (self.dir / "job_submit.lua").write_text(JOB_SUBMIT_LUA)  # beside slurm.conf
         self._daemon([_exe("slurmctld"), "-f", str(self.conf)], self.dir / "slurmctld.pid")
         for n in NODES:
