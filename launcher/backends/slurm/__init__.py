@@ -189,6 +189,7 @@ class SlurmBackend(Backend):
         size = max(1, int(spec.get("nodes") or 1))
         script = batch_script(BatchValues(run=run, root_url=self.settings.root_url,
                                           python=sys.executable, nodes=size,
+                                          gpus=int(spec.get("gpus") or 0),
                                           max_runtime=spec.get("max_runtime")))  # fmt: skip
         try:
             job = parse_job_id(queue.run_slurm(argv, input=script))

@@ -46,6 +46,7 @@ class BatchValues:
     python: str
     max_runtime: int | None = None
     nodes: int = 1
+    gpus: int = 0  # per node
 
 
 BATCH_SCRIPT = """\
@@ -100,7 +101,7 @@ while kill -0 $a 2>/dev/null; do wait $a; rc=$?; done
 rm -rf "$work"
 exit $rc
 RANK
-srun --nodes={nodes} --ntasks={nodes} --ntasks-per-node=1 --kill-on-bad-exit=1 \\
+srun --nodes={nodes} --ntasks={nodes} --ntasks-per-node=1 --kill-on-bad-exit=1{gres} \\
     bash -c "$rank_command" &"""
 
 
@@ -110,8 +111,10 @@ def batch_script(v: BatchValues) -> str:
         agent += ["--max-runtime", str(int(v.max_runtime))]
     agent_cmd = shlex.join(agent)
     if v.nodes > 1:
-        start = GANG.format(run=v.run, agent=agent_cmd, nodes=int(v.nodes))
-        what = f"one experiment's {v.nodes} nodes, an agent on each"
+        # each node's agent sees its node's GPUs (CUDA_VISIBLE_DEVICES, set by Slurm per node)
+        gres = f" --gres=gpu:{int(v.gpus)}" if v.gpus else ""
+        start = GANG.format(run=v.run, agent=agent_cmd, nodes=int(v.nodes), gres=gres)
+        what = f"an allocation of {v.nodes} nodes, an agent on each (one gang)"
         cleanup = ""
     else:
         start = ONE_NODE.format(run=v.run, agent=agent_cmd)
