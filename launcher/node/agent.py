@@ -279,6 +279,11 @@ class Agent:
                     if self._stop_requested(claim.exp):
                         return Outcome("stopped", None, "stopped by the user")
                     return Outcome("interrupted", None, "node interrupted as its gang formed")
+                word = gang.aborted()  # a seated node left before the start: begin afresh
+                if word is not None:
+                    why = f"rank {word.get('rank')} left before the start ({word.get('why')})"
+                    gang.release(why)
+                    return Outcome("released", None, why)
                 seats = gang.seats()
                 if len(seats) >= self.size and all(seats[r].get("addr") for r in seats):
                     ranks = [seats[r] for r in range(self.size)]

@@ -265,3 +265,36 @@ def test_a_seat_left_empty_by_a_crash_costs_one_hand_back_not_the_run(home, gang
         for p in procs:
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGKILL)
+
+
+def test_a_seated_node_leaving_before_the_start_hands_back_free(home, gangdir, tmp_path):
+    """A node interrupted while it waits in a gang that is still filling: it says so and
+    leaves, rank 0 releases the gang at once (no retry spent), and a new gang forms later."""
+    notice = tmp_path / "spot-notice"
+    spec = make_spec(script="gangjob.py", nodes=3, script_args=["--steps", "1"])
+    name = runs.prepare_run(spec, NoAgents())
+    storage = LocalBackend().storage()
+    procs = [agent_process(name, "node-0", tmp_path)]
+    try:
+        wait_for(lambda: storage.exists(records.claim_key(name, "exp-0", 1)), timeout=TIMEOUT,
+                 what="rank 0's claim")  # fmt: skip
+        cmd = [sys.executable, "-m", "launcher.node.agent", "--root", storage.root_url, "--run",
+               name, "--node", "node-1", "--gpus", "", "--addr", "127.0.0.1", "--work-dir",
+               str(tmp_path / "node-1"), "--interruption", f"file:{notice}"]  # fmt: skip
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                      start_new_session=True))  # fmt: skip
+        wait_for(lambda: storage.exists(gang_key(name, "exp-0", 1, "seat-1")), timeout=TIMEOUT,
+                 what="node-1 seated")  # fmt: skip
+        notice.touch()
+        assert procs[1].wait(timeout=60) == 0
+        wait_for(lambda: status(name).get("interruptions") == 1, timeout=TIMEOUT,
+                 what="the gang released")  # fmt: skip
+        assert "rank 1 left before the start" in status(name)["message"]
+        procs += [agent_process(name, f"node-{i}", tmp_path) for i in (2, 3)]
+        wait_for(lambda: status(name)["state"] == "succeeded", timeout=TIMEOUT,
+                 what="a new gang of three")  # fmt: skip
+        assert sorted(status(name)["nodes"]) == ["node-0", "node-2", "node-3"]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
