@@ -179,30 +179,28 @@ class Gang:
                                 {"node": node, "time": time.time(), **fields})  # fmt: skip
 
     def beats(self) -> dict[int, dict]:
-        keys = {r: self.key(f"beat-{r}") for r in range(1, self.size)}
-        data = self.storage.read_many(list(keys.values()))
-        out = {}
-        for rank, key in keys.items():
-            if data[key] is not None:
-                try:
-                    out[rank] = json.loads(data[key])
-                except ValueError:
-                    continue
-        return out
+        """The latest beat of each rank K > 0 that has beaten."""
+        return self._per_rank("beat")
 
     def report_exit(self, rank: int, code: int | None) -> None:
         self.storage.write_json(self.key(f"exit-{rank}"), {"code": code, "time": time.time()})
 
     def exits(self) -> dict[int, int | None]:
-        keys = {r: self.key(f"exit-{r}") for r in range(1, self.size)}
+        """The exit code of each rank K > 0 whose script has ended."""
+        return {rank: body.get("code") for rank, body in self._per_rank("exit").items()}
+
+    def _per_rank(self, what: str) -> dict[int, dict]:
+        """``what-K`` of every rank K > 0, read at once; absent or unreadable ones left out."""
+        keys = {r: self.key(f"{what}-{r}") for r in range(1, self.size)}
         data = self.storage.read_many(list(keys.values()))
         out = {}
         for rank, key in keys.items():
-            if data[key] is not None:
-                try:
-                    out[rank] = json.loads(data[key]).get("code")
-                except ValueError:
-                    continue
+            try:
+                body = json.loads(data[key]) if data[key] is not None else None
+            except ValueError:  # being written: as if not yet there
+                continue
+            if isinstance(body, dict):
+                out[rank] = body
         return out
 
 

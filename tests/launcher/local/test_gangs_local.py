@@ -33,68 +33,67 @@ def gangdir(workdir):
     return workdir
 
 
-def agent_process(name: str, node: str, tmp, **env) -> subprocess.Popen:
-    storage = LocalBackend().storage()
-    cmd = [sys.executable, "-m", "launcher.node.agent", "--root", storage.root_url, "--run", name,
-           "--node", node, "--gpus", "", "--addr", "127.0.0.1",
-           "--work-dir", str(tmp / node)]  # fmt: skip
-    return subprocess.Popen(cmd, env=dict(os.environ, **env), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+@pytest.fixture
+def agents(tmp_path):
+    """``start(run, node, *flags, **env)`` starts an agent process the way a backend does; every
+    one still running at the end is killed (by its pid, with its scripts)."""
+    started: list[subprocess.Popen] = []
+
+    def start(name: str, node: str, *flags: str, **env: str) -> subprocess.Popen:
+        storage = LocalBackend().storage()
+        cmd = [sys.executable, "-m", "launcher.node.agent", "--root", storage.root_url, "--run",
+               name, "--node", node, "--gpus", "", "--addr", "127.0.0.1",
+               "--work-dir", str(tmp_path / node), *flags]  # fmt: skip
+        proc = subprocess.Popen(cmd, env=dict(os.environ, **env), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def status(name: str) -> dict:
     return records.read_status(LocalBackend().storage(), name, "exp-0")
 
 
-def test_a_gang_that_cannot_fill_hands_back_and_forms_when_a_node_comes(home, gangdir, tmp_path):
+def test_a_gang_that_cannot_fill_hands_back_and_forms_when_a_node_comes(home, gangdir, agents):
     spec = make_spec(script="gangjob.py", nodes=2, script_args=["--steps", "2"])
     name = runs.prepare_run(spec, NoAgents())  # retries 0: a hand-back must not spend one
-    first = agent_process(name, "node-0", tmp_path, LAUNCH_GANG_FORM_S="1")
-    try:
-        wait_for(lambda: status(name).get("interruptions"), timeout=TIMEOUT,
-                 what="the unfilled gang to be handed back")  # fmt: skip
-        st = status(name)
-        assert st["state"] == "queued" and "only 1 of 2 nodes joined" in st["message"]
-        storage = LocalBackend().storage()
-        assert storage.exists(gang_key(name, "exp-0", 1, "released"))
-        second = agent_process(name, "node-1", tmp_path, LAUNCH_GANG_FORM_S="1")
-        wait_for(lambda: status(name)["state"] == "succeeded", timeout=TIMEOUT,
-                 what="the gang to form and succeed")  # fmt: skip
-        assert second.wait(timeout=30) == 0 and first.wait(timeout=30) == 0
-        assert "step 2 sum 3" in read_log(storage, name, "exp-0")
-    finally:
-        for p in (first, locals().get("second")):
-            if p is not None and p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
+    first = agents(name, "node-0", LAUNCH_GANG_FORM_S="1")
+    wait_for(lambda: status(name).get("interruptions"), timeout=TIMEOUT,
+             what="the unfilled gang to be handed back")  # fmt: skip
+    st = status(name)
+    assert st["state"] == "queued" and "only 1 of 2 nodes joined" in st["message"]
+    storage = LocalBackend().storage()
+    assert storage.exists(gang_key(name, "exp-0", 1, "released"))
+    second = agents(name, "node-1", LAUNCH_GANG_FORM_S="1")
+    wait_for(lambda: status(name)["state"] == "succeeded", timeout=TIMEOUT,
+             what="the gang to form and succeed")  # fmt: skip
+    assert second.wait(timeout=30) == 0 and first.wait(timeout=30) == 0
+    assert "step 2 sum 3" in read_log(storage, name, "exp-0")
 
 
-def test_agents_claiming_at_once_converge_one_gang_at_a_time(home, gangdir, tmp_path):
+def test_agents_claiming_at_once_converge_one_gang_at_a_time(home, gangdir, agents, tmp_path):
     record = tmp_path / "record.jsonl"
-    spec = make_spec(
-        script="gangjob.py",
-        nodes=2,
-        max_nodes=4,
-        script_args=["--steps", "2", "--lr", "[1, 2, 3, 4]", "--record", str(record)],
-    )
-    name = runs.prepare_run(spec, NoAgents())
+    args = ["--steps", "2", "--lr", "[1, 2, 3, 4]", "--record", str(record)]
+    name = runs.prepare_run(make_spec(script="gangjob.py", nodes=2, max_nodes=4,
+                                      script_args=args), NoAgents())  # fmt: skip
     # four agents at once, each first claiming an experiment of its own: without giving way
     # to the lowest forming gang they would all wait out the (here endless) formation timeout
-    procs = [agent_process(name, f"node-{i}", tmp_path, LAUNCH_GANG_FORM_S="3600")
-             for i in range(4)]  # fmt: skip
-    try:
-        storage = LocalBackend().storage()
-        exps = [f"exp-{i}" for i in range(4)]
-        wait_for(lambda: all(records.read_status(storage, name, e)["state"] == "succeeded"
-                             for e in exps), timeout=TIMEOUT * 2, what="four gangs")  # fmt: skip
-        for e in exps:
-            st = records.read_status(storage, name, e)
-            assert "nodes joined" not in st.get("message", "")  # nothing waited out a timeout
-        ranks = [(e["exp"], e["rank"]) for e in read_records(record) if e["event"] == "end"]
-        assert sorted(ranks) == [(e, r) for e in exps for r in (0, 1)]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
+    for i in range(4):
+        agents(name, f"node-{i}", LAUNCH_GANG_FORM_S="3600")
+    storage = LocalBackend().storage()
+    exps = [f"exp-{i}" for i in range(4)]
+    wait_for(lambda: all(records.read_status(storage, name, e)["state"] == "succeeded"
+                         for e in exps), timeout=TIMEOUT * 2, what="four gangs")  # fmt: skip
+    for e in exps:
+        st = records.read_status(storage, name, e)
+        assert "nodes joined" not in st.get("message", "")  # nothing waited out a timeout
+    ranks = [(e["exp"], e["rank"]) for e in read_records(record) if e["event"] == "end"]
+    assert sorted(ranks) == [(e, r) for e in exps for r in (0, 1)]
 
 
 def test_stopping_one_experiment_stops_every_rank(home, gangdir, tmp_path):
@@ -180,48 +179,33 @@ def test_logs_rank_k_is_that_ranks_log(home, gangdir):
     assert exp["nodes"] == nodes and len(set(nodes)) == 2
 
 
-def test_one_ranks_node_interrupted_hands_the_gang_back_free(home, gangdir, tmp_path):
+def test_one_ranks_node_interrupted_hands_the_gang_back_free(home, gangdir, agents, tmp_path):
     """A spot notice on rank 1's node: every rank stops, the experiment is queued again as a
     whole without spending a retry (retries 0), and re-forms with the next node, resuming."""
     record = tmp_path / "record.jsonl"
     notice = tmp_path / "spot-notice"
-    spec = make_spec(
-        script="gangjob.py",
-        nodes=2,
-        script_args=["--steps", "30", "--sleep", "0.2", "--record", str(record)],
-    )
-    name = runs.prepare_run(spec, NoAgents())
-    procs = [agent_process(name, "node-0", tmp_path)]
+    args = ["--steps", "30", "--sleep", "0.2", "--record", str(record)]
+    name = runs.prepare_run(make_spec(script="gangjob.py", nodes=2, script_args=args), NoAgents())
+    agents(name, "node-0")
     storage = LocalBackend().storage()
     ckpt = records.exp_key(name, "exp-0", "artifacts", "checkpoints", "last.ckpt")
-    try:
-        claim = records.claim_key(name, "exp-0", 1)  # node-0 is rank 0, node-1 sits
-        wait_for(lambda: storage.exists(claim), timeout=TIMEOUT, what="rank 0's claim")
-        storage_root = storage.root_url
-        cmd = [sys.executable, "-m", "launcher.node.agent", "--root", storage_root, "--run", name,
-               "--node", "node-1", "--gpus", "", "--addr", "127.0.0.1", "--work-dir",
-               str(tmp_path / "node-1"), "--interruption", f"file:{notice}"]  # fmt: skip
-        procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                      start_new_session=True))  # fmt: skip
-        wait_for(lambda: storage.exists(ckpt) and storage.read_json(ckpt)["step"] >= 3,
-                 timeout=TIMEOUT, what="a shipped checkpoint")  # fmt: skip
-        notice.touch()
-        wait_for(lambda: status(name).get("interruptions") == 1, timeout=TIMEOUT,
-                 what="the gang handed back")  # fmt: skip
-        assert procs[1].wait(timeout=30) == 0  # the interrupted node's agent leaves
-        st = status(name)
-        assert "rank 1: node node-1 was interrupted" in st["message"], st
-        procs.append(agent_process(name, "node-2", tmp_path))
-        wait_for(lambda: status(name)["state"] == "succeeded", timeout=TIMEOUT,
-                 what="the gang re-formed and done")  # fmt: skip
-        assert status(name)["attempt"] == 2
-        resumed = [e["step"] for e in read_records(record)
-                   if e["event"] == "start" and e["attempt"] == 2]  # fmt: skip
-        assert len(resumed) == 2 and min(resumed) >= 3
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
+    claim = records.claim_key(name, "exp-0", 1)  # node-0 is rank 0, node-1 sits
+    wait_for(lambda: storage.exists(claim), timeout=TIMEOUT, what="rank 0's claim")
+    spotted = agents(name, "node-1", "--interruption", f"file:{notice}")
+    wait_for(lambda: storage.exists(ckpt) and storage.read_json(ckpt)["step"] >= 3,
+             timeout=TIMEOUT, what="a shipped checkpoint")  # fmt: skip
+    notice.touch()
+    wait_for(lambda: status(name).get("interruptions") == 1, timeout=TIMEOUT,
+             what="the gang handed back")  # fmt: skip
+    assert spotted.wait(timeout=30) == 0  # the interrupted node's agent leaves
+    assert "rank 1: node node-1 was interrupted" in status(name)["message"], status(name)
+    agents(name, "node-2")
+    wait_for(lambda: status(name)["state"] == "succeeded", timeout=TIMEOUT,
+             what="the gang re-formed and done")  # fmt: skip
+    assert status(name)["attempt"] == 2
+    resumed = [e["step"] for e in read_records(record)
+               if e["event"] == "start" and e["attempt"] == 2]  # fmt: skip
+    assert len(resumed) == 2 and min(resumed) >= 3
 
 
 def test_dry_run_counts_nodes_times_experiments_at_once(home, workdir):
@@ -244,7 +228,7 @@ def test_a_backend_without_gangs_refuses_nodes():
     spec.check_capabilities(Capabilities(gangs=True), "gangs")  # and one with them accepts
 
 
-def test_a_seat_left_empty_by_a_crash_costs_one_hand_back_not_the_run(home, gangdir, tmp_path):
+def test_a_seat_left_empty_by_a_crash_costs_one_hand_back_not_the_run(home, gangdir, agents):
     """An agent that died between creating its seat and writing it leaves an empty seat-1:
     rank 0 cannot count it as a node, hands the attempt back at the formation timeout (free),
     and the next attempt's gang forms with a live node."""
@@ -254,47 +238,35 @@ def test_a_seat_left_empty_by_a_crash_costs_one_hand_back_not_the_run(home, gang
     seat = storage.path(gang_key(name, "exp-0", 1, "seat-1"))
     os.makedirs(os.path.dirname(seat))
     open(seat, "wb").close()  # O_EXCL'd, never written: its writer died
-    procs = [agent_process(name, f"node-{i}", tmp_path, LAUNCH_GANG_FORM_S="1") for i in (0, 1)]
-    try:
-        wait_for(lambda: status(name)["state"] == "succeeded", timeout=TIMEOUT,
-                 what="the second attempt's gang")  # fmt: skip
-        st = status(name)
-        assert st["attempt"] >= 2 and st["interruptions"] >= 1  # handed back, not failed
-        assert "step 1 sum 3" in read_log(storage, name, "exp-0")
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
+    for i in (0, 1):
+        agents(name, f"node-{i}", LAUNCH_GANG_FORM_S="1")
+    wait_for(lambda: status(name)["state"] == "succeeded", timeout=TIMEOUT,
+             what="the second attempt's gang")  # fmt: skip
+    st = status(name)
+    assert st["attempt"] >= 2 and st["interruptions"] >= 1  # handed back, not failed
+    assert "step 1 sum 3" in read_log(storage, name, "exp-0")
 
 
-def test_a_seated_node_leaving_before_the_start_hands_back_free(home, gangdir, tmp_path):
+def test_a_seated_node_leaving_before_the_start_hands_back_free(home, gangdir, agents, tmp_path):
     """A node interrupted while it waits in a gang that is still filling: it says so and
     leaves, rank 0 releases the gang at once (no retry spent), and a new gang forms later."""
     notice = tmp_path / "spot-notice"
     spec = make_spec(script="gangjob.py", nodes=3, script_args=["--steps", "1"])
     name = runs.prepare_run(spec, NoAgents())
     storage = LocalBackend().storage()
-    procs = [agent_process(name, "node-0", tmp_path)]
-    try:
-        wait_for(lambda: storage.exists(records.claim_key(name, "exp-0", 1)), timeout=TIMEOUT,
-                 what="rank 0's claim")  # fmt: skip
-        cmd = [sys.executable, "-m", "launcher.node.agent", "--root", storage.root_url, "--run",
-               name, "--node", "node-1", "--gpus", "", "--addr", "127.0.0.1", "--work-dir",
-               str(tmp_path / "node-1"), "--interruption", f"file:{notice}"]  # fmt: skip
-        procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                      start_new_session=True))  # fmt: skip
-        wait_for(lambda: storage.exists(gang_key(name, "exp-0", 1, "seat-1")), timeout=TIMEOUT,
-                 what="node-1 seated")  # fmt: skip
-        notice.touch()
-        assert procs[1].wait(timeout=60) == 0
-        wait_for(lambda: status(name).get("interruptions") == 1, timeout=TIMEOUT,
-                 what="the gang released")  # fmt: skip
-        assert "rank 1 left before the start" in status(name)["message"]
-        procs += [agent_process(name, f"node-{i}", tmp_path) for i in (2, 3)]
-        wait_for(lambda: status(name)["state"] == "succeeded", timeout=TIMEOUT,
-                 what="a new gang of three")  # fmt: skip
-        assert sorted(status(name)["nodes"]) == ["node-0", "node-2", "node-3"]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
+    agents(name, "node-0")
+    wait_for(lambda: storage.exists(records.claim_key(name, "exp-0", 1)), timeout=TIMEOUT,
+             what="rank 0's claim")  # fmt: skip
+    spotted = agents(name, "node-1", "--interruption", f"file:{notice}")
+    wait_for(lambda: storage.exists(gang_key(name, "exp-0", 1, "seat-1")), timeout=TIMEOUT,
+             what="node-1 seated")  # fmt: skip
+    notice.touch()
+    assert spotted.wait(timeout=60) == 0
+    wait_for(lambda: status(name).get("interruptions") == 1, timeout=TIMEOUT,
+             what="the gang released")  # fmt: skip
+    assert "rank 1 left before the start" in status(name)["message"]
+    for i in (2, 3):
+        agents(name, f"node-{i}")
+    wait_for(lambda: status(name)["state"] == "succeeded", timeout=TIMEOUT,
+             what="a new gang of three")  # fmt: skip
+    assert sorted(status(name)["nodes"]) == ["node-0", "node-2", "node-3"]

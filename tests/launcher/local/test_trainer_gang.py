@@ -26,14 +26,21 @@ def launch(*args: str):
     return CliRunner().invoke(cli, list(args))
 
 
-@pytest.mark.slow
-def test_real_trainer_on_two_nodes_then_predict(home, tmp_path, monkeypatch):
+@pytest.fixture
+def motion(home, tmp_path, monkeypatch) -> Path:
+    """Sample videos in a datastore `motion`, from the repo's folder (where trainer/ is)."""
     repo = Path(launcher.__file__).resolve().parent.parent
     monkeypatch.chdir(repo)
     data = tmp_path / "data"
     make = ["-m", "trainer.sample_data", "--out", str(data), "--kind", "motion"]
     subprocess.run([sys.executable, *make, "--videos-per-class", "4"], check=True)
     assert launch("datastore", "create", "--name", "motion", "--source", str(data)).exit_code == 0
+    return data
+
+
+@pytest.mark.slow
+def test_real_trainer_on_two_nodes_then_predict(motion, tmp_path):
+    data = motion
     r = launch("run", *CPU, "--nodes", "2", "--name", "ddp", "--datastore", "motion", "--wait",
                "trainer/train.py", "--backbone", "demo_cnn", "--no-hflip", "--max_epochs", "2",
                "--batch_size", "2", "--num_workers", "0")  # fmt: skip
@@ -60,7 +67,7 @@ def test_real_trainer_on_two_nodes_then_predict(home, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_real_trainer_rank_1_killed_resumes_both_ranks_from_last_ckpt(home, tmp_path, monkeypatch):
+def test_real_trainer_rank_1_killed_resumes_both_ranks_from_last_ckpt(motion):
     """kill -9 of rank 1's agent mid-training: rank 0 stops too, the retry (attempt 2) restores
     last.ckpt on both ranks and continues from its epoch, not from 0."""
     import os
@@ -70,12 +77,6 @@ def test_real_trainer_rank_1_killed_resumes_both_ranks_from_last_ckpt(home, tmp_
     from launcher.storage.records import read_status
     from tests.launcher.waiting import wait_for
 
-    repo = Path(launcher.__file__).resolve().parent.parent
-    monkeypatch.chdir(repo)
-    data = tmp_path / "data"
-    make = ["-m", "trainer.sample_data", "--out", str(data), "--kind", "motion"]
-    subprocess.run([sys.executable, *make, "--videos-per-class", "4"], check=True)
-    assert launch("datastore", "create", "--name", "motion", "--source", str(data)).exit_code == 0
     r = launch("run", *CPU, "--nodes", "2", "--retries", "1", "--name", "ddpkill", "--datastore",
                "motion", "trainer/train.py", "--backbone", "demo_cnn", "--no-hflip",
                "--max_epochs", "30", "--batch_size", "2", "--num_workers", "0")  # fmt: skip
