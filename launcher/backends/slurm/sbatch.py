@@ -14,12 +14,14 @@ exactly-once and recovery. The script:
   (``scontrol requeue``) and its next life resumes. A preemption or ``scontrol requeue`` reaches
   every process of the job as SIGTERM, with the same hand-back, and Slurm requeues it
   (``--requeue``);
+- gives each agent a fresh work dir (``mktemp``: a re-created cluster reuses job ids);
 - waits for the agent through signals (the shell must outlive it: Slurm kills the job's
   processes once the batch shell exits).
 
 A task of a ``--nodes N`` run is an N-node allocation (``--nodes=N --ntasks-per-node=1``) whose
-batch shell runs one agent per node through ``srun --kill-on-bad-exit=1`` (srun forwards the
-shell's SIGTERM to them; one agent dying ends the others, so the task ends as one unit). Each
+batch shell runs one agent per node through ``srun --kill-on-bad-exit=1`` (one agent dying
+ends the others, so the task ends as one unit). Slurm's warning is passed on with ``scancel
+--signal=TERM`` of the job's steps, not to srun, which takes a SIGTERM as "kill the tasks now". Each
 agent is ``jJOB-TASK-rRESTART-nNODEID``, in the group ``JOB_TASK_RRESTART`` (it forms gangs only
 with the agents of its own allocation), and its ``--addr`` is its node's NodeAddr (what
 ``scontrol show node`` says; ``LAUNCH_NODE_ADDR`` overrides it). The SLURM_* variables srun
@@ -59,8 +61,8 @@ node="j${{SLURM_ARRAY_JOB_ID:-$SLURM_JOB_ID}}-${{SLURM_ARRAY_TASK_ID:-0}}-r${{SL
 handed_back=0
 {start}
 agent=$!
-trap 'handed_back=1; kill -TERM $agent 2>/dev/null' USR1
-trap 'kill -TERM $agent 2>/dev/null' TERM
+trap 'handed_back=1; {stop}' USR1
+trap '{on_term}' TERM
 rc=0
 while kill -0 $agent 2>/dev/null; do wait $agent; rc=$?; done
 {cleanup}
@@ -73,7 +75,7 @@ exit $rc
 
 # One agent on the batch node, in a subshell without SLURM_* (scontrol requeue needs them here).
 ONE_NODE = """\
-work="${{TMPDIR:-/tmp}}/launch-{run}-$node"
+work=$(mktemp -d "${{TMPDIR:-/tmp}}/launch-{run}-$node.XXXXXX")
 (
     for v in ${{!SLURM_@}}; do unset "$v"; done
     exec {agent} --node "$node" --work-dir "$work"
@@ -91,7 +93,7 @@ addr="${{LAUNCH_NODE_ADDR:-$(scontrol show node "$where" 2>/dev/null \\
     | sed -n 's/.*NodeAddr=\\([^ ]*\\).*/\\1/p' | head -n 1)}}"
 addr="${{addr:-$(hostname -I 2>/dev/null | cut -d' ' -f1)}}"
 echo "[launch] agent $node on Slurm node $where (addr $addr) of $SLURM_JOB_NODELIST"
-work="${{TMPDIR:-/tmp}}/launch-{run}-$node"
+work=$(mktemp -d "${{TMPDIR:-/tmp}}/launch-{run}-$node.XXXXXX")
 for v in ${{!SLURM_@}} ${{!SLURMD_@}} ${{!SRUN_@}} LAUNCH_SLURM_NODE_BASE; do unset "$v"; done
 {agent} --node "$node" --work-dir "$work" --group "$group" --addr "$addr" &
 a=$!
@@ -116,12 +118,17 @@ def batch_script(v: BatchValues) -> str:
         start = GANG.format(run=v.run, agent=agent_cmd, nodes=int(v.nodes), gres=gres)
         what = f"an allocation of {v.nodes} nodes, an agent on each (one gang)"
         cleanup = ""
+        # SIGTERM to srun would make it kill its tasks at once ("forcing job termination"):
+        # scancel signals the job's steps instead (every process of them, not this shell);
+        # a job-wide SIGTERM (requeue, preemption) reaches the steps from Slurm itself
+        stop, on_term = 'scancel --signal=TERM "$SLURM_JOB_ID"', ":"
     else:
         start = ONE_NODE.format(run=v.run, agent=agent_cmd)
         what = "one of the run's agents"
         cleanup = 'rm -rf "$work"'
+        stop = on_term = "kill -TERM $agent 2>/dev/null"
     return BATCH_SCRIPT.format(run=v.run, lead=SIGNAL_LEAD_S, what=what, start=start,
-                               cleanup=cleanup)  # fmt: skip
+                               cleanup=cleanup, stop=stop, on_term=on_term)  # fmt: skip
 
 
 def time_limit(max_runtime: int | None) -> str | None:

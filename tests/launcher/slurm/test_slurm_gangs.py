@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,28 @@ REPO = Path(__file__).resolve().parents[3]
 TIMEOUT = 300
 # what each rank's command prints before it drops SLURM_* (sbatch.py's GANG)
 AGENT_LINE = re.compile(r"\[launch\] agent (\S+) on Slurm node (\S+) \(addr (\S+)\) of (\S+)")
+
+# every rank runs until SIGTERM, rank 0 having checkpointed; a resumed attempt (rank 0's
+# artifacts restored on every rank) finds the checkpoint and ends at once
+UNTIL_SIGNALLED = textwrap.dedent("""
+    import os, signal, sys, time
+    from pathlib import Path
+    rank = os.environ["NODE_RANK"]
+    ckpt = Path(os.environ["LAUNCH_ARTIFACTS_DIR"]) / "checkpoints" / "last.ckpt"
+    if ckpt.exists():
+        print(f"rank {rank} resumed from {ckpt.read_text()}", flush=True)
+        sys.exit(0)
+    if rank == "0":
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
+        ckpt.write_text("step 1")
+    def on_term(*_):
+        print(f"rank {rank}: SIGTERM", flush=True)
+        sys.exit(143)
+    signal.signal(signal.SIGTERM, on_term)
+    print(f"rank {rank} running until signalled", flush=True)
+    while True:
+        time.sleep(0.2)
+""")
 
 
 def launch(*args: str) -> str:
@@ -134,3 +157,52 @@ def test_real_trainer_across_two_slurm_nodes(slurm_home, tmp_path, monkeypatch):
     assert {where[n][0] for n in view.nodes} == {"n1", "n2"}, where
     manifest = storage.read_json(records.exp_key(name, "exp-0", "artifacts.json"))
     assert "checkpoints/last.ckpt" in manifest
+
+
+@pytest.fixture
+def until_signalled(slurm_home, tmp_path, monkeypatch):
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "until_signalled.py").write_text(UNTIL_SIGNALLED)
+    monkeypatch.chdir(project)
+    return project
+
+
+def both_ranks_running(name: str) -> None:
+    storage = backend().storage()
+    logs = lambda: [read_log(storage, name, "exp-0", rank) for rank in (0, 1)]  # noqa: E731
+    wait_for(lambda: all("running until signalled" in log for log in logs()), timeout=TIMEOUT,
+             what="both ranks running")  # fmt: skip
+
+
+def assert_handed_back_and_resumed(name: str) -> None:
+    row, (view,) = runs.wait_run(name, timeout=TIMEOUT)
+    storage = backend().storage()
+    assert row.status == "succeeded" and view.attempt == 2, view.message
+    assert records.read_status(storage, name, "exp-0").get("interruptions") == 1  # no retry spent
+    for rank in (0, 1):
+        log = read_log(storage, name, "exp-0", rank)
+        assert f"rank {rank}: SIGTERM" in log and f"rank {rank} resumed from step 1" in log, log
+    assert {n[-6:] for n in view.nodes} == {"-r1-n0", "-r1-n1"}  # the task's second life
+
+
+def test_scontrol_requeue_hands_the_gang_back_and_both_ranks_resume(until_signalled):
+    name = launch("run", "--backend", "slurm", "--nodes", "2", "--gpus", "0", "--name", "rq",
+                  "until_signalled.py").strip().splitlines()[-1]  # fmt: skip
+    both_ranks_running(name)
+    (job,) = {n.extra["job"] for n in backend().nodes(name)}
+    subprocess.run(["scontrol", "requeue", f"{job}_0"], check=True)
+    assert_handed_back_and_resumed(name)
+
+
+def test_time_limit_reaches_both_ranks_through_srun_and_the_task_requeues(until_signalled):
+    # --time=2: Slurm warns the batch shell (USR1) 90 s before, at about 30 s; the shell's
+    # SIGTERM to srun reaches each node's agent
+    assert CliRunner().invoke(cli, ["config", "set", "slurm.sbatch_args", "--",
+                                    "--time=2"]).exit_code == 0  # fmt: skip
+    name = launch("run", "--backend", "slurm", "--nodes", "2", "--gpus", "0", "--name", "tl",
+                  "until_signalled.py").strip().splitlines()[-1]  # fmt: skip
+    both_ranks_running(name)
+    assert_handed_back_and_resumed(name)
+    outputs = "".join(f.read_text() for f in backend().log_dir(name).glob("*.out"))
+    assert "handed back; requeueing" in outputs
