@@ -337,7 +337,9 @@ def _gone(statuses: Mapping[str, dict], tasks: list[queue.Task], jobs: set[str])
             gone[node] = f"Slurm no longer lists task {job}_{task}"
         elif not t.live:
             gone[node] = f"Slurm task {job}_{task} ended {t.state}"
-        elif str(t.restarts) != restart:
+        elif str(t.restarts) != restart and t.state == "RUNNING":
+            # only once the next life runs: until then the old one may still be handing the
+            # experiment back (Slurm's SIGTERM, KillWait), and squeue counts the restart at once
             gone[node] = f"Slurm requeued task {job}_{task}"
     return gone
 
