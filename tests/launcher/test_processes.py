@@ -11,11 +11,15 @@ from launcher.processes import process_alive, process_start
 
 def test_a_just_spawned_child_is_alive_every_time():
     # /proc/PID/cmdline of a child reads empty until its exec completes; the start time does
-    # not, so a check made the instant Popen returns must never call the child dead
+    # not, so a check made the instant Popen returns must never call the child dead. The child
+    # waits for its stdin to close, so it cannot have ended (a zombie, rightly not alive)
+    # between the two checks on a loaded machine
     for _ in range(300):
-        child = subprocess.Popen([sys.executable, "-c", "pass"], stdout=subprocess.DEVNULL)
+        child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                                 stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)  # fmt: skip
         start = process_start(child.pid)
         assert start is not None and process_alive(child.pid, start)
+        child.stdin.close()
         child.wait()
         assert not process_alive(child.pid, start)  # reaped: gone
 
