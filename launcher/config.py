@@ -24,7 +24,7 @@ SETTINGS = {
     "aws.region": "AWS region of the nodes (default: the AWS CLI's)",
     "aws.ami": "node image: an ami-... id (default: the AWS Deep Learning base AMI)",
     "aws.node_addr": "address every node gives the other ranks (default: its private IP)",
-    "defaults.backend": "local or aws: where `launch run` and `launch datastore` go by default",
+    "defaults.backend": "local, aws or slurm: where `launch run` and `launch datastore` go",
     "slurm.partition": "Slurm partition for runs (default: the cluster's default partition)",
     "slurm.account": "Slurm account to charge (sbatch --account)",
     "slurm.qos": "Slurm QOS (sbatch --qos)",

@@ -80,7 +80,9 @@ class JobSpec:
         metadata={"help": "Arguments for the script; flag values may be sweeps."},
     )
     name: str | None = _f(None, "Run name ([a-z0-9][a-z0-9-]{0,62}); generated when omitted.")
-    backend: str = _f("local", "Where to run: local (processes on this machine) or aws (EC2).")
+    backend: str = _f(
+        "local", "Where to run: local (processes on this machine), aws (EC2) or slurm (sbatch)."
+    )
     instance_type: str = _f("g4dn.xlarge", "Instance type per node; `launch instances` lists them.")
     gpus: int | None = _f(None, "GPUs per experiment; default: all the instance type has.")
     disk_size: int = _f(100, f"Disk per node in GiB ({MIN_DISK_GIB} to {MAX_DISK_GIB}).")
