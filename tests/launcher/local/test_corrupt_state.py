@@ -222,11 +222,16 @@ def test_a_truncated_status_json_of_a_queued_experiment_stops_nothing(home, work
 
 
 def _truncated_manifest_run(home) -> tuple[str, int]:
-    name = runs.prepare_run(make_spec(name="arts", script_args=["--steps", "25"]), LocalBackend())
+    # long enough (40 x 0.1 s) that the manifest is cut while the script still runs, so a
+    # ship comes after it even on a loaded machine
+    spec = make_spec(name="arts", script_args=["--steps", "40", "--sleep", "0.1"])
+    name = runs.prepare_run(spec, LocalBackend())
     manifest = home / "store" / "runs" / name / "experiments" / "exp-0" / "artifacts.json"
     wait_for(manifest.exists, timeout=30, what="a first ship")
     (pid,) = agent_pids(name)
     truncate(manifest)
+    final = home / "store" / "runs" / name / "experiments" / "exp-0" / "final.json"
+    assert not final.exists(), "the run ended before its manifest was cut: the test proves nothing"
     return name, pid
 
 
