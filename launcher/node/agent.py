@@ -710,14 +710,14 @@ class Agent:
             return
         if not data:
             return
-        key = f"{records.log_dir(self.run, claim.exp, claim.rank)}/{self._log_seq:06d}.log"
+        key = records.log_key(self.run, claim.exp, self._log_seq, claim.rank)
         self.storage.write_bytes(key, data)
         self._log_offset += len(data)
         self._log_seq += 1
 
     def _log_line(self, claim: cl.Claim, line: str) -> None:
         seq = self._next_log_seq(claim)
-        key = f"{records.log_dir(self.run, claim.exp, claim.rank)}/{seq:06d}.log"
+        key = records.log_key(self.run, claim.exp, seq, claim.rank)
         self.storage.write_bytes(key, (line + "\n").encode())
 
     def _ship_artifacts(self, claim: cl.Claim, artifacts: Path, *, final: bool = False):

@@ -6,16 +6,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 
-from launcher.storage.records import TERMINAL, log_dir, log_pieces, read_status
+from launcher.storage.records import TERMINAL, log_key, log_pieces, read_status
 from launcher.storage.root import Storage
 
 
 def read_log(storage: Storage, run: str, exp: str, rank: int = 0) -> str:
     """Everything an experiment (rank 0, or ``rank`` of a multi-node one) printed so far, all
     attempts."""
-    folder = log_dir(run, exp, rank)
     return "".join(
-        storage.read_bytes(f"{folder}/{n}").decode(errors="replace")
+        storage.read_bytes(log_key(run, exp, n, rank)).decode(errors="replace")
         for n in log_pieces(storage, run, exp, rank)
     )
 
@@ -39,9 +38,9 @@ def follow_logs(
         done = {e: read_status(storage, run, e)["state"] in TERMINAL for e in exps}
         for e in exps:
             pieces = log_pieces(storage, run, e, rank)
-            folder = log_dir(run, e, rank)
             for name in pieces[seen[e] :]:
-                yield e, storage.read_bytes(f"{folder}/{name}").decode(errors="replace")
+                text = storage.read_bytes(log_key(run, e, name, rank)).decode(errors="replace")
+                yield e, text
             seen[e] = len(pieces)
         if all(done.values()):
             return

@@ -133,6 +133,12 @@ def log_dir(run: str, exp: str, rank: int = 0) -> str:
     return exp_key(run, exp, "logs", *([f"rank-{rank}"] if rank else []))
 
 
+def log_key(run: str, exp: str, piece: int | str, rank: int = 0) -> str:
+    """One log piece's key: ``piece`` is its number (the next to write) or its name."""
+    name = f"{piece:06d}.log" if isinstance(piece, int) else piece
+    return f"{log_dir(run, exp, rank)}/{name}"
+
+
 def log_pieces(storage: Storage, run: str, exp: str, rank: int = 0) -> list[str]:
     """Piece names (``000000.log``, ...) of one rank's log, in order."""
     names = storage.list(log_dir(run, exp, rank))

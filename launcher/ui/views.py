@@ -169,7 +169,7 @@ def log_tail(name: str, exp: str, offset: int | None = None) -> dict[str, Any]:
     pieces = records.log_pieces(ctx.storage, ctx.name, exp)
 
     def read(piece: str) -> str:
-        key = records.exp_key(ctx.name, exp, "logs", piece)
+        key = records.log_key(ctx.name, exp, piece)
         return ctx.storage.read_bytes(key).decode(errors="replace")
 
     if offset is None:
