@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from localjob import JOB
@@ -38,3 +41,22 @@ def workdir(tmp_path, monkeypatch):
     (w / "job.py").write_text(JOB)
     monkeypatch.chdir(w)
     return w
+
+
+@pytest.fixture
+def motion(home, tmp_path, monkeypatch) -> Path:
+    """Sample videos (trainer.sample_data's motion kind) in a datastore ``motion``, with the
+    repo's folder (where trainer/ is) as the current directory; the videos' folder."""
+    from click.testing import CliRunner
+
+    import launcher
+    from launcher.cli.app import cli
+
+    monkeypatch.chdir(Path(launcher.__file__).resolve().parent.parent)
+    data = tmp_path / "data"
+    make = ["-m", "trainer.sample_data", "--out", str(data), "--kind", "motion"]
+    subprocess.run([sys.executable, *make, "--videos-per-class", "4"], check=True)
+    created = CliRunner().invoke(cli, ["datastore", "create", "--name", "motion", "--source",
+                                       str(data)])  # fmt: skip
+    assert created.exit_code == 0, created.output
+    return data

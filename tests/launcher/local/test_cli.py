@@ -269,24 +269,16 @@ def test_logs_follow_streams_until_the_run_ends(home, workdir):
 
 
 @pytest.mark.slow
-def test_real_trainer_killed_mid_run_resumes_from_last_ckpt(home, tmp_path, monkeypatch):
+def test_real_trainer_killed_mid_run_resumes_from_last_ckpt(motion):
     """trainer/train.py through `launch run`: its agent is SIGKILLed mid-training, `launch
     status` starts a replacement, which restores the shipped last.ckpt and finishes the run."""
     import signal
-    from pathlib import Path
 
-    import launcher
     from launcher.backends.local import LocalBackend
     from launcher.processes import process_alive
     from launcher.storage.records import read_status
     from tests.launcher.waiting import wait_for
 
-    repo = Path(launcher.__file__).resolve().parent.parent
-    monkeypatch.chdir(repo)
-    data = tmp_path / "data"
-    make = ["-m", "trainer.sample_data", "--out", str(data), "--kind", "motion"]
-    subprocess.run([sys.executable, *make, "--videos-per-class", "4"], check=True)
-    assert launch("datastore", "create", "--name", "motion", "--source", str(data)).exit_code == 0
     r = launch("run", *CPU, "--retries", "1", "--name", "real", "--datastore", "motion",
                "trainer/train.py",
                "--backbone", "demo_cnn", "--no-hflip", "--max_epochs", "40", "--batch_size", "4",

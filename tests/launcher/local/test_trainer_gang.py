@@ -8,12 +8,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
-import launcher
 from launcher.backends.local import LocalBackend
 from launcher.cli.app import cli
 from launcher.runs.logs import read_log
@@ -24,18 +22,6 @@ CPU = ["--instance", "t3.medium", "--gpus", "0"]
 
 def launch(*args: str):
     return CliRunner().invoke(cli, list(args))
-
-
-@pytest.fixture
-def motion(home, tmp_path, monkeypatch) -> Path:
-    """Sample videos in a datastore `motion`, from the repo's folder (where trainer/ is)."""
-    repo = Path(launcher.__file__).resolve().parent.parent
-    monkeypatch.chdir(repo)
-    data = tmp_path / "data"
-    make = ["-m", "trainer.sample_data", "--out", str(data), "--kind", "motion"]
-    subprocess.run([sys.executable, *make, "--videos-per-class", "4"], check=True)
-    assert launch("datastore", "create", "--name", "motion", "--source", str(data)).exit_code == 0
-    return data
 
 
 @pytest.mark.slow
